@@ -1,0 +1,18 @@
+//! Karvon's domain: aggregates, their commands and events, and the value
+//! objects they are made of.
+//!
+//! Pure by design: nothing here does IO. An aggregate validates a command
+//! against its own state and emits past-tense events; `apply` is a fold.
+//! Events are a persisted contract: names and versions are stable, and new
+//! shapes get a new `event_version` plus an upcaster, never a rewrite.
+
+pub mod ids;
+pub mod product;
+pub mod stock;
+pub mod values;
+
+pub use ids::{Id, IdError, TenantId};
+pub use values::{Money, Quantity, ValueError};
+
+/// The version every event type starts at.
+pub const EVENT_VERSION_1: &str = "1";
