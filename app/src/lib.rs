@@ -1,1 +1,235 @@
-//! placeholder
+//! The `karvon` binary's library: configuration, wiring, HTTP API, workers
+//! and CLI commands. `main.rs` only parses arguments and calls in here, so
+//! tests can start the very same application on a random port.
+
+pub mod config;
+pub mod http;
+pub mod workers;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use karvon_adapters::postgres::{self, PgSettings};
+use karvon_adapters::read_models::catalog::CatalogProjection;
+use karvon_adapters::read_models::stock::StockProjection;
+use karvon_adapters::runner::{self, FeedHandler, RebuildReport};
+use karvon_adapters::store::CommandExecutor;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::Config;
+
+/// Which parts of Karvon this instance runs (`karvon serve --role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// HTTP API and workers.
+    All,
+    /// Stateless HTTP API only.
+    Api,
+    /// Projection runners and process managers only.
+    Workers,
+}
+
+/// A built, bound, not-yet-running Karvon.
+pub struct Application {
+    listener: Option<TcpListener>,
+    router: axum::Router,
+    pool: PgPool,
+    config: Config,
+    role: Role,
+}
+
+impl Application {
+    /// Connects (creating the database if needed), migrates unless told not
+    /// to, and binds the listener.
+    pub async fn build(config: Config, role: Role) -> anyhow::Result<Self> {
+        let pool = open_store(&config).await?;
+        if config.run_migrations {
+            postgres::migrate(&pool)
+                .await
+                .context("applying migrations")?;
+        }
+        let state = http::AppState {
+            pool: pool.clone(),
+            products: Arc::new(CommandExecutor::new(pool.clone())),
+            stock: Arc::new(CommandExecutor::new(pool.clone())),
+            metrics: metrics_handle(),
+            min_position_wait: Duration::from_millis(config.min_position_wait_ms),
+        };
+        let settings = http::HttpSettings {
+            max_body_bytes: config.max_body_bytes,
+            request_timeout: Duration::from_secs(config.request_timeout_secs),
+        };
+        let router = http::router(state, &settings);
+        let listener = if role == Role::Workers {
+            None
+        } else {
+            let listener = TcpListener::bind(&config.listen)
+                .await
+                .with_context(|| format!("binding {}", config.listen))?;
+            Some(listener)
+        };
+        Ok(Self {
+            listener,
+            router,
+            pool,
+            config,
+            role,
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Serves until `shutdown` completes, then stops taking requests, lets
+    /// workers finish the batch in hand, and returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let workers = if self.role == Role::Api {
+            Vec::new()
+        } else {
+            workers::spawn(&self.pool, &self.config, stop_rx.clone())
+        };
+        tracing::info!(
+            role = ?self.role,
+            listen = ?self.local_addr(),
+            backend = "postgres",
+            nats = if self.config.nats_url.is_some() { "configured (publisher not built yet)" } else { "off" },
+            "karvon started"
+        );
+        let mut http_stop = stop_rx.clone();
+        let http = async move {
+            match self.listener {
+                Some(listener) => axum::serve(listener, self.router)
+                    .with_graceful_shutdown(async move {
+                        let _ = http_stop.wait_for(|stop| *stop).await;
+                    })
+                    .await
+                    .context("serving HTTP"),
+                None => {
+                    let _ = http_stop.wait_for(|stop| *stop).await;
+                    Ok(())
+                }
+            }
+        };
+        let http = tokio::spawn(http);
+        shutdown.await;
+        tracing::info!("shutting down: finishing requests and batches in hand");
+        let _ = stop_tx.send(true);
+        for worker in workers {
+            let _ = worker.await;
+        }
+        http.await.context("HTTP task")??;
+        self.pool.close().await;
+        Ok(())
+    }
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<PgPool> {
+    let url = config.postgres_url()?;
+    postgres::ensure_database(url)
+        .await
+        .context("creating the database")?;
+    postgres::connect(&PgSettings {
+        url: url.to_string(),
+        max_connections: config.db_max_connections,
+    })
+    .await
+    .context("connecting to PostgreSQL")
+}
+
+/// `karvon migrate`.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let pool = open_store(config).await?;
+    postgres::migrate(&pool)
+        .await
+        .context("applying migrations")?;
+    Ok(())
+}
+
+/// `karvon projections rebuild <name>`.
+pub async fn rebuild_projection(config: &Config, name: &str) -> anyhow::Result<RebuildReport> {
+    let pool = open_store(config).await?;
+    postgres::migrate(&pool)
+        .await
+        .context("applying migrations")?;
+    let handler = read_model(name).with_context(|| {
+        format!(
+            "unknown projection {name:?}; known: {}",
+            READ_MODELS.join(", ")
+        )
+    })?;
+    runner::rebuild(&pool, handler.as_ref(), config.projection_batch_size.max(1))
+        .await
+        .context("rebuilding")
+}
+
+/// `karvon projections status`.
+pub async fn projection_status(config: &Config) -> anyhow::Result<Vec<runner::ProjectionStatus>> {
+    let pool = open_store(config).await?;
+    Ok(runner::status(&pool).await?)
+}
+
+/// The read models that can be rebuilt, by name.
+pub const READ_MODELS: &[&str] = &[
+    karvon_projections::names::CATALOG,
+    karvon_projections::names::STOCK,
+];
+
+pub fn read_model(name: &str) -> Option<Arc<dyn FeedHandler>> {
+    match name {
+        karvon_projections::names::CATALOG => Some(Arc::new(CatalogProjection)),
+        karvon_projections::names::STOCK => Some(Arc::new(StockProjection)),
+        _ => None,
+    }
+}
+
+/// The process-wide Prometheus recorder (installed once, shared by every
+/// application built in this process).
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok().map(|()| handle)
+        })
+        .clone()
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

@@ -1,1 +1,30 @@
-//! placeholder
+//! Read models and the projection contract.
+//!
+//! A projection is a pure fold over the global event feed: `(state, event)
+//! -> changes`. This crate holds those folds and the vocabulary every
+//! runner shares ([`Position`], [`EventMetadata`]); storing the state and
+//! the checkpoint in one transaction is the adapters' job.
+//!
+//! The contract every runner keeps:
+//! - events arrive in feed order ([`Position`] order) and each exactly once
+//!   per read model: the batch's changes and the new checkpoint commit
+//!   together or not at all;
+//! - a projection never reads another projection's tables while folding;
+//! - a read model can be dropped and rebuilt from position zero at any time.
+
+pub mod catalog;
+pub mod metadata;
+pub mod position;
+pub mod stock;
+
+pub use metadata::{EventMetadata, Source};
+pub use position::{Position, PositionParseError};
+
+/// Names of the read models fed by the global feed. Queries name the ones
+/// they read when they wait for `X-Min-Position`.
+pub mod names {
+    pub const CATALOG: &str = "catalog";
+    pub const STOCK: &str = "stock";
+    /// Not a read model: the process manager that completes transfers.
+    pub const TRANSFERS: &str = "transfers";
+}

@@ -1,0 +1,459 @@
+//! The projection runner: the one place events leave the store for read
+//! models and reactions.
+//!
+//! Each feed consumer (a [`FeedHandler`]) has a checkpoint row in
+//! `projection_checkpoints`. One step is one transaction: lock the
+//! checkpoint row, read the next settled batch after it, let the handler
+//! apply it, move the checkpoint, commit. A crash anywhere rolls the whole
+//! step back, so no event is applied twice or skipped.
+//!
+//! Only one instance runs a consumer at a time: the runner holds a session
+//! advisory lock on its own connection, and every step runs on that same
+//! connection, so losing the connection loses the lock and rolls back the
+//! step in hand. Standbys retry the lock and take over.
+//!
+//! Rebuild replays from position zero into a fresh schema beside the live
+//! one, then, in one transaction holding the live checkpoint row, catches
+//! up and swaps the schemas; queries answer from the old tables until then.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use karvon_projections::Position;
+use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
+use tokio::sync::watch;
+
+use crate::StorageError;
+use crate::feed::{self, FeedEvent};
+use crate::store::parse_txid;
+
+/// The channel the events table notifies on append.
+pub const EVENTS_CHANNEL: &str = "karvon_events";
+
+#[async_trait::async_trait]
+pub trait FeedHandler: Send + Sync + 'static {
+    /// The checkpoint name; also the projection's name in the CLI and API.
+    fn name(&self) -> &'static str;
+
+    /// The schema of the read model this handler owns; `None` for handlers
+    /// whose effects are elsewhere (they cannot be rebuilt).
+    fn schema(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Creates the read model's tables in `schema` when missing.
+    async fn create_tables(
+        &self,
+        _conn: &mut PgConnection,
+        _schema: &str,
+    ) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// Applies a batch inside the step's transaction. `search_path` points
+    /// at the target schema, so table names are written unqualified.
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[FeedEvent],
+    ) -> Result<(), StorageError>;
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerSettings {
+    pub batch_size: i64,
+    /// Fallback wake-up when no notification arrives (e.g. a long open
+    /// transaction held the horizon back).
+    pub poll_interval: Duration,
+    /// How often a standby retries the leadership lock.
+    pub standby_interval: Duration,
+    /// Pause after an error before reconnecting.
+    pub retry_backoff: Duration,
+}
+
+impl Default for RunnerSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 1000,
+            poll_interval: Duration::from_millis(250),
+            standby_interval: Duration::from_millis(500),
+            retry_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+pub struct Runner {
+    pool: PgPool,
+    handler: Arc<dyn FeedHandler>,
+    settings: RunnerSettings,
+}
+
+impl Runner {
+    pub fn new(pool: PgPool, handler: Arc<dyn FeedHandler>, settings: RunnerSettings) -> Self {
+        Self {
+            pool,
+            handler,
+            settings,
+        }
+    }
+
+    /// Runs until `shutdown` turns true; a step in hand is finished first.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let name = self.handler.name();
+        while !*shutdown.borrow() {
+            match self.lead(&mut shutdown).await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(projection = name, %error, "projection runner failed; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.settings.retry_backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+        tracing::info!(projection = name, "projection runner stopped");
+    }
+
+    async fn lead(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), StorageError> {
+        let name = self.handler.name();
+        let mut conn = connect(&self.pool, &format!("karvon-runner:{name}")).await?;
+        while !try_lock(&mut conn, name).await? {
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.standby_interval) => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+        }
+        tracing::info!(projection = name, "projection runner is active");
+        prepare(&mut conn, self.handler.as_ref()).await?;
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(EVENTS_CHANNEL).await?;
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let applied = step(
+                &mut conn,
+                self.handler.as_ref(),
+                name,
+                self.handler.schema(),
+                self.settings.batch_size,
+            )
+            .await?;
+            if applied as i64 >= self.settings.batch_size {
+                continue;
+            }
+            tokio::select! {
+                notification = listener.recv() => {
+                    if let Err(error) = notification {
+                        tracing::debug!(projection = name, %error, "listener error; polling");
+                        tokio::time::sleep(self.settings.poll_interval).await;
+                    }
+                }
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+/// Opens a dedicated connection (not from the pool: it holds the lock).
+async fn connect(pool: &PgPool, application_name: &str) -> Result<PgConnection, StorageError> {
+    let options: PgConnectOptions = (*pool.connect_options())
+        .clone()
+        .application_name(application_name);
+    Ok(options.connect().await?)
+}
+
+async fn try_lock(conn: &mut PgConnection, name: &str) -> Result<bool, StorageError> {
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+        .bind(format!("karvon.feed.{name}"))
+        .fetch_one(conn)
+        .await?;
+    Ok(locked)
+}
+
+/// Creates the checkpoint row and the live tables if this is a first start.
+async fn prepare(conn: &mut PgConnection, handler: &dyn FeedHandler) -> Result<(), StorageError> {
+    ensure_checkpoint(conn, handler.name()).await?;
+    if let Some(schema) = handler.schema() {
+        let mut tx = conn.begin().await?;
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&mut *tx)
+            .await?;
+        handler.create_tables(&mut tx, schema).await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+async fn ensure_checkpoint(conn: &mut PgConnection, name: &str) -> Result<(), StorageError> {
+    sqlx::query("INSERT INTO public.projection_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+        .bind(name)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// One step in its own transaction; returns how many events it applied.
+pub async fn step(
+    conn: &mut PgConnection,
+    handler: &dyn FeedHandler,
+    checkpoint: &str,
+    schema: Option<&str>,
+    limit: i64,
+) -> Result<usize, StorageError> {
+    let mut tx = conn.begin().await?;
+    let applied = step_within(&mut tx, handler, checkpoint, schema, limit).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// One step inside a transaction the caller owns.
+async fn step_within(
+    tx: &mut PgConnection,
+    handler: &dyn FeedHandler,
+    checkpoint: &str,
+    schema: Option<&str>,
+    limit: i64,
+) -> Result<usize, StorageError> {
+    if let Some(schema) = schema {
+        sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let row = sqlx::query(
+        "SELECT transaction_id::text AS txid, position FROM public.projection_checkpoints
+          WHERE name = $1 FOR UPDATE",
+    )
+    .bind(checkpoint)
+    .fetch_one(&mut *tx)
+    .await?;
+    let after = Position::new(
+        parse_txid(&row.get::<String, _>("txid"))?,
+        row.get("position"),
+    );
+    let events = feed::read_batch(&mut *tx, after, limit).await?;
+    let Some(last) = events.last() else {
+        return Ok(0);
+    };
+    handler.apply(&mut *tx, &events).await?;
+    sqlx::query(
+        "UPDATE public.projection_checkpoints
+            SET transaction_id = $2::text::xid8, position = $3, events_seen = events_seen + $4,
+                updated_at = now()
+          WHERE name = $1",
+    )
+    .bind(checkpoint)
+    .bind(last.position.transaction_id.to_string())
+    .bind(last.position.global_position)
+    .bind(events.len() as i64)
+    .execute(&mut *tx)
+    .await?;
+    metrics::counter!("karvon_projection_events_total", "projection" => handler.name().to_string())
+        .increment(events.len() as u64);
+    Ok(events.len())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub events: u64,
+    pub position: Position,
+    pub elapsed: Duration,
+}
+
+/// Replays the feed from zero into a fresh copy of the handler's schema and
+/// swaps it in. Queries keep reading the old tables until the swap commits.
+pub async fn rebuild(
+    pool: &PgPool,
+    handler: &dyn FeedHandler,
+    batch_size: i64,
+) -> Result<RebuildReport, StorageError> {
+    let started = Instant::now();
+    let name = handler.name();
+    let Some(live_schema) = handler.schema() else {
+        return Err(StorageError::EventStore(format!(
+            "{name} has no read model to rebuild"
+        )));
+    };
+    let shadow_schema = format!("{live_schema}__rebuild");
+    let shadow_checkpoint = format!("{name}__rebuild");
+    let mut conn = connect(pool, &format!("karvon-rebuild:{name}")).await?;
+    if !try_lock(&mut conn, &shadow_checkpoint).await? {
+        return Err(StorageError::EventStore(format!(
+            "a rebuild of {name} is already running"
+        )));
+    }
+    prepare(&mut conn, handler).await?;
+
+    let mut tx = conn.begin().await?;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {shadow_schema} CASCADE"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("CREATE SCHEMA {shadow_schema}"))
+        .execute(&mut *tx)
+        .await?;
+    handler.create_tables(&mut tx, &shadow_schema).await?;
+    sqlx::query("DELETE FROM public.projection_checkpoints WHERE name = $1")
+        .bind(&shadow_checkpoint)
+        .execute(&mut *tx)
+        .await?;
+    ensure_checkpoint(&mut tx, &shadow_checkpoint).await?;
+    tx.commit().await?;
+
+    let mut events = 0u64;
+    loop {
+        let applied = step(
+            &mut conn,
+            handler,
+            &shadow_checkpoint,
+            Some(&shadow_schema),
+            batch_size,
+        )
+        .await?;
+        events += applied as u64;
+        if (applied as i64) < batch_size {
+            break;
+        }
+    }
+
+    // Swap: hold the live checkpoint (the live runner waits), catch up the
+    // last events, exchange the schemas and hand the position over.
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT 1 FROM public.projection_checkpoints WHERE name = $1 FOR UPDATE")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    loop {
+        let applied = step_within(
+            &mut tx,
+            handler,
+            &shadow_checkpoint,
+            Some(&shadow_schema),
+            batch_size,
+        )
+        .await?;
+        events += applied as u64;
+        if (applied as i64) < batch_size {
+            break;
+        }
+    }
+    let old_schema = format!("{live_schema}__old");
+    for statement in [
+        "SET LOCAL search_path TO public".to_string(),
+        format!("DROP SCHEMA IF EXISTS {old_schema} CASCADE"),
+        format!("ALTER SCHEMA {live_schema} RENAME TO {old_schema}"),
+        format!("ALTER SCHEMA {shadow_schema} RENAME TO {live_schema}"),
+        format!("DROP SCHEMA {old_schema} CASCADE"),
+    ] {
+        sqlx::query(&statement).execute(&mut *tx).await?;
+    }
+    let row = sqlx::query(
+        "UPDATE public.projection_checkpoints AS live
+            SET transaction_id = shadow.transaction_id, position = shadow.position,
+                events_seen = shadow.events_seen, updated_at = now()
+           FROM public.projection_checkpoints AS shadow
+          WHERE live.name = $1 AND shadow.name = $2
+      RETURNING live.transaction_id::text AS txid, live.position",
+    )
+    .bind(name)
+    .bind(&shadow_checkpoint)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM public.projection_checkpoints WHERE name = $1")
+        .bind(&shadow_checkpoint)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let position = Position::new(
+        parse_txid(&row.get::<String, _>("txid"))?,
+        row.get("position"),
+    );
+    Ok(RebuildReport {
+        events,
+        position,
+        elapsed: started.elapsed(),
+    })
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProjectionStatus {
+    pub name: String,
+    pub position: String,
+    pub events_seen: i64,
+    /// Settled events not yet applied.
+    pub lag_events: i64,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Where every feed consumer stands.
+pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT c.name, c.transaction_id::text AS txid, c.position, c.events_seen, c.updated_at,
+                (SELECT count(*) FROM public.events e
+                  WHERE (e.transaction_id, e.global_position) > (c.transaction_id, c.position)
+                    AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())) AS lag
+           FROM public.projection_checkpoints c
+          WHERE c.name NOT LIKE '%\\_\\_rebuild'
+          ORDER BY c.name",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let position = Position::new(
+                parse_txid(&row.get::<String, _>("txid"))?,
+                row.get("position"),
+            );
+            Ok(ProjectionStatus {
+                name: row.get("name"),
+                position: position.to_string(),
+                events_seen: row.get("events_seen"),
+                lag_events: row.get("lag"),
+                updated_at: row.get("updated_at"),
+            })
+        })
+        .collect()
+}
+
+/// True once every named consumer has applied `target`.
+pub async fn reached(
+    pool: &PgPool,
+    names: &[&str],
+    target: Position,
+) -> Result<bool, StorageError> {
+    let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+    let done: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM public.projection_checkpoints
+          WHERE name = ANY($1) AND (transaction_id, position) >= ($2::text::xid8, $3)",
+    )
+    .bind(&names)
+    .bind(target.transaction_id.to_string())
+    .bind(target.global_position)
+    .fetch_one(pool)
+    .await?;
+    Ok(done as usize == names.len())
+}
+
+/// Waits up to `timeout` for every named consumer to apply `target`.
+pub async fn wait_until_applied(
+    pool: &PgPool,
+    names: &[&str],
+    target: Position,
+    timeout: Duration,
+) -> Result<bool, StorageError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if reached(pool, names, target).await? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+}

@@ -1,0 +1,214 @@
+//! Configuration: defaults, then a TOML file (`--config`, or
+//! `./karvon.toml` when present), then `KARVON_*` environment variables,
+//! which win. Secrets are never logged (`Debug` hides them).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP API binds (`KARVON_LISTEN`).
+    pub listen: String,
+    /// `postgres://…` or `sqlite://…` (`KARVON_DATABASE_URL`).
+    pub database_url: String,
+    /// NATS server; publishing is off when unset (`KARVON_NATS_URL`).
+    pub nats_url: Option<String>,
+    /// Key for signing login tokens (`KARVON_JWT_SECRET`).
+    pub jwt_secret: Option<String>,
+    /// tracing filter (`KARVON_LOG`).
+    pub log: String,
+    /// Apply migrations when `serve` starts (`KARVON_RUN_MIGRATIONS`).
+    pub run_migrations: bool,
+    /// Pool size for the API and command paths (`KARVON_DB_MAX_CONNECTIONS`).
+    pub db_max_connections: u32,
+    /// Largest request body accepted, in bytes (`KARVON_MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+    /// Requests taking longer are answered 408 (`KARVON_REQUEST_TIMEOUT_SECS`).
+    pub request_timeout_secs: u64,
+    /// Events per projection step (`KARVON_PROJECTION_BATCH_SIZE`).
+    pub projection_batch_size: i64,
+    /// How long a query waits for `X-Min-Position` (`KARVON_MIN_POSITION_WAIT_MS`).
+    pub min_position_wait_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_string(),
+            database_url: "sqlite://./karvon-data/karvon.db".to_string(),
+            nats_url: None,
+            jwt_secret: None,
+            log: "info".to_string(),
+            run_migrations: true,
+            db_max_connections: 16,
+            max_body_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
+            projection_batch_size: 1000,
+            min_position_wait_ms: 5000,
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("nats_url", &self.nats_url.as_deref().map(redact_url))
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<set>"))
+            .field("log", &self.log)
+            .field("run_migrations", &self.run_migrations)
+            .field("db_max_connections", &self.db_max_connections)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("projection_batch_size", &self.projection_batch_size)
+            .field("min_position_wait_ms", &self.min_position_wait_ms)
+            .finish()
+    }
+}
+
+/// Hides the password in a connection URL.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Config {
+    /// Loads the layers. `file` is `--config`; without it `./karvon.toml`
+    /// is read when it exists.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let path: Option<PathBuf> = match file {
+            Some(path) => Some(path.to_path_buf()),
+            None => Some(PathBuf::from("karvon.toml")).filter(|path| path.exists()),
+        };
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|key| std::env::var(key).ok())?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        fn parsed<T: std::str::FromStr>(key: &str, value: String) -> anyhow::Result<T> {
+            value
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{key} has an invalid value"))
+        }
+        if let Some(value) = var("KARVON_LISTEN") {
+            self.listen = value;
+        }
+        if let Some(value) = var("KARVON_DATABASE_URL") {
+            self.database_url = value;
+        }
+        if let Some(value) = var("KARVON_NATS_URL") {
+            self.nats_url = Some(value).filter(|value| !value.is_empty());
+        }
+        if let Some(value) = var("KARVON_JWT_SECRET") {
+            self.jwt_secret = Some(value).filter(|value| !value.is_empty());
+        }
+        if let Some(value) = var("KARVON_LOG") {
+            self.log = value;
+        }
+        if let Some(value) = var("KARVON_RUN_MIGRATIONS") {
+            self.run_migrations = parsed("KARVON_RUN_MIGRATIONS", value)?;
+        }
+        if let Some(value) = var("KARVON_DB_MAX_CONNECTIONS") {
+            self.db_max_connections = parsed("KARVON_DB_MAX_CONNECTIONS", value)?;
+        }
+        if let Some(value) = var("KARVON_MAX_BODY_BYTES") {
+            self.max_body_bytes = parsed("KARVON_MAX_BODY_BYTES", value)?;
+        }
+        if let Some(value) = var("KARVON_REQUEST_TIMEOUT_SECS") {
+            self.request_timeout_secs = parsed("KARVON_REQUEST_TIMEOUT_SECS", value)?;
+        }
+        if let Some(value) = var("KARVON_PROJECTION_BATCH_SIZE") {
+            self.projection_batch_size = parsed("KARVON_PROJECTION_BATCH_SIZE", value)?;
+        }
+        if let Some(value) = var("KARVON_MIN_POSITION_WAIT_MS") {
+            self.min_position_wait_ms = parsed("KARVON_MIN_POSITION_WAIT_MS", value)?;
+        }
+        Ok(())
+    }
+
+    /// The PostgreSQL URL, or a clear refusal for backends not built yet.
+    pub fn postgres_url(&self) -> anyhow::Result<&str> {
+        let url = self.database_url.as_str();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(url);
+        }
+        if url.starts_with("sqlite:") {
+            bail!(
+                "the embedded SQLite backend is not available yet; set KARVON_DATABASE_URL to a \
+                 postgres:// URL (e.g. postgres://postgres@127.0.0.1:5432/karvon)"
+            );
+        }
+        bail!(
+            "KARVON_DATABASE_URL must start with postgres:// (got {})",
+            redact_url(url)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_wins_over_defaults() {
+        let mut config = Config::default();
+        config
+            .apply_env(|key| match key {
+                "KARVON_LISTEN" => Some("0.0.0.0:9000".into()),
+                "KARVON_MAX_BODY_BYTES" => Some("2048".into()),
+                _ => None,
+            })
+            .expect("env");
+        assert_eq!(config.listen, "0.0.0.0:9000");
+        assert_eq!(config.max_body_bytes, 2048);
+    }
+
+    #[test]
+    fn a_bad_number_is_reported_by_name() {
+        let mut config = Config::default();
+        let error = config
+            .apply_env(|key| (key == "KARVON_DB_MAX_CONNECTIONS").then(|| "many".to_string()))
+            .expect_err("must fail");
+        assert!(error.to_string().contains("KARVON_DB_MAX_CONNECTIONS"));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://karvon:s3cret@db:5432/k"),
+            "postgres://karvon:***@db:5432/k"
+        );
+        assert!(
+            !format!(
+                "{:?}",
+                Config {
+                    jwt_secret: Some("x".into()),
+                    ..Config::default()
+                }
+            )
+            .contains("\"x\"")
+        );
+    }
+}

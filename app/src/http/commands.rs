@@ -1,0 +1,358 @@
+//! Command handlers (`POST`/`PUT` under `/api/v1`). Each validates its body
+//! into domain types, runs one aggregate command and answers
+//! `{"id": …, "position": …}` where `position` is the feed token of the
+//! command's last event, for `X-Min-Position` read-your-writes.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{NaiveDate, Utc};
+use karvon_adapters::store::Executed;
+use karvon_domain::ids::{product_stream_id, stock_stream_id};
+use karvon_domain::product::{ProductCommand, ProductDetails};
+use karvon_domain::stock::StockCommand;
+use karvon_domain::{Id, Money, Quantity, TenantId};
+use karvon_projections::{EventMetadata, Source};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::extract::JsonCommand;
+use super::{AppState, REQUEST_ID, header_text, idempotency_key};
+
+/// Until credentials exist (auth issue), every request acts for this tenant.
+pub const DEFAULT_TENANT: &str = "default";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterProduct {
+    product_id: Id,
+    sku: String,
+    name: String,
+    category: String,
+    unit: String,
+    barcode: Option<String>,
+    price: Option<Money>,
+    reorder_level: Option<Money>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProduct {
+    sku: String,
+    name: String,
+    category: String,
+    unit: String,
+    barcode: Option<String>,
+    price: Option<Money>,
+    reorder_level: Option<Money>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscontinueProduct {
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveStock {
+    warehouse_id: Id,
+    product_id: Id,
+    qty: Quantity,
+    batch: Option<String>,
+    expiry_date: Option<NaiveDate>,
+    unit_cost: Option<Money>,
+    supplier_id: Option<Id>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueStock {
+    warehouse_id: Id,
+    product_id: Id,
+    qty: Quantity,
+    reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustStock {
+    warehouse_id: Id,
+    product_id: Id,
+    counted_qty: Money,
+    reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferStock {
+    from_warehouse_id: Id,
+    to_warehouse_id: Id,
+    product_id: Id,
+    qty: Quantity,
+}
+
+pub async fn register_product(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    command: JsonCommand<RegisterProduct>,
+) -> Result<Response, ApiError> {
+    let request = command.body;
+    let context = CommandContext::new(
+        &headers,
+        command.fingerprint,
+        request.product_id.to_string(),
+    )?;
+    let details = ProductDetails {
+        sku: request.sku,
+        name: request.name,
+        category: request.category,
+        unit: request.unit,
+        barcode: request.barcode,
+        price: request.price,
+        reorder_level: request.reorder_level,
+    };
+    let stream = product_stream_id(&context.tenant, &request.product_id);
+    let executed = state
+        .products
+        .execute(
+            &stream,
+            ProductCommand::Register {
+                product_id: request.product_id,
+                details,
+            },
+            &context.metadata,
+        )
+        .await?;
+    Ok(accepted(StatusCode::CREATED, executed, &context))
+}
+
+pub async fn update_product(
+    State(state): State<AppState>,
+    Path(product_id): Path<String>,
+    headers: HeaderMap,
+    command: JsonCommand<UpdateProduct>,
+) -> Result<Response, ApiError> {
+    let product_id = path_id(&product_id)?;
+    let request = command.body;
+    let context = CommandContext::new(&headers, command.fingerprint, product_id.to_string())?;
+    let details = ProductDetails {
+        sku: request.sku,
+        name: request.name,
+        category: request.category,
+        unit: request.unit,
+        barcode: request.barcode,
+        price: request.price,
+        reorder_level: request.reorder_level,
+    };
+    let stream = product_stream_id(&context.tenant, &product_id);
+    let executed = state
+        .products
+        .execute(
+            &stream,
+            ProductCommand::Update { details },
+            &context.metadata,
+        )
+        .await?;
+    Ok(accepted(StatusCode::OK, executed, &context))
+}
+
+pub async fn discontinue_product(
+    State(state): State<AppState>,
+    Path(product_id): Path<String>,
+    headers: HeaderMap,
+    command: JsonCommand<DiscontinueProduct>,
+) -> Result<Response, ApiError> {
+    let product_id = path_id(&product_id)?;
+    let context = CommandContext::new(&headers, command.fingerprint, product_id.to_string())?;
+    if let Some(reason) = &command.body.reason {
+        if reason.chars().count() > 500 {
+            return Err(ApiError::validation("reason: is too long"));
+        }
+    }
+    let stream = product_stream_id(&context.tenant, &product_id);
+    let executed = state
+        .products
+        .execute(
+            &stream,
+            ProductCommand::Discontinue {
+                reason: command.body.reason,
+            },
+            &context.metadata,
+        )
+        .await?;
+    Ok(accepted(StatusCode::OK, executed, &context))
+}
+
+pub async fn receive_stock(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    command: JsonCommand<ReceiveStock>,
+) -> Result<Response, ApiError> {
+    let request = command.body;
+    let context = CommandContext::new(&headers, command.fingerprint, new_id())?;
+    ensure_product(&state, &context.tenant, &request.product_id).await?;
+    let stream = stock_stream_id(&context.tenant, &request.warehouse_id, &request.product_id);
+    let stock_command = StockCommand::Receive {
+        warehouse_id: request.warehouse_id,
+        product_id: request.product_id,
+        qty: request.qty,
+        batch: request.batch,
+        expiry_date: request.expiry_date,
+        unit_cost: request.unit_cost,
+        supplier_id: request.supplier_id,
+        purchase_order_id: None,
+    };
+    let executed = state
+        .stock
+        .execute(&stream, stock_command, &context.metadata)
+        .await?;
+    Ok(accepted(StatusCode::CREATED, executed, &context))
+}
+
+pub async fn issue_stock(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    command: JsonCommand<IssueStock>,
+) -> Result<Response, ApiError> {
+    let request = command.body;
+    let context = CommandContext::new(&headers, command.fingerprint, new_id())?;
+    ensure_product(&state, &context.tenant, &request.product_id).await?;
+    let stream = stock_stream_id(&context.tenant, &request.warehouse_id, &request.product_id);
+    let stock_command = StockCommand::Issue {
+        warehouse_id: request.warehouse_id,
+        product_id: request.product_id,
+        qty: request.qty,
+        reason: request.reason,
+    };
+    let executed = state
+        .stock
+        .execute(&stream, stock_command, &context.metadata)
+        .await?;
+    Ok(accepted(StatusCode::CREATED, executed, &context))
+}
+
+pub async fn adjust_stock(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    command: JsonCommand<AdjustStock>,
+) -> Result<Response, ApiError> {
+    let request = command.body;
+    let context = CommandContext::new(&headers, command.fingerprint, new_id())?;
+    ensure_product(&state, &context.tenant, &request.product_id).await?;
+    let stream = stock_stream_id(&context.tenant, &request.warehouse_id, &request.product_id);
+    let stock_command = StockCommand::Adjust {
+        warehouse_id: request.warehouse_id,
+        product_id: request.product_id,
+        counted_qty: request.counted_qty,
+        reason: request.reason,
+    };
+    let executed = state
+        .stock
+        .execute(&stream, stock_command, &context.metadata)
+        .await?;
+    Ok(accepted(StatusCode::CREATED, executed, &context))
+}
+
+pub async fn transfer_stock(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    command: JsonCommand<TransferStock>,
+) -> Result<Response, ApiError> {
+    let request = command.body;
+    let transfer_id = new_id();
+    let context = CommandContext::new(&headers, command.fingerprint, transfer_id.clone())?;
+    ensure_product(&state, &context.tenant, &request.product_id).await?;
+    let stream = stock_stream_id(
+        &context.tenant,
+        &request.from_warehouse_id,
+        &request.product_id,
+    );
+    let stock_command = StockCommand::TransferOut {
+        warehouse_id: request.from_warehouse_id,
+        product_id: request.product_id,
+        to_warehouse_id: request.to_warehouse_id,
+        qty: request.qty,
+        transfer_id,
+    };
+    let executed = state
+        .stock
+        .execute(&stream, stock_command, &context.metadata)
+        .await?;
+    Ok(accepted(StatusCode::CREATED, executed, &context))
+}
+
+/// Who is acting, for which tenant, and what goes into the metadata.
+struct CommandContext {
+    tenant: TenantId,
+    metadata: EventMetadata,
+}
+
+impl CommandContext {
+    fn new(
+        headers: &HeaderMap,
+        fingerprint: String,
+        response_id: String,
+    ) -> Result<Self, ApiError> {
+        let tenant = TenantId::parse(DEFAULT_TENANT).map_err(|_| ApiError::internal())?;
+        let key = idempotency_key(headers)?;
+        let metadata = EventMetadata {
+            tenant_id: tenant.to_string(),
+            occurred_at: Utc::now(),
+            source: Source::Http.as_str().to_string(),
+            actor: "anonymous".to_string(),
+            correlation_id: header_text(headers.get(REQUEST_ID)).unwrap_or_else(new_id),
+            causation_id: None,
+            request_hash: key.as_ref().map(|_| fingerprint),
+            idempotency_key: key,
+            response_id: Some(response_id),
+        };
+        Ok(Self { tenant, metadata })
+    }
+}
+
+fn accepted(status: StatusCode, executed: Executed, context: &CommandContext) -> Response {
+    let id = executed
+        .response_id
+        .or_else(|| context.metadata.response_id.clone());
+    let body = json!({
+        "success": true,
+        "data": {"id": id, "position": executed.position.map(|position| position.to_string())},
+    });
+    let mut response = (status, Json(body)).into_response();
+    if executed.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+fn path_id(raw: &str) -> Result<Id, ApiError> {
+    Id::parse(raw).map_err(|error| ApiError::validation(format!("id: {error}")))
+}
+
+async fn ensure_product(
+    state: &AppState,
+    tenant: &TenantId,
+    product_id: &Id,
+) -> Result<(), ApiError> {
+    let product = state
+        .products
+        .load(&product_stream_id(tenant, product_id))
+        .await?;
+    if !product.is_registered() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_product",
+            format!("product {product_id} is not registered"),
+        ));
+    }
+    Ok(())
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

@@ -1,0 +1,177 @@
+//! The HTTP API (axum): routes, shared state, and the layers every request
+//! passes through (request id, tracing, timeout, body limit, panic catcher,
+//! envelope for errors produced outside handlers, metrics).
+
+mod commands;
+mod error;
+mod extract;
+mod ops;
+mod queries;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use karvon_adapters::store::CommandExecutor;
+use karvon_domain::product::Product;
+use karvon_domain::stock::StockItem;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub products: Arc<CommandExecutor<Product>>,
+    pub stock: Arc<CommandExecutor<StockItem>>,
+    pub metrics: Option<PrometheusHandle>,
+    /// Upper bound for `X-Min-Position` waits.
+    pub min_position_wait: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+pub fn router(state: AppState, settings: &HttpSettings) -> Router {
+    let api = Router::new()
+        .route(
+            "/api/v1/products",
+            post(commands::register_product).get(queries::list_products),
+        )
+        .route(
+            "/api/v1/products/{id}",
+            get(queries::get_product).put(commands::update_product),
+        )
+        .route(
+            "/api/v1/products/{id}/discontinue",
+            post(commands::discontinue_product),
+        )
+        .route("/api/v1/stock/receipts", post(commands::receive_stock))
+        .route("/api/v1/stock/issues", post(commands::issue_stock))
+        .route("/api/v1/stock/adjustments", post(commands::adjust_stock))
+        .route("/api/v1/stock/transfers", post(commands::transfer_stock))
+        .route(
+            "/api/integrations/inventory-levels",
+            get(queries::inventory_levels),
+        )
+        .route(
+            "/api/integrations/product-movement-history",
+            get(queries::movement_history),
+        )
+        .route("/api/v1/admin/projections", get(ops::projections));
+
+    Router::new()
+        .merge(api)
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .layer(middleware::from_fn(envelope_for_bare_errors))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal().into_response()
+        }))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            settings.request_timeout,
+        ))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
+                let matched = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(MatchedPath::as_str);
+                let request_id = request
+                    .headers()
+                    .get(REQUEST_ID)
+                    .and_then(|value| value.to_str().ok());
+                tracing::info_span!("http", method = %request.method(), path = matched, request_id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Error answers made outside handlers (405, 408, 413 from layers) get the
+/// envelope too, so every error a client sees has the same shape.
+async fn envelope_for_bare_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed"),
+        StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body is too large"),
+        StatusCode::NOT_FOUND => ("not_found", "not found"),
+        status if status.is_server_error() => ("internal_error", "internal error"),
+        _ => ("bad_request", "bad request"),
+    };
+    let mut replaced = ApiError::new(status, code, message).into_response();
+    if let Some(allow) = response.headers().get(header::ALLOW) {
+        replaced.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    replaced
+}
+
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let path = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!("karvon_http_request_duration_seconds", "method" => method.clone(), "path" => path.clone(), "status" => status.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("karvon_http_requests_total", "method" => method, "path" => path, "status" => status).increment(1);
+    response
+}
+
+/// The `Idempotency-Key` header, validated.
+pub(crate) fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .ok()
+        .filter(|text| {
+            !text.is_empty() && text.len() <= 255 && text.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::validation("Idempotency-Key must be 1–255 visible ASCII characters")
+        })?;
+    Ok(Some(text.to_string()))
+}
+
+pub(crate) fn header_text(value: Option<&HeaderValue>) -> Option<String> {
+    value
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string)
+}

@@ -1,0 +1,67 @@
+//! Operational endpoints: liveness, readiness, metrics, projection status.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use karvon_adapters::{postgres, runner};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+
+pub async fn health() -> Json<Value> {
+    Json(json!({"success": true, "data": {"status": "ok"}}))
+}
+
+/// Ready when the store answers and every migration is applied.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    match postgres::migrations_applied(&state.pool).await {
+        Ok(true) => {
+            Json(json!({"success": true, "data": {"store": "ok", "migrations": "applied"}}))
+                .into_response()
+        }
+        Ok(false) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "migrations are not applied",
+        )
+        .into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "readiness check failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the event store is unreachable",
+            )
+            .into_response()
+        }
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    if let Ok(statuses) = runner::status(&state.pool).await {
+        for status in statuses {
+            metrics::gauge!("karvon_projection_lag_events", "projection" => status.name.clone())
+                .set(status.lag_events as f64);
+            let age = (chrono::Utc::now() - status.updated_at).num_milliseconds() as f64 / 1000.0;
+            metrics::gauge!("karvon_projection_last_step_age_seconds", "projection" => status.name)
+                .set(age);
+        }
+    }
+    let body = state
+        .metrics
+        .as_ref()
+        .map(|handle| handle.render())
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+pub async fn projections(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let statuses = runner::status(&state.pool).await?;
+    Ok(Json(json!({"success": true, "data": {"items": statuses}})))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
