@@ -70,6 +70,8 @@ pub struct RunnerSettings {
     pub standby_interval: Duration,
     /// Pause after an error before reconnecting.
     pub retry_backoff: Duration,
+    /// Names this instance in `pg_stat_activity` (`karvon-runner:<name>:<instance>`).
+    pub instance: String,
 }
 
 impl Default for RunnerSettings {
@@ -79,6 +81,7 @@ impl Default for RunnerSettings {
             poll_interval: Duration::from_millis(250),
             standby_interval: Duration::from_millis(500),
             retry_backoff: Duration::from_secs(1),
+            instance: std::process::id().to_string(),
         }
     }
 }
@@ -118,7 +121,8 @@ impl Runner {
 
     async fn lead(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), StorageError> {
         let name = self.handler.name();
-        let mut conn = connect(&self.pool, &format!("karvon-runner:{name}")).await?;
+        let application_name = format!("karvon-runner:{name}:{}", self.settings.instance);
+        let mut conn = connect(&self.pool, &application_name).await?;
         while !try_lock(&mut conn, name).await? {
             tokio::select! {
                 _ = tokio::time::sleep(self.settings.standby_interval) => {}

@@ -164,16 +164,16 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 
 /// `karvon projections rebuild <name>`.
 pub async fn rebuild_projection(config: &Config, name: &str) -> anyhow::Result<RebuildReport> {
-    let pool = open_store(config).await?;
-    postgres::migrate(&pool)
-        .await
-        .context("applying migrations")?;
     let handler = read_model(name).with_context(|| {
         format!(
             "unknown projection {name:?}; known: {}",
             READ_MODELS.join(", ")
         )
     })?;
+    let pool = open_store(config).await?;
+    postgres::migrate(&pool)
+        .await
+        .context("applying migrations")?;
     runner::rebuild(&pool, handler.as_ref(), config.projection_batch_size.max(1))
         .await
         .context("rebuilding")

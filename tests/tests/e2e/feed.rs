@@ -1,0 +1,332 @@
+//! The global feed under stress: concurrent writers with out-of-order
+//! commits, and runners killed mid-batch. The read model must always equal
+//! a full replay of the stored events: nothing skipped, nothing doubled.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use karvon_adapters::StorageError;
+use karvon_adapters::feed::FeedEvent;
+use karvon_adapters::postgres;
+use karvon_adapters::read_models::stock::StockProjection;
+use karvon_adapters::runner::{FeedHandler, Runner, RunnerSettings};
+use karvon_adapters::store::{CommandError, CommandExecutor};
+use karvon_domain::stock::{StockCommand, StockEvent, StockItem};
+use karvon_domain::{Id, Money, Quantity};
+use karvon_projections::{EventMetadata, names};
+use karvon_tests::{
+    TestDb, append_raw_receipts, checkpoint, projected_stock, replayed_stock, replayed_stock_until,
+    spawn_app, wait_caught_up,
+};
+use rust_decimal::Decimal;
+use sqlx::{Connection, PgConnection};
+use tokio::sync::watch;
+
+fn load_seconds() -> u64 {
+    std::env::var("KARVON_TEST_LOAD_SECS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(10)
+}
+
+fn metadata() -> EventMetadata {
+    EventMetadata {
+        tenant_id: "default".into(),
+        occurred_at: chrono::Utc::now(),
+        source: "system".into(),
+        actor: "test".into(),
+        correlation_id: uuid::Uuid::new_v4().to_string(),
+        causation_id: None,
+        idempotency_key: None,
+        request_hash: None,
+        response_id: None,
+    }
+}
+
+fn id(value: &str) -> Id {
+    Id::parse(value).expect("id")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_writers_and_a_held_transaction_end_equal_to_a_full_replay() {
+    let db = TestDb::create().await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    let pool = db.pool().await.expect("pool");
+    let stock = Arc::new(CommandExecutor::<StockItem>::new(pool.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let appended = Arc::new(AtomicU64::new(0));
+
+    let mut writers = Vec::new();
+    for writer in 0..8u64 {
+        let (stock, stop, appended) = (stock.clone(), stop.clone(), appended.clone());
+        writers.push(tokio::spawn(async move {
+            let mut step = writer;
+            while !stop.load(Ordering::Relaxed) {
+                step += 7;
+                // 12 shared items: writers collide and must retry.
+                let warehouse = id(&format!("W{}", step % 3));
+                let product = id(&format!("P{}", step % 4));
+                let stream = format!("default/{warehouse}/{product}");
+                let command = match step % 5 {
+                    0..=2 => StockCommand::Receive {
+                        warehouse_id: warehouse,
+                        product_id: product,
+                        qty: Quantity::parse(Decimal::from(step % 9 + 1)).expect("qty"),
+                        batch: (step % 2 == 0).then(|| format!("B{}", step % 4)),
+                        expiry_date: (step % 2 == 0).then(|| "2027-01-01".parse().expect("date")),
+                        unit_cost: None,
+                        supplier_id: None,
+                        purchase_order_id: None,
+                    },
+                    3 => StockCommand::Issue {
+                        warehouse_id: warehouse,
+                        product_id: product,
+                        qty: Quantity::parse(Decimal::from(step % 4 + 1)).expect("qty"),
+                        reason: "load".into(),
+                    },
+                    _ => StockCommand::Adjust {
+                        warehouse_id: warehouse,
+                        product_id: product,
+                        counted_qty: Money::parse(Decimal::from(step % 30)).expect("count"),
+                        reason: "count".into(),
+                    },
+                };
+                match stock.execute(&stream, command, &metadata()).await {
+                    Ok(_) => {
+                        appended.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(CommandError::Domain(_) | CommandError::Contended) => {}
+                    Err(error) => panic!("writer failed: {error}"),
+                }
+            }
+        }));
+    }
+
+    // Out-of-order commit on purpose: this transaction takes a feed
+    // position early and commits after many later positions.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut held = PgConnection::connect(&db.url).await.expect("connect");
+    let mut transaction = held.begin().await.expect("begin");
+    let payload = serde_json::json!({"StockReceived": {
+        "warehouse_id": "HELD", "product_id": "P0", "qty": "5", "batch": null, "expiry_date": null,
+        "unit_cost": null, "supplier_id": null, "purchase_order_id": null}});
+    let (held_txid, held_position): (String, i64) = sqlx::query_as(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('StockItem', 'default/HELD/P0', 1, 'StockReceived', '1', $1, '{\"tenant_id\":\"default\"}')
+         RETURNING transaction_id::text, global_position",
+    )
+    .bind(payload)
+    .fetch_one(&mut *transaction)
+    .await
+    .expect("held insert");
+    let held_txid: u64 = held_txid.parse().expect("txid");
+    let hold_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < hold_until {
+        if let Some(at) = checkpoint(&pool, names::STOCK).await.expect("checkpoint") {
+            assert!(
+                at.transaction_id < held_txid,
+                "the projection passed an open transaction: {at} vs {held_txid}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let later_commits: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE global_position > $1")
+            .bind(held_position)
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert!(
+        later_commits > 0,
+        "no later event committed while the transaction was held"
+    );
+    transaction.commit().await.expect("commit held");
+
+    tokio::time::sleep(Duration::from_secs(load_seconds().saturating_sub(4))).await;
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    wait_caught_up(&pool, &[names::STOCK], Duration::from_secs(60))
+        .await
+        .expect("caught up");
+
+    let (expected, stock_events) = replayed_stock(&pool).await.expect("replay");
+    let (actual, movements) = projected_stock(&pool).await.expect("projection");
+    assert_eq!(stock_events as u64, appended.load(Ordering::Relaxed) + 1);
+    assert_eq!(movements, stock_events, "one movement row per stock event");
+    assert_eq!(
+        actual, expected,
+        "the read model differs from a full replay"
+    );
+    assert!(
+        actual.contains_key(&("default".into(), "HELD".into(), "P0".into())),
+        "the held event was skipped"
+    );
+    eprintln!(
+        "8 writers appended {} events in {}s",
+        stock_events,
+        load_seconds()
+    );
+    app.stop().await.expect("stop");
+}
+
+/// Delegates to the stock projection, then stalls before the checkpoint is
+/// written: the window a crash must not leave half-applied.
+struct SlowStock {
+    inner: StockProjection,
+    pause: Duration,
+}
+
+#[async_trait::async_trait]
+impl FeedHandler for SlowStock {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn schema(&self) -> Option<&'static str> {
+        self.inner.schema()
+    }
+
+    async fn create_tables(
+        &self,
+        conn: &mut PgConnection,
+        schema: &str,
+    ) -> Result<(), StorageError> {
+        self.inner.create_tables(conn, schema).await
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[FeedEvent],
+    ) -> Result<(), StorageError> {
+        self.inner.apply(conn, events).await?;
+        tokio::time::sleep(self.pause).await;
+        Ok(())
+    }
+}
+
+async fn prepared_feed(db: &TestDb) -> sqlx::PgPool {
+    let pool = db.pool().await.expect("pool");
+    postgres::migrate(&pool).await.expect("migrate");
+    append_raw_receipts(&pool, "BULK", 4000, 37)
+        .await
+        .expect("append");
+    append_raw_receipts(&pool, "MORE", 1000, 11)
+        .await
+        .expect("append");
+    pool
+}
+
+fn slow_runner(pool: &sqlx::PgPool, instance: &str) -> Runner {
+    let settings = RunnerSettings {
+        batch_size: 300,
+        instance: instance.into(),
+        retry_backoff: Duration::from_millis(100),
+        ..RunnerSettings::default()
+    };
+    Runner::new(
+        pool.clone(),
+        Arc::new(SlowStock {
+            inner: StockProjection,
+            pause: Duration::from_millis(400),
+        }),
+        settings,
+    )
+}
+
+async fn wait_for_progress(pool: &sqlx::PgPool, events: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen: Option<i64> = sqlx::query_scalar(
+            "SELECT events_seen FROM projection_checkpoints WHERE name = 'stock'",
+        )
+        .fetch_optional(pool)
+        .await
+        .expect("seen");
+        if seen.unwrap_or(0) >= events {
+            return;
+        }
+        assert!(Instant::now() < deadline, "runner made no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn assert_matches_replay(pool: &sqlx::PgPool) {
+    let (expected, events) = replayed_stock(pool).await.expect("replay");
+    let (actual, movements) = projected_stock(pool).await.expect("projection");
+    assert_eq!(movements, events, "events applied twice or skipped");
+    assert_eq!(actual, expected);
+}
+
+#[tokio::test]
+async fn aborting_the_runner_mid_batch_rolls_the_batch_back() {
+    let db = TestDb::create().await.expect("db");
+    let pool = prepared_feed(&db).await;
+    let (_stop_tx, stop) = watch::channel(false);
+    let task = tokio::spawn(slow_runner(&pool, "doomed").run(stop.clone()));
+    wait_for_progress(&pool, 600).await;
+    // Land inside a batch: its rows are written, its checkpoint is not.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    task.abort();
+    let _ = task.await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // What survived is exactly the events up to the checkpoint.
+    let at = checkpoint(&pool, names::STOCK)
+        .await
+        .expect("checkpoint")
+        .expect("row");
+    let (expected, events) = replayed_stock_until(&pool, Some(at)).await.expect("replay");
+    let (actual, movements) = projected_stock(&pool).await.expect("projection");
+    assert_eq!(movements, events);
+    assert_eq!(actual, expected, "a half-applied batch survived the crash");
+    assert!(events < 5000, "the runner finished before it was killed");
+
+    let task = tokio::spawn(
+        Runner::new(
+            pool.clone(),
+            Arc::new(StockProjection),
+            RunnerSettings::default(),
+        )
+        .run(stop),
+    );
+    wait_caught_up(&pool, &[names::STOCK], Duration::from_secs(30))
+        .await
+        .expect("caught up");
+    assert_matches_replay(&pool).await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn dropping_the_runner_connection_mid_batch_neither_doubles_nor_skips() {
+    let db = TestDb::create().await.expect("db");
+    let pool = prepared_feed(&db).await;
+    let (_stop_tx, stop) = watch::channel(false);
+    let task = tokio::spawn(slow_runner(&pool, "cut").run(stop));
+    wait_for_progress(&pool, 600).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'karvon-runner:stock:cut'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("terminate");
+    assert_eq!(killed, [true]);
+    // The runner reconnects by itself and carries on from its checkpoint.
+    wait_caught_up(&pool, &[names::STOCK], Duration::from_secs(60))
+        .await
+        .expect("caught up");
+    assert_matches_replay(&pool).await;
+    task.abort();
+}
+
+#[test]
+fn stock_events_used_here_are_the_domain_ones() {
+    // Guards the raw payloads above against silent renames in the domain.
+    let raw = serde_json::json!({"StockReceived": {"warehouse_id": "W", "product_id": "P", "qty": "1", "batch": null,
+        "expiry_date": null, "unit_cost": null, "supplier_id": null, "purchase_order_id": null}});
+    assert!(serde_json::from_value::<StockEvent>(raw).is_ok());
+}

@@ -1,0 +1,243 @@
+//! Idempotency keys: one set of events per key, identical answers, and
+//! exactly-once application across a `kill -9` of the server.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use karvon_projections::names;
+use karvon_tests::{TestDb, event_count, karvon_binary, product, spawn_app, wait_caught_up};
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+#[tokio::test]
+async fn the_same_key_twice_appends_once_and_answers_identically() {
+    let db = TestDb::create().await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    app.post("/api/v1/products", &product("P1", "dairy", None))
+        .await;
+    let receipt = json!({"warehouse_id": "W1", "product_id": "P1", "qty": "3"});
+    let before = event_count(&app.pool).await.expect("count");
+
+    let first = app
+        .post_keyed("/api/v1/stock/receipts", "rcpt-1", &receipt)
+        .await;
+    let second = app
+        .post_keyed("/api/v1/stock/receipts", "rcpt-1", &receipt)
+        .await;
+    assert_eq!(first.0, StatusCode::CREATED);
+    assert_eq!(
+        first, second,
+        "a retried key must answer exactly as the first time"
+    );
+    assert_eq!(event_count(&app.pool).await.expect("count"), before + 1);
+
+    // Ten concurrent twins: still one append, one answer.
+    let mut twins = Vec::new();
+    for _ in 0..10 {
+        let client = app.client.clone();
+        let url = app.url("/api/v1/stock/receipts");
+        let body = receipt.clone();
+        twins.push(tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .header("Idempotency-Key", "rcpt-2")
+                .json(&body)
+                .send()
+                .await
+                .expect("send");
+            (
+                response.status(),
+                response.json::<serde_json::Value>().await.expect("json"),
+            )
+        }));
+    }
+    let mut answers = Vec::new();
+    for twin in twins {
+        answers.push(twin.await.expect("task"));
+    }
+    assert!(
+        answers.iter().all(|answer| *answer == answers[0]),
+        "{answers:?}"
+    );
+    assert_eq!(event_count(&app.pool).await.expect("count"), before + 2);
+
+    // The same key with another body is a client error, not a silent replay.
+    let other = json!({"warehouse_id": "W1", "product_id": "P1", "qty": "4"});
+    let (status, body) = app
+        .post_keyed("/api/v1/stock/receipts", "rcpt-1", &other)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"], "idempotency_key_reused");
+    assert_eq!(event_count(&app.pool).await.expect("count"), before + 2);
+
+    let (_, body) = app
+        .get_after(
+            "/api/integrations/inventory-levels",
+            &second.1["data"]["position"],
+        )
+        .await;
+    wait_caught_up(&app.pool, &[names::STOCK], Duration::from_secs(10))
+        .await
+        .expect("caught up");
+    let (_, body2) = app.get("/api/integrations/inventory-levels").await;
+    assert!(body["success"] == json!(true));
+    assert_eq!(body2["data"]["items"][0]["on_hand"], "6");
+    app.stop().await.expect("stop");
+}
+
+struct Server {
+    child: Child,
+    address: String,
+}
+
+async fn start_server(db: &TestDb) -> Server {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        listener.local_addr().expect("addr").port()
+    };
+    let child = Command::new(karvon_binary().expect("binary"))
+        .arg("serve")
+        .env("KARVON_DATABASE_URL", &db.url)
+        .env("KARVON_LISTEN", format!("127.0.0.1:{port}"))
+        .env("KARVON_DB_MAX_CONNECTIONS", "8")
+        .env("KARVON_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("karvon starts");
+    let address = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = reqwest::Client::new();
+    loop {
+        if let Ok(response) = client.get(format!("{address}/ready")).send().await {
+            if response.status() == StatusCode::OK {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Server { child, address }
+}
+
+#[tokio::test]
+async fn kill_9_during_keyed_load_then_retrying_unacknowledged_commands_applies_each_once() {
+    const COMMANDS: usize = 600;
+    let db = TestDb::create().await.expect("db");
+    let mut server = start_server(&db).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let response = client
+        .post(format!("{}/api/v1/products", server.address))
+        .json(&product("P1", "dairy", None))
+        .send()
+        .await
+        .expect("product");
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    // Eight clients send keyed receipts of 1 unit each; the server is
+    // killed with SIGKILL part-way through.
+    let acknowledged = Arc::new(Mutex::new(vec![false; COMMANDS]));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (client, address, acknowledged, next) = (
+            client.clone(),
+            server.address.clone(),
+            acknowledged.clone(),
+            next.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            loop {
+                let index = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if index >= COMMANDS {
+                    break;
+                }
+                let body = json!({"warehouse_id": "W1", "product_id": "P1", "qty": "1"});
+                let sent = client
+                    .post(format!("{address}/api/v1/stock/receipts"))
+                    .header("Idempotency-Key", format!("load-{index}"))
+                    .json(&body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status() == StatusCode::CREATED => {
+                        acknowledged.lock().await[index] = true
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    loop {
+        let done = acknowledged.lock().await.iter().filter(|ack| **ack).count();
+        if done >= COMMANDS / 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reaped");
+    for handle in clients {
+        let _ = handle.await;
+    }
+    let acked = acknowledged.lock().await.iter().filter(|ack| **ack).count();
+    assert!(acked < COMMANDS, "the kill came too late to test anything");
+
+    // Restart and retry everything the clients did not see acknowledged,
+    // plus a few that were acknowledged (they must replay, not re-apply).
+    let mut server = start_server(&db).await;
+    let flags = acknowledged.lock().await.clone();
+    let mut replayed = 0;
+    for (index, acked) in flags.iter().enumerate() {
+        if *acked && index % 50 != 0 {
+            continue;
+        }
+        let body = json!({"warehouse_id": "W1", "product_id": "P1", "qty": "1"});
+        let response = client
+            .post(format!("{}/api/v1/stock/receipts", server.address))
+            .header("Idempotency-Key", format!("load-{index}"))
+            .json(&body)
+            .send()
+            .await
+            .expect("retry");
+        assert_eq!(response.status(), StatusCode::CREATED);
+        if response.headers().contains_key("idempotent-replayed") {
+            replayed += 1;
+        }
+    }
+    assert!(replayed >= flags.iter().step_by(50).filter(|ack| **ack).count());
+
+    let pool = db.pool().await.expect("pool");
+    let receipts: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'StockReceived'")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(
+        receipts, COMMANDS as i64,
+        "every command applied exactly once"
+    );
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM command_log")
+        .fetch_one(&pool)
+        .await
+        .expect("keys");
+    assert_eq!(keys, COMMANDS as i64);
+    wait_caught_up(&pool, &[names::STOCK], Duration::from_secs(20))
+        .await
+        .expect("caught up");
+    let on_hand: rust_decimal::Decimal =
+        sqlx::query_scalar("SELECT on_hand FROM stock.levels WHERE product_id = 'P1'")
+            .fetch_one(&pool)
+            .await
+            .expect("level");
+    assert_eq!(on_hand, rust_decimal::Decimal::from(COMMANDS as i64));
+    server.child.kill().expect("stop");
+    server.child.wait().expect("reaped");
+    pool.close().await;
+}
