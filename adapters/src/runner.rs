@@ -72,6 +72,10 @@ pub struct RunnerSettings {
     pub retry_backoff: Duration,
     /// Names this instance in `pg_stat_activity` (`karvon-runner:<name>:<instance>`).
     pub instance: String,
+    /// Fault injection for crash tests: a pause between applying a batch and
+    /// writing its checkpoint, inside the step's transaction. Zero in
+    /// production.
+    pub pause_before_checkpoint: Duration,
 }
 
 impl Default for RunnerSettings {
@@ -82,6 +86,7 @@ impl Default for RunnerSettings {
             standby_interval: Duration::from_millis(500),
             retry_backoff: Duration::from_secs(1),
             instance: std::process::id().to_string(),
+            pause_before_checkpoint: Duration::ZERO,
         }
     }
 }
@@ -145,7 +150,7 @@ impl Runner {
                 self.handler.as_ref(),
                 name,
                 self.handler.schema(),
-                self.settings.batch_size,
+                &self.settings,
             )
             .await?;
             if applied as i64 >= self.settings.batch_size {
@@ -209,10 +214,10 @@ pub async fn step(
     handler: &dyn FeedHandler,
     checkpoint: &str,
     schema: Option<&str>,
-    limit: i64,
+    settings: &RunnerSettings,
 ) -> Result<usize, StorageError> {
     let mut tx = conn.begin().await?;
-    let applied = step_within(&mut tx, handler, checkpoint, schema, limit).await?;
+    let applied = step_within(&mut tx, handler, checkpoint, schema, settings).await?;
     tx.commit().await?;
     Ok(applied)
 }
@@ -223,7 +228,7 @@ async fn step_within(
     handler: &dyn FeedHandler,
     checkpoint: &str,
     schema: Option<&str>,
-    limit: i64,
+    settings: &RunnerSettings,
 ) -> Result<usize, StorageError> {
     if let Some(schema) = schema {
         sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
@@ -241,11 +246,14 @@ async fn step_within(
         parse_txid(&row.get::<String, _>("txid"))?,
         row.get("position"),
     );
-    let events = feed::read_batch(&mut *tx, after, limit).await?;
+    let events = feed::read_batch(&mut *tx, after, settings.batch_size).await?;
     let Some(last) = events.last() else {
         return Ok(0);
     };
     handler.apply(&mut *tx, &events).await?;
+    if !settings.pause_before_checkpoint.is_zero() {
+        tokio::time::sleep(settings.pause_before_checkpoint).await;
+    }
     sqlx::query(
         "UPDATE public.projection_checkpoints
             SET transaction_id = $2::text::xid8, position = $3, events_seen = events_seen + $4,
@@ -278,6 +286,10 @@ pub async fn rebuild(
     batch_size: i64,
 ) -> Result<RebuildReport, StorageError> {
     let started = Instant::now();
+    let settings = RunnerSettings {
+        batch_size,
+        ..RunnerSettings::default()
+    };
     let name = handler.name();
     let Some(live_schema) = handler.schema() else {
         return Err(StorageError::EventStore(format!(
@@ -316,7 +328,7 @@ pub async fn rebuild(
             handler,
             &shadow_checkpoint,
             Some(&shadow_schema),
-            batch_size,
+            &settings,
         )
         .await?;
         events += applied as u64;
@@ -338,7 +350,7 @@ pub async fn rebuild(
             handler,
             &shadow_checkpoint,
             Some(&shadow_schema),
-            batch_size,
+            &settings,
         )
         .await?;
         events += applied as u64;

@@ -6,11 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use karvon_adapters::StorageError;
-use karvon_adapters::feed::FeedEvent;
 use karvon_adapters::postgres;
 use karvon_adapters::read_models::stock::StockProjection;
-use karvon_adapters::runner::{FeedHandler, Runner, RunnerSettings};
+use karvon_adapters::runner::{Runner, RunnerSettings};
 use karvon_adapters::store::{CommandError, CommandExecutor};
 use karvon_domain::stock::{StockCommand, StockEvent, StockItem};
 use karvon_domain::{Id, Money, Quantity};
@@ -172,42 +170,6 @@ async fn eight_writers_and_a_held_transaction_end_equal_to_a_full_replay() {
     app.stop().await.expect("stop");
 }
 
-/// Delegates to the stock projection, then stalls before the checkpoint is
-/// written: the window a crash must not leave half-applied.
-struct SlowStock {
-    inner: StockProjection,
-    pause: Duration,
-}
-
-#[async_trait::async_trait]
-impl FeedHandler for SlowStock {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn schema(&self) -> Option<&'static str> {
-        self.inner.schema()
-    }
-
-    async fn create_tables(
-        &self,
-        conn: &mut PgConnection,
-        schema: &str,
-    ) -> Result<(), StorageError> {
-        self.inner.create_tables(conn, schema).await
-    }
-
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        events: &[FeedEvent],
-    ) -> Result<(), StorageError> {
-        self.inner.apply(conn, events).await?;
-        tokio::time::sleep(self.pause).await;
-        Ok(())
-    }
-}
-
 async fn prepared_feed(db: &TestDb) -> sqlx::PgPool {
     let pool = db.pool().await.expect("pool");
     postgres::migrate(&pool).await.expect("migrate");
@@ -220,21 +182,17 @@ async fn prepared_feed(db: &TestDb) -> sqlx::PgPool {
     pool
 }
 
+/// A stock runner that stalls between applying a batch and writing its
+/// checkpoint: the window a crash must not leave half-applied.
 fn slow_runner(pool: &sqlx::PgPool, instance: &str) -> Runner {
     let settings = RunnerSettings {
         batch_size: 300,
         instance: instance.into(),
         retry_backoff: Duration::from_millis(100),
+        pause_before_checkpoint: Duration::from_millis(400),
         ..RunnerSettings::default()
     };
-    Runner::new(
-        pool.clone(),
-        Arc::new(SlowStock {
-            inner: StockProjection,
-            pause: Duration::from_millis(400),
-        }),
-        settings,
-    )
+    Runner::new(pool.clone(), Arc::new(StockProjection), settings)
 }
 
 async fn wait_for_progress(pool: &sqlx::PgPool, events: i64) {
