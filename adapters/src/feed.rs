@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use karvon_projections::{EventMetadata, Position};
+use karvon_projections::{EventMetadata, Position, PositionToken};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
@@ -93,4 +93,35 @@ fn decode(row: &PgRow) -> Result<FeedEvent, StorageError> {
         event_id: row.try_get("event_id")?,
         recorded_at,
     })
+}
+
+/// The feed position of a token's event, once it is committed.
+pub async fn resolve(
+    pool: &sqlx::PgPool,
+    token: &PositionToken,
+) -> Result<Option<Position>, StorageError> {
+    let (aggregate_type, sequence, aggregate_id) = match token {
+        PositionToken::Feed(position) => return Ok(Some(*position)),
+        PositionToken::Stream {
+            aggregate_type,
+            sequence,
+            aggregate_id,
+        } => (aggregate_type, sequence, aggregate_id),
+    };
+    let row = sqlx::query(
+        "SELECT transaction_id::text AS txid, global_position FROM public.events
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(sequence)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|row| {
+        Ok(Position::new(
+            parse_txid(&row.try_get::<String, _>("txid")?)?,
+            row.try_get("global_position")?,
+        ))
+    })
+    .transpose()
 }

@@ -36,6 +36,10 @@ pub async fn connect(settings: &PgSettings) -> Result<PgPool, StorageError> {
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        // sqlx pings every connection it hands out by default: one extra
+        // round trip per query. A broken connection fails its query instead
+        // (answered 503, retried by the client) and is then replaced.
+        .test_before_acquire(false)
         .connect_with(options)
         .await?;
     Ok(pool)

@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use karvon_projections::Position;
+use karvon_projections::{Position, PositionToken};
 use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 use tokio::sync::watch;
@@ -68,6 +68,10 @@ pub struct RunnerSettings {
     pub poll_interval: Duration,
     /// How often a standby retries the leadership lock.
     pub standby_interval: Duration,
+    /// Least time between the starts of two small steps: bounds the step
+    /// rate (and so its per-transaction overhead) under steady appends, at
+    /// the cost of that much read-your-writes latency under load.
+    pub min_step_interval: Duration,
     /// Pause after an error before reconnecting.
     pub retry_backoff: Duration,
     /// Names this instance in `pg_stat_activity` (`karvon-runner:<name>:<instance>`).
@@ -84,6 +88,7 @@ impl Default for RunnerSettings {
             batch_size: 1000,
             poll_interval: Duration::from_millis(250),
             standby_interval: Duration::from_millis(500),
+            min_step_interval: Duration::from_millis(20),
             retry_backoff: Duration::from_secs(1),
             instance: std::process::id().to_string(),
             pause_before_checkpoint: Duration::ZERO,
@@ -145,6 +150,7 @@ impl Runner {
             if *shutdown.borrow() {
                 return Ok(());
             }
+            let started = Instant::now();
             let applied = step(
                 &mut conn,
                 self.handler.as_ref(),
@@ -165,6 +171,13 @@ impl Runner {
                 }
                 _ = tokio::time::sleep(self.settings.poll_interval) => {}
                 _ = shutdown.changed() => {}
+            }
+            // Under a stream of appends, wake at most once per interval so a
+            // step carries many events instead of one; when quiet, the
+            // notification is served at once.
+            let since = started.elapsed();
+            if since < self.settings.min_step_interval {
+                tokio::time::sleep(self.settings.min_step_interval - since).await;
             }
         }
     }
@@ -455,17 +468,24 @@ pub async fn reached(
     Ok(done as usize == names.len())
 }
 
-/// Waits up to `timeout` for every named consumer to apply `target`.
+/// Waits up to `timeout` for every named consumer to apply the event the
+/// token names (resolving a stream token once its event is committed).
 pub async fn wait_until_applied(
     pool: &PgPool,
     names: &[&str],
-    target: Position,
+    target: &PositionToken,
     timeout: Duration,
 ) -> Result<bool, StorageError> {
     let deadline = Instant::now() + timeout;
+    let mut resolved = None;
     loop {
-        if reached(pool, names, target).await? {
-            return Ok(true);
+        if resolved.is_none() {
+            resolved = feed::resolve(pool, target).await?;
+        }
+        if let Some(position) = resolved {
+            if reached(pool, names, position).await? {
+                return Ok(true);
+            }
         }
         if Instant::now() >= deadline {
             return Ok(false);

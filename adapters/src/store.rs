@@ -8,29 +8,27 @@
 //!   a retried key answers from the log without running the command again;
 //! - optimistic-concurrency retries (a concurrent writer on the same stream
 //!   makes the commit fail; the command is re-run on fresh state);
-//! - the feed [`Position`] of the command's last event, for read-your-writes.
+//! - a [`PositionToken`] naming the command's last event, for read-your-writes.
 
 use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
-use karvon_projections::{EventMetadata, Position};
+use karvon_projections::{EventMetadata, PositionToken};
 use postgres_es::PostgresEventRepository;
 use sqlx::{PgPool, Row};
 
 use crate::StorageError;
 
-/// Events between snapshots of an aggregate.
-const SNAPSHOT_EVERY: usize = 50;
 /// Attempts before a command gives up on a hot stream.
 const MAX_ATTEMPTS: u32 = 12;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Executed {
-    /// Where the command's last event sits in the feed; for a command that
-    /// changed nothing, the stream's latest event (if any).
-    pub position: Option<Position>,
+    /// The command's last event; for a command that changed nothing, the
+    /// stream's latest event (none for a stream that has none).
+    pub position: Option<PositionToken>,
     /// Set when an earlier command with the same key already did the work.
     pub replayed: bool,
     /// The id the first execution answered with (keyed commands only).
@@ -56,13 +54,17 @@ pub struct CommandExecutor<A: Aggregate> {
 
 impl<A> CommandExecutor<A>
 where
-    A: Aggregate<Services = ()>,
+    A: Aggregate<Services = ()> + Clone,
     A::Command: Clone,
 {
     pub fn new(pool: PgPool) -> Self {
         let repository = PostgresEventRepository::new(pool.clone());
+        // The aggregate store keeps a snapshot of every stream, updated in
+        // the same transaction as each append: loading is one indexed row
+        // however long the stream. Events stay the source of truth for
+        // projections; snapshots only serve command handling.
         Self {
-            store: PersistedEventStore::new_snapshot_store(repository, SNAPSHOT_EVERY),
+            store: PersistedEventStore::new_aggregate_store(repository),
             pool,
         }
     }
@@ -88,30 +90,36 @@ where
         }
         let map = metadata.to_map();
         for attempt in 0..MAX_ATTEMPTS {
-            let mut context = self
+            let context = self
                 .store
                 .load_aggregate(aggregate_id)
                 .await
                 .map_err(storage_error)?;
+            // Handle on a copy: `EventSink::write` applies each event to the
+            // aggregate it is given, and cqrs-es 0.5's snapshot stores apply
+            // the committed events to the context's aggregate once more when
+            // they write the snapshot. Handing `commit` the untouched state
+            // keeps the snapshot from counting every event twice.
+            let mut working = context.aggregate.clone();
             let sink: EventSink<A> = EventSink::default();
-            context
-                .aggregate()
+            working
                 .handle(command.clone(), &(), &sink)
                 .await
                 .map_err(CommandError::Domain)?;
             let events = sink.collect().await;
             if events.is_empty() {
-                let position = self.stream_head(aggregate_id).await?;
+                let sequence = context.current_sequence;
                 return Ok(Executed {
-                    position,
+                    position: (sequence > 0).then(|| stream_token::<A>(aggregate_id, sequence)),
                     replayed: false,
                     response_id: metadata.response_id.clone(),
                 });
             }
             match self.store.commit(events, context, map.clone()).await {
                 Ok(committed) => {
-                    let sequence = committed.last().map_or(0, |event| event.sequence);
-                    let position = self.position_of(aggregate_id, sequence).await?;
+                    let position = committed
+                        .last()
+                        .map(|event| stream_token::<A>(aggregate_id, event.sequence));
                     metrics::counter!("karvon_events_appended_total", "aggregate" => A::TYPE)
                         .increment(committed.len() as u64);
                     return Ok(Executed {
@@ -144,7 +152,7 @@ where
             return Ok(None);
         };
         let row = sqlx::query(
-            "SELECT transaction_id::text AS txid, last_position, response_id, request_hash
+            "SELECT aggregate_type, aggregate_id, last_sequence, response_id, request_hash
                FROM command_log WHERE tenant_id = $1 AND idempotency_key = $2",
         )
         .bind(&metadata.tenant_id)
@@ -159,54 +167,24 @@ where
         if stored_hash != metadata.request_hash {
             return Err(CommandError::KeyReused);
         }
-        let txid: String = row.get("txid");
-        let position = Position::new(parse_txid(&txid)?, row.get("last_position"));
+        let position = PositionToken::Stream {
+            aggregate_type: row.get("aggregate_type"),
+            sequence: row.get("last_sequence"),
+            aggregate_id: row.get("aggregate_id"),
+        };
         Ok(Some(Executed {
             position: Some(position),
             replayed: true,
             response_id: row.get("response_id"),
         }))
     }
+}
 
-    async fn position_of(
-        &self,
-        aggregate_id: &str,
-        sequence: usize,
-    ) -> Result<Option<Position>, StorageError> {
-        let row = sqlx::query(
-            "SELECT transaction_id::text AS txid, global_position FROM events
-              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
-        )
-        .bind(A::TYPE)
-        .bind(aggregate_id)
-        .bind(sequence as i64)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok(Position::new(
-                parse_txid(&row.get::<String, _>("txid"))?,
-                row.get("global_position"),
-            ))
-        })
-        .transpose()
-    }
-
-    async fn stream_head(&self, aggregate_id: &str) -> Result<Option<Position>, StorageError> {
-        let row = sqlx::query(
-            "SELECT transaction_id::text AS txid, global_position FROM events
-              WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence DESC LIMIT 1",
-        )
-        .bind(A::TYPE)
-        .bind(aggregate_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok(Position::new(
-                parse_txid(&row.get::<String, _>("txid"))?,
-                row.get("global_position"),
-            ))
-        })
-        .transpose()
+fn stream_token<A: Aggregate>(aggregate_id: &str, sequence: usize) -> PositionToken {
+    PositionToken::Stream {
+        aggregate_type: A::TYPE.to_string(),
+        sequence: sequence as i64,
+        aggregate_id: aggregate_id.to_string(),
     }
 }
 

@@ -60,6 +60,7 @@ impl Application {
             stock: Arc::new(CommandExecutor::new(pool.clone())),
             metrics: metrics_handle(),
             min_position_wait: Duration::from_millis(config.min_position_wait_ms),
+            known_products: Arc::default(),
         };
         let settings = http::HttpSettings {
             max_body_bytes: config.max_body_bytes,

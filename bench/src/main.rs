@@ -1,1 +1,286 @@
-fn main() {}
+//! `just bench`: Karvon's throughput, each number beside a baseline measured
+//! in the same run on the same machine.
+//!
+//! 1. HTTP commands/s: single stock receipts from 8 clients through the real
+//!    router, beside raw single-row PostgreSQL commits from 8 clients.
+//! 2. Projection catch-up: replaying >= 1,000,000 events into the stock read
+//!    model (the runner's step, batch + checkpoint per transaction), beside
+//!    the same events through cqrs-es's inline `GenericQuery` path
+//!    (postgres-es `PostgresViewRepository`, one load + save per event).
+//!
+//! Knobs: `KARVON_BENCH_SECS` (default 10), `KARVON_BENCH_EVENTS`
+//! (default 1,000,000), `KARVON_BENCH_BASELINE_EVENTS` (default 20,000).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cqrs_es::persist::GenericQuery;
+use cqrs_es::{EventEnvelope, Query, View};
+use karvon_adapters::postgres;
+use karvon_adapters::read_models::stock::StockProjection;
+use karvon_adapters::runner;
+use karvon_app::{Config, Role};
+use karvon_domain::stock::{Lots, StockEvent, StockItem};
+use karvon_tests::{TestDb, append_raw_receipts, product, spawn_app_with, test_config};
+use postgres_es::PostgresViewRepository;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, Row};
+
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let seconds = knob("KARVON_BENCH_SECS", 10);
+    let events = knob("KARVON_BENCH_EVENTS", 1_000_000) as i64;
+    let baseline_events = knob("KARVON_BENCH_BASELINE_EVENTS", 20_000) as i64;
+    println!(
+        "karvon bench: {seconds}s load phases, {events} events to replay (build: release expected)\n"
+    );
+
+    let db = TestDb::create().await?;
+    commands(&db, seconds).await?;
+    if events > 0 {
+        catch_up(&db, events, baseline_events).await?;
+    }
+    Ok(())
+}
+
+struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn percentile(&self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        let index = ((self.0.len() as f64 - 1.0) * p).round() as usize;
+        self.0[index].as_secs_f64() * 1000.0
+    }
+}
+
+async fn commands(db: &TestDb, seconds: u64) -> anyhow::Result<()> {
+    let mut config: Config = test_config(db);
+    config.db_max_connections = 16;
+    config.log = "warn".into();
+    // KARVON_BENCH_ROLE=api measures the command path without workers.
+    let role = match std::env::var("KARVON_BENCH_ROLE").as_deref() {
+        Ok("api") => Role::Api,
+        _ => Role::All,
+    };
+    let app = spawn_app_with(config, role).await?;
+    if std::env::var("EXP_NO_NOTIFY").is_ok() {
+        sqlx::query("DROP TRIGGER events_notify ON events")
+            .execute(&app.pool)
+            .await?;
+    }
+    for index in 0..64 {
+        app.post(
+            "/api/v1/products",
+            &product(&format!("P{index}"), "bench", None),
+        )
+        .await;
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(16)
+        .build()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for worker in 0..8usize {
+        let (client, url, stop) = (
+            client.clone(),
+            app.url("/api/v1/stock/receipts"),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failures = 0u64;
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                // Each client owns 8 stock items: no cross-client contention.
+                let body = serde_json::json!({"warehouse_id": "W1", "product_id": format!("P{}", worker * 8 + n % 8), "qty": "1"});
+                n += 1;
+                let started = Instant::now();
+                match client.post(&url).json(&body).send().await {
+                    Ok(response) if response.status().is_success() => latencies.push(started.elapsed()),
+                    _ => failures += 1,
+                }
+            }
+            (latencies, failures)
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut failures = 0;
+    for task in tasks {
+        let (latencies, failed) = task.await?;
+        all.extend(latencies);
+        failures += failed;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort();
+    let latencies = Latencies(all);
+    let karvon_rate = latencies.0.len() as f64 / elapsed;
+
+    let baseline_rate = raw_commits(&app.pool, seconds).await?;
+    println!("== HTTP commands: POST /api/v1/stock/receipts, 8 clients, {seconds}s ==");
+    println!(
+        "karvon:   {karvon_rate:>9.0} commands/s  p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  ({} ok, {failures} failed)",
+        latencies.percentile(0.50),
+        latencies.percentile(0.95),
+        latencies.percentile(0.99),
+        latencies.0.len()
+    );
+    println!(
+        "baseline: {baseline_rate:>9.0} single-row commits/s (raw INSERT + COMMIT, 8 connections)"
+    );
+    println!(
+        "ratio:    {:>9.2} of the raw commit rate\n",
+        karvon_rate / baseline_rate
+    );
+    app.stop().await?;
+    Ok(())
+}
+
+/// Raw PostgreSQL: one-row transactions from 8 connections.
+async fn raw_commits(pool: &PgPool, seconds: u64) -> anyhow::Result<f64> {
+    sqlx::query("CREATE TABLE IF NOT EXISTS bench_commits (id bigserial PRIMARY KEY, payload jsonb NOT NULL)").execute(pool).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut count = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut tx = pool.begin().await?;
+                sqlx::query("INSERT INTO bench_commits (payload) VALUES ($1)")
+                    .bind(serde_json::json!({"warehouse_id": "W1", "qty": "1"}))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                count += 1;
+            }
+            Ok::<u64, sqlx::Error>(count)
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn catch_up(db: &TestDb, events: i64, baseline_events: i64) -> anyhow::Result<()> {
+    let pool = db.pool().await?;
+    postgres::migrate(&pool).await?;
+    sqlx::query("DELETE FROM events").execute(&pool).await?;
+    let chunk = 100_000i64;
+    let started = Instant::now();
+    let mut written = 0;
+    let mut warehouse = 0;
+    while written < events {
+        let size = chunk.min(events - written);
+        append_raw_receipts(&pool, &format!("R{warehouse}"), size, 1_000).await?;
+        written += size;
+        warehouse += 1;
+    }
+    let insert_rate = written as f64 / started.elapsed().as_secs_f64();
+
+    let mut results = Vec::new();
+    for batch_size in [1000i64, 5000] {
+        let report = runner::rebuild(&pool, &StockProjection, batch_size)
+            .await
+            .context("replay")?;
+        anyhow::ensure!(
+            report.events as i64 >= written,
+            "replayed {} of {written}",
+            report.events
+        );
+        results.push((
+            batch_size,
+            report.events as f64 / report.elapsed.as_secs_f64(),
+            report.elapsed,
+        ));
+    }
+    let baseline_rate = generic_query(&pool, baseline_events).await?;
+
+    println!(
+        "== Projection catch-up: {written} StockReceived events over {} stock items ==",
+        warehouse * 1_000
+    );
+    println!("events written (100k-row INSERT … SELECT): {insert_rate:>9.0} rows/s");
+    for (batch_size, rate, elapsed) in &results {
+        println!(
+            "karvon runner, batch {batch_size:>5}:        {rate:>9.0} events/s  ({:.1}s)",
+            elapsed.as_secs_f64()
+        );
+    }
+    println!(
+        "baseline cqrs-es GenericQuery (inline):   {baseline_rate:>9.0} events/s  (first {baseline_events} events)"
+    );
+    if let Some((_, best, _)) = results.iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
+        println!(
+            "ratio:                                   {:>9.1}x the inline path",
+            best / baseline_rate
+        );
+    }
+    Ok(())
+}
+
+/// The cqrs-es way: a `View` per aggregate, loaded and saved per event
+/// through postgres-es's view repository.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StockView {
+    lots: Lots,
+}
+
+impl View<StockItem> for StockView {
+    fn update(&mut self, event: &EventEnvelope<StockItem>) {
+        self.lots.apply(&event.payload);
+    }
+}
+
+async fn generic_query(pool: &PgPool, limit: i64) -> anyhow::Result<f64> {
+    sqlx::query("CREATE TABLE IF NOT EXISTS stock_view (view_id text PRIMARY KEY, version bigint NOT NULL, payload json NOT NULL)")
+        .execute(pool)
+        .await?;
+    let rows = sqlx::query(
+        "SELECT aggregate_id, sequence, payload FROM events ORDER BY transaction_id, global_position LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut envelopes = Vec::with_capacity(rows.len());
+    for row in rows {
+        let payload: StockEvent = serde_json::from_value(row.get("payload"))?;
+        let sequence: i64 = row.get("sequence");
+        envelopes.push(EventEnvelope::<StockItem> {
+            aggregate_id: row.get("aggregate_id"),
+            sequence: sequence as usize,
+            payload,
+            metadata: Default::default(),
+        });
+    }
+    let repository = Arc::new(PostgresViewRepository::<StockView, StockItem>::new(
+        "stock_view",
+        pool.clone(),
+    ));
+    let query = GenericQuery::new(repository);
+    let started = Instant::now();
+    for envelope in &envelopes {
+        query
+            .dispatch(&envelope.aggregate_id, std::slice::from_ref(envelope))
+            .await;
+    }
+    Ok(envelopes.len() as f64 / started.elapsed().as_secs_f64())
+}

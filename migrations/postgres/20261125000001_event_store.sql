@@ -32,9 +32,9 @@ CREATE TABLE events
 );
 
 -- The global feed is read in (transaction_id, global_position) order.
+-- Every index costs each append; add the audit indexes (event id, tenant
+-- feed) with the endpoints that need them.
 CREATE INDEX events_feed_idx ON events (transaction_id, global_position);
-CREATE UNIQUE INDEX events_event_id_idx ON events (event_id);
-CREATE INDEX events_tenant_idx ON events ((metadata ->> 'tenant_id'), global_position);
 
 CREATE TABLE snapshots
 (
@@ -55,6 +55,7 @@ CREATE TABLE command_log
     idempotency_key text        NOT NULL,
     transaction_id  xid8        NOT NULL,
     last_position   bigint      NOT NULL,
+    last_sequence   bigint      NOT NULL,
     aggregate_type  text        NOT NULL,
     aggregate_id    text        NOT NULL,
     response_id     text,
@@ -72,13 +73,17 @@ BEGIN
         RETURN NEW;
     END IF;
     INSERT INTO command_log (tenant_id, idempotency_key, transaction_id, last_position,
-                             aggregate_type, aggregate_id, response_id, request_hash)
+                             last_sequence, aggregate_type, aggregate_id, response_id,
+                             request_hash)
     VALUES (coalesce(NEW.metadata ->> 'tenant_id', 'default'), key, NEW.transaction_id,
-            NEW.global_position, NEW.aggregate_type, NEW.aggregate_id,
+            NEW.global_position, NEW.sequence, NEW.aggregate_type, NEW.aggregate_id,
             NEW.metadata ->> 'response_id', NEW.metadata ->> 'request_hash')
     ON CONFLICT (tenant_id, idempotency_key) DO UPDATE
-        SET last_position = greatest(command_log.last_position, EXCLUDED.last_position)
-        WHERE command_log.transaction_id = EXCLUDED.transaction_id;
+        SET last_position = greatest(command_log.last_position, EXCLUDED.last_position),
+            last_sequence = greatest(command_log.last_sequence, EXCLUDED.last_sequence)
+        WHERE command_log.transaction_id = EXCLUDED.transaction_id
+          AND command_log.aggregate_type = EXCLUDED.aggregate_type
+          AND command_log.aggregate_id = EXCLUDED.aggregate_id;
     IF NOT FOUND THEN
         -- Another transaction already used this key: fail the whole append
         -- (postgres-es reports a unique violation as an optimistic-lock
@@ -91,7 +96,8 @@ $$;
 
 CREATE TRIGGER events_idempotency_key
     BEFORE INSERT ON events
-    FOR EACH ROW EXECUTE FUNCTION karvon_record_idempotency_key();
+    FOR EACH ROW WHEN (NEW.metadata ? 'idempotency_key')
+    EXECUTE FUNCTION karvon_record_idempotency_key();
 
 -- Wake feed readers; notifications are delivered at commit, and repeats
 -- within one transaction are folded into one by PostgreSQL.

@@ -18,7 +18,7 @@ pub mod position;
 pub mod stock;
 
 pub use metadata::{EventMetadata, Source};
-pub use position::{Position, PositionParseError};
+pub use position::{Position, PositionParseError, PositionToken};
 
 /// Names of the read models fed by the global feed. Queries name the ones
 /// they read when they wait for `X-Min-Position`.

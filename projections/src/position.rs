@@ -78,3 +78,81 @@ mod tests {
         assert!("1.-2".parse::<Position>().is_err());
     }
 }
+
+/// What a command answers with: the place of its last event, named either
+/// by feed position or by stream and sequence. Commands answer the stream
+/// form, which needs no extra query to learn; a query that waits for it
+/// resolves it to the feed position once (`X-Min-Position`).
+///
+/// Wire forms: `"<txid>.<position>"` and
+/// `"s:<aggregate_type>:<sequence>:<aggregate_id>"` (the id goes last, as
+/// it may itself contain `:` and `/`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PositionToken {
+    Feed(Position),
+    Stream {
+        aggregate_type: String,
+        sequence: i64,
+        aggregate_id: String,
+    },
+}
+
+impl fmt::Display for PositionToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PositionToken::Feed(position) => position.fmt(f),
+            PositionToken::Stream {
+                aggregate_type,
+                sequence,
+                aggregate_id,
+            } => {
+                write!(f, "s:{aggregate_type}:{sequence}:{aggregate_id}")
+            }
+        }
+    }
+}
+
+impl FromStr for PositionToken {
+    type Err = PositionParseError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let value = value.trim();
+        let Some(rest) = value.strip_prefix("s:") else {
+            return value.parse().map(PositionToken::Feed);
+        };
+        let mut parts = rest.splitn(3, ':');
+        let (Some(aggregate_type), Some(sequence), Some(aggregate_id)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(PositionParseError);
+        };
+        let sequence: i64 = sequence.parse().map_err(|_| PositionParseError)?;
+        if aggregate_type.is_empty() || aggregate_id.is_empty() || sequence < 1 {
+            return Err(PositionParseError);
+        }
+        Ok(PositionToken::Stream {
+            aggregate_type: aggregate_type.to_string(),
+            sequence,
+            aggregate_id: aggregate_id.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn both_forms_round_trip() {
+        let stream = PositionToken::Stream {
+            aggregate_type: "StockItem".into(),
+            sequence: 7,
+            aggregate_id: "default/W:1/P1".into(),
+        };
+        assert_eq!(stream.to_string().parse::<PositionToken>(), Ok(stream));
+        let feed = PositionToken::Feed(Position::new(5, 9));
+        assert_eq!("5.9".parse::<PositionToken>(), Ok(feed));
+        assert!("s:StockItem:x:id".parse::<PositionToken>().is_err());
+        assert!("s:StockItem:3".parse::<PositionToken>().is_err());
+    }
+}

@@ -339,11 +339,26 @@ async fn ensure_product(
     tenant: &TenantId,
     product_id: &Id,
 ) -> Result<(), ApiError> {
-    let product = state
-        .products
-        .load(&product_stream_id(tenant, product_id))
-        .await?;
-    if !product.is_registered() {
+    const CACHE_LIMIT: usize = 1_000_000;
+    let stream = product_stream_id(tenant, product_id);
+    let known = |stream: &str| {
+        state
+            .known_products
+            .read()
+            .is_ok_and(|known| known.contains(stream))
+    };
+    if known(&stream) {
+        return Ok(());
+    }
+    let product = state.products.load(&stream).await?;
+    if product.is_registered() {
+        if let Ok(mut known) = state.known_products.write() {
+            if known.len() >= CACHE_LIMIT {
+                known.clear();
+            }
+            known.insert(stream);
+        }
+    } else {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown_product",

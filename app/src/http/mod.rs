@@ -41,6 +41,9 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Upper bound for `X-Min-Position` waits.
     pub min_position_wait: Duration,
+    /// Product streams known to be registered. Registration is permanent,
+    /// so a positive answer never goes stale and is safe to share.
+    pub known_products: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
 }
 
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use chrono::Utc;
 use karvon_adapters::read_models::{catalog, stock};
 use karvon_adapters::runner;
 use karvon_domain::Id;
-use karvon_projections::{Position, names};
+use karvon_projections::{Position, PositionToken, names};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -200,7 +200,7 @@ async fn wait_for_position(
     let Some(value) = headers.get("x-min-position") else {
         return Ok(());
     };
-    let target: Position = value
+    let target: PositionToken = value
         .to_str()
         .ok()
         .and_then(|text| text.trim().trim_matches('"').parse().ok())
@@ -208,7 +208,7 @@ async fn wait_for_position(
             ApiError::validation("X-Min-Position is not a position a command answered with")
         })?;
     let wait = state.min_position_wait.min(Duration::from_secs(5));
-    if runner::wait_until_applied(&state.pool, projections, target, wait).await? {
+    if runner::wait_until_applied(&state.pool, projections, &target, wait).await? {
         Ok(())
     } else {
         Err(ApiError::new(

@@ -28,10 +28,17 @@ async fn rebuild_equals_the_live_model_and_queries_keep_answering() {
         .await
         .expect("append");
     app.post(
-        "/api/v1/stock/issues",
-        &json!({"warehouse_id": "BULK", "product_id": "P3", "qty": 2, "reason": "x"}),
+        "/api/v1/stock/receipts",
+        &json!({"warehouse_id": "LIVE0", "product_id": "P3", "qty": 5, "batch": "X"}),
     )
     .await;
+    let (status, body) = app
+        .post(
+            "/api/v1/stock/issues",
+            &json!({"warehouse_id": "LIVE0", "product_id": "P3", "qty": 2, "reason": "x"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     app.post("/api/v1/products/P7/discontinue", &json!({}))
         .await;
     wait_caught_up(
