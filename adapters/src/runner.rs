@@ -51,8 +51,15 @@ pub trait FeedHandler: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Forgets any state cached between steps. The runner calls it whenever
+    /// the stored checkpoint is not the one it last committed (a failed
+    /// step, a restart, a rebuild that swapped the tables).
+    fn reset(&self) {}
+
     /// Applies a batch inside the step's transaction. `search_path` points
     /// at the target schema, so table names are written unqualified.
+    /// State cached in memory is only valid once the step commits; the
+    /// runner resets it otherwise.
     async fn apply(
         &self,
         conn: &mut PgConnection,
@@ -144,6 +151,7 @@ impl Runner {
         }
         tracing::info!(projection = name, "projection runner is active");
         prepare(&mut conn, self.handler.as_ref()).await?;
+        let mut memory = StepMemory::default();
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(EVENTS_CHANNEL).await?;
         loop {
@@ -157,6 +165,7 @@ impl Runner {
                 name,
                 self.handler.schema(),
                 &self.settings,
+                &mut memory,
             )
             .await?;
             if applied as i64 >= self.settings.batch_size {
@@ -221,6 +230,15 @@ async fn ensure_checkpoint(conn: &mut PgConnection, name: &str) -> Result<(), St
     Ok(())
 }
 
+/// What a runner remembers between steps: the checkpoint it last
+/// committed. A handler's cache is trusted only while the stored checkpoint
+/// is still that one.
+#[derive(Debug, Default)]
+pub struct StepMemory {
+    /// Checkpoint position and generation of the last committed step.
+    last_committed: Option<(Position, i64)>,
+}
+
 /// One step in its own transaction; returns how many events it applied.
 pub async fn step(
     conn: &mut PgConnection,
@@ -228,11 +246,26 @@ pub async fn step(
     checkpoint: &str,
     schema: Option<&str>,
     settings: &RunnerSettings,
+    memory: &mut StepMemory,
 ) -> Result<usize, StorageError> {
-    let mut tx = conn.begin().await?;
-    let applied = step_within(&mut tx, handler, checkpoint, schema, settings).await?;
-    tx.commit().await?;
-    Ok(applied)
+    let outcome = async {
+        let mut tx = conn.begin().await?;
+        let stepped = step_within(&mut tx, handler, checkpoint, schema, settings, memory).await?;
+        tx.commit().await?;
+        Ok::<_, StorageError>(stepped)
+    }
+    .await;
+    match outcome {
+        Ok((applied, position)) => {
+            memory.last_committed = Some(position);
+            Ok(applied)
+        }
+        Err(error) => {
+            memory.last_committed = None;
+            handler.reset();
+            Err(error)
+        }
+    }
 }
 
 /// One step inside a transaction the caller owns.
@@ -242,15 +275,16 @@ async fn step_within(
     checkpoint: &str,
     schema: Option<&str>,
     settings: &RunnerSettings,
-) -> Result<usize, StorageError> {
+    memory: &StepMemory,
+) -> Result<(usize, (Position, i64)), StorageError> {
     if let Some(schema) = schema {
         sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
             .execute(&mut *tx)
             .await?;
     }
     let row = sqlx::query(
-        "SELECT transaction_id::text AS txid, position FROM public.projection_checkpoints
-          WHERE name = $1 FOR UPDATE",
+        "SELECT transaction_id::text AS txid, position, generation
+           FROM public.projection_checkpoints WHERE name = $1 FOR UPDATE",
     )
     .bind(checkpoint)
     .fetch_one(&mut *tx)
@@ -259,9 +293,13 @@ async fn step_within(
         parse_txid(&row.get::<String, _>("txid"))?,
         row.get("position"),
     );
+    let generation: i64 = row.get("generation");
+    if memory.last_committed != Some((after, generation)) {
+        handler.reset();
+    }
     let events = feed::read_batch(&mut *tx, after, settings.batch_size).await?;
     let Some(last) = events.last() else {
-        return Ok(0);
+        return Ok((0, (after, generation)));
     };
     handler.apply(&mut *tx, &events).await?;
     if !settings.pause_before_checkpoint.is_zero() {
@@ -281,7 +319,7 @@ async fn step_within(
     .await?;
     metrics::counter!("karvon_projection_events_total", "projection" => handler.name().to_string())
         .increment(events.len() as u64);
-    Ok(events.len())
+    Ok((events.len(), (last.position, generation)))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,6 +337,8 @@ pub async fn rebuild(
     batch_size: i64,
 ) -> Result<RebuildReport, StorageError> {
     let started = Instant::now();
+    let mut memory = StepMemory::default();
+    handler.reset();
     let settings = RunnerSettings {
         batch_size,
         ..RunnerSettings::default()
@@ -342,6 +382,7 @@ pub async fn rebuild(
             &shadow_checkpoint,
             Some(&shadow_schema),
             &settings,
+            &mut memory,
         )
         .await?;
         events += applied as u64;
@@ -358,14 +399,16 @@ pub async fn rebuild(
         .execute(&mut *tx)
         .await?;
     loop {
-        let applied = step_within(
+        let (applied, position) = step_within(
             &mut tx,
             handler,
             &shadow_checkpoint,
             Some(&shadow_schema),
             &settings,
+            &memory,
         )
         .await?;
+        memory.last_committed = Some(position);
         events += applied as u64;
         if (applied as i64) < batch_size {
             break;
@@ -384,7 +427,8 @@ pub async fn rebuild(
     let row = sqlx::query(
         "UPDATE public.projection_checkpoints AS live
             SET transaction_id = shadow.transaction_id, position = shadow.position,
-                events_seen = shadow.events_seen, updated_at = now()
+                events_seen = shadow.events_seen, generation = live.generation + 1,
+                updated_at = now()
            FROM public.projection_checkpoints AS shadow
           WHERE live.name = $1 AND shadow.name = $2
       RETURNING live.transaction_id::text AS txid, live.position",

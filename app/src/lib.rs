@@ -195,7 +195,7 @@ pub const READ_MODELS: &[&str] = &[
 pub fn read_model(name: &str) -> Option<Arc<dyn FeedHandler>> {
     match name {
         karvon_projections::names::CATALOG => Some(Arc::new(CatalogProjection)),
-        karvon_projections::names::STOCK => Some(Arc::new(StockProjection)),
+        karvon_projections::names::STOCK => Some(Arc::new(StockProjection::default())),
         _ => None,
     }
 }

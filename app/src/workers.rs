@@ -18,7 +18,7 @@ use crate::Config;
 pub fn handlers(pool: &PgPool) -> Vec<Arc<dyn FeedHandler>> {
     vec![
         Arc::new(CatalogProjection),
-        Arc::new(StockProjection),
+        Arc::new(StockProjection::default()),
         Arc::new(TransferProcess::new(Arc::new(CommandExecutor::new(
             pool.clone(),
         )))),

@@ -198,7 +198,7 @@ async fn catch_up(db: &TestDb, events: i64, baseline_events: i64) -> anyhow::Res
 
     let mut results = Vec::new();
     for batch_size in [1000i64, 5000] {
-        let report = runner::rebuild(&pool, &StockProjection, batch_size)
+        let report = runner::rebuild(&pool, &StockProjection::default(), batch_size)
             .await
             .context("replay")?;
         anyhow::ensure!(

@@ -120,5 +120,8 @@ CREATE TABLE projection_checkpoints
     transaction_id xid8        NOT NULL DEFAULT '0',
     position       bigint      NOT NULL DEFAULT 0,
     events_seen    bigint      NOT NULL DEFAULT 0,
+    -- Bumped when a rebuild swaps the read model, so a runner knows any
+    -- state it cached belongs to tables that are gone.
+    generation     bigint      NOT NULL DEFAULT 0,
     updated_at     timestamptz NOT NULL DEFAULT now()
 );

@@ -17,9 +17,39 @@ use crate::StorageError;
 use crate::feed::FeedEvent;
 use crate::runner::FeedHandler;
 
-pub struct StockProjection;
+/// The stock read model. It keeps the levels it has written in memory so a
+/// step need not read them back: only this runner writes these tables
+/// while it holds the projection's lock, and the runner resets the cache
+/// whenever the stored checkpoint is not the one it last committed.
+#[derive(Default)]
+pub struct StockProjection {
+    cache: std::sync::Mutex<Levels>,
+}
 
 type Key = (String, String, String);
+type Levels = HashMap<Key, (Lots, DateTime<Utc>)>;
+
+/// Levels kept in memory at most; beyond it the cache starts over.
+const CACHE_LIMIT: usize = 200_000;
+
+impl StockProjection {
+    fn take_cache(&self) -> Levels {
+        self.cache
+            .lock()
+            .map(|mut cache| std::mem::take(&mut *cache))
+            .unwrap_or_default()
+    }
+
+    fn keep_cache(&self, levels: Levels) {
+        if let Ok(mut cache) = self.cache.lock() {
+            *cache = if levels.len() > CACHE_LIMIT {
+                Levels::new()
+            } else {
+                levels
+            };
+        }
+    }
+}
 
 #[async_trait::async_trait]
 impl FeedHandler for StockProjection {
@@ -29,6 +59,10 @@ impl FeedHandler for StockProjection {
 
     fn schema(&self) -> Option<&'static str> {
         Some("stock")
+    }
+
+    fn reset(&self) {
+        drop(self.take_cache());
     }
 
     async fn create_tables(
@@ -99,7 +133,19 @@ impl FeedHandler for StockProjection {
                 )
             })
             .collect();
-        let mut levels = load_levels(conn, &keys).await?;
+        // Taken out for the step; dropped (= reset) if the step fails.
+        let mut levels = self.take_cache();
+        let mut missing: Vec<Key> = keys
+            .iter()
+            .filter(|key| !levels.contains_key(*key))
+            .cloned()
+            .collect();
+        missing.sort();
+        missing.dedup();
+        if !missing.is_empty() {
+            levels.extend(load_levels(conn, &missing).await?);
+        }
+        let mut touched = Vec::new();
         let mut movements = Movements::default();
         for ((event, payload), key) in stock_events.iter().zip(&keys) {
             let level = levels
@@ -108,16 +154,22 @@ impl FeedHandler for StockProjection {
             let movement = stock::apply(&mut level.0, payload, event.metadata.occurred_at);
             level.1 = event.recorded_at;
             movements.push(key, event, movement);
+            touched.push(key);
         }
-        save_levels(conn, levels).await?;
-        movements.insert(conn).await
+        touched.sort();
+        touched.dedup();
+        save_levels(
+            conn,
+            touched.iter().filter_map(|key| levels.get_key_value(*key)),
+        )
+        .await?;
+        movements.insert(conn).await?;
+        self.keep_cache(levels);
+        Ok(())
     }
 }
 
-async fn load_levels(
-    conn: &mut PgConnection,
-    keys: &[Key],
-) -> Result<HashMap<Key, (Lots, DateTime<Utc>)>, StorageError> {
+async fn load_levels(conn: &mut PgConnection, keys: &[Key]) -> Result<Levels, StorageError> {
     let mut tenants = Vec::with_capacity(keys.len());
     let mut warehouses = Vec::with_capacity(keys.len());
     let mut products = Vec::with_capacity(keys.len());
@@ -153,26 +205,26 @@ async fn load_levels(
     Ok(levels)
 }
 
-async fn save_levels(
+async fn save_levels<'a>(
     conn: &mut PgConnection,
-    levels: HashMap<Key, (Lots, DateTime<Utc>)>,
+    levels: impl Iterator<Item = (&'a Key, &'a (Lots, DateTime<Utc>))>,
 ) -> Result<(), StorageError> {
-    let mut tenants = Vec::with_capacity(levels.len());
-    let mut warehouses = Vec::with_capacity(levels.len());
-    let mut products = Vec::with_capacity(levels.len());
-    let mut on_hand = Vec::with_capacity(levels.len());
-    let mut batches = Vec::with_capacity(levels.len());
-    let mut updated = Vec::with_capacity(levels.len());
+    let mut tenants = Vec::new();
+    let mut warehouses = Vec::new();
+    let mut products = Vec::new();
+    let mut on_hand = Vec::new();
+    let mut batches = Vec::new();
+    let mut updated = Vec::new();
     for ((tenant, warehouse, product), (lots, at)) in levels {
-        tenants.push(tenant);
-        warehouses.push(warehouse);
-        products.push(product);
+        tenants.push(tenant.as_str());
+        warehouses.push(warehouse.as_str());
+        products.push(product.as_str());
         on_hand.push(lots.on_hand());
         batches.push(
             serde_json::to_value(lots.as_slice())
                 .map_err(|error| StorageError::Corrupt(error.to_string()))?,
         );
-        updated.push(at);
+        updated.push(*at);
     }
     sqlx::query(
         "INSERT INTO levels (tenant_id, warehouse_id, product_id, on_hand, batches, updated_at)

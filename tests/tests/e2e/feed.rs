@@ -209,7 +209,7 @@ fn slow_runner(pool: &sqlx::PgPool, instance: &str) -> Runner {
         pause_before_checkpoint: Duration::from_millis(400),
         ..RunnerSettings::default()
     };
-    Runner::new(pool.clone(), Arc::new(StockProjection), settings)
+    Runner::new(pool.clone(), Arc::new(StockProjection::default()), settings)
 }
 
 async fn wait_for_progress(pool: &sqlx::PgPool, events: i64) {
@@ -263,7 +263,7 @@ async fn aborting_the_runner_mid_batch_rolls_the_batch_back() {
     let task = tokio::spawn(
         Runner::new(
             pool.clone(),
-            Arc::new(StockProjection),
+            Arc::new(StockProjection::default()),
             RunnerSettings::default(),
         )
         .run(stop),

@@ -50,7 +50,7 @@ async fn only_one_runner_is_active_and_the_standby_takes_over() {
             standby_interval: Duration::from_millis(100),
             ..RunnerSettings::default()
         };
-        let runner = Runner::new(pool.clone(), Arc::new(StockProjection), settings);
+        let runner = Runner::new(pool.clone(), Arc::new(StockProjection::default()), settings);
         tasks.insert(
             format!("karvon-runner:stock:{instance}"),
             tokio::spawn(runner.run(stop.clone())),
