@@ -175,7 +175,7 @@ pub async fn rebuild_projection(config: &Config, name: &str) -> anyhow::Result<R
     postgres::migrate(&pool)
         .await
         .context("applying migrations")?;
-    runner::rebuild(&pool, handler.as_ref(), config.projection_batch_size.max(1))
+    runner::rebuild(&pool, handler.as_ref(), config.rebuild_batch_size.max(1))
         .await
         .context("rebuilding")
 }

@@ -241,3 +241,52 @@ async fn kill_9_during_keyed_load_then_retrying_unacknowledged_commands_applies_
     server.child.wait().expect("reaped");
     pool.close().await;
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_server_cleanly() {
+    let db = TestDb::create().await.expect("db");
+    let mut server = start_server(&db).await;
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{}/api/v1/products", server.address))
+        .json(&product("P1", "dairy", None))
+        .send()
+        .await
+        .expect("product");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let answer: serde_json::Value = response.json().await.expect("json");
+    let position = answer["data"]["position"]
+        .as_str()
+        .expect("position")
+        .to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "server ignored SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "exit status {exit}");
+    // Nothing is lost across a graceful stop: after a restart the read
+    // model reaches the command's position.
+    let server = start_server(&db).await;
+    let response = client
+        .get(format!("{}/api/v1/products/P1", server.address))
+        .header("X-Min-Position", position)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), StatusCode::OK);
+    stop_server(server);
+}
+
+fn stop_server(mut server: Server) {
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+}
