@@ -11,6 +11,7 @@
 //! - [`transfers`]: the process manager that books the receiving side of a
 //!   stock transfer.
 
+pub mod auth_store;
 pub mod feed;
 pub mod postgres;
 pub mod read_models;

@@ -2,6 +2,7 @@
 //! and CLI commands. `main.rs` only parses arguments and calls in here, so
 //! tests can start the very same application on a random port.
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod workers;
@@ -61,6 +62,7 @@ impl Application {
             metrics: metrics_handle(),
             min_position_wait: Duration::from_millis(config.min_position_wait_ms),
             known_products: Arc::default(),
+            tokens: auth::shared_tokens(config.jwt_secret.as_deref()),
         };
         let settings = http::HttpSettings {
             max_body_bytes: config.max_body_bytes,
@@ -116,12 +118,16 @@ impl Application {
         let mut http_stop = stop_rx.clone();
         let http = async move {
             match self.listener {
-                Some(listener) => axum::serve(listener, self.router)
-                    .with_graceful_shutdown(async move {
-                        let _ = http_stop.wait_for(|stop| *stop).await;
-                    })
-                    .await
-                    .context("serving HTTP"),
+                Some(listener) => axum::serve(
+                    listener,
+                    self.router
+                        .into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.wait_for(|stop| *stop).await;
+                })
+                .await
+                .context("serving HTTP"),
                 None => {
                     let _ = http_stop.wait_for(|stop| *stop).await;
                     Ok(())
@@ -178,6 +184,53 @@ pub async fn rebuild_projection(config: &Config, name: &str) -> anyhow::Result<R
     runner::rebuild(&pool, handler.as_ref(), config.rebuild_batch_size.max(1))
         .await
         .context("rebuilding")
+}
+
+/// `karvon tenant create <id> [--time-zone <IANA>]`; `false` when the
+/// tenant already existed.
+pub async fn create_tenant(config: &Config, tenant: &str, time_zone: &str) -> anyhow::Result<bool> {
+    let tenant = karvon_domain::TenantId::parse(tenant)
+        .map_err(|error| anyhow::anyhow!("tenant id: {error}"))?;
+    time_zone.parse::<chrono_tz::Tz>().map_err(|_| {
+        anyhow::anyhow!("{time_zone:?} is not an IANA time zone (e.g. Asia/Tashkent)")
+    })?;
+    let pool = open_store(config).await?;
+    postgres::migrate(&pool)
+        .await
+        .context("applying migrations")?;
+    Ok(karvon_adapters::auth_store::create_tenant(&pool, tenant.as_str(), time_zone).await?)
+}
+
+/// `karvon api-key create --tenant <id> --scopes read,write [--rate-limit N]`.
+pub async fn create_api_key(
+    config: &Config,
+    tenant: &str,
+    scopes: &str,
+    rate_limit: Option<i32>,
+    name: Option<&str>,
+) -> anyhow::Result<auth::CreatedKey> {
+    let scopes = auth::parse_scopes(scopes.split(','))?;
+    let pool = open_store(config).await?;
+    postgres::migrate(&pool)
+        .await
+        .context("applying migrations")?;
+    Ok(auth::create_api_key(&pool, tenant, scopes, rate_limit, None, name).await?)
+}
+
+/// `karvon user create --tenant <id> --username <name>`.
+pub async fn create_user(
+    config: &Config,
+    tenant: &str,
+    username: &str,
+    password: &str,
+    scopes: &str,
+) -> anyhow::Result<()> {
+    let scopes = auth::parse_scopes(scopes.split(','))?;
+    let pool = open_store(config).await?;
+    postgres::migrate(&pool)
+        .await
+        .context("applying migrations")?;
+    Ok(auth::create_user(&pool, tenant, username, password, scopes).await?)
 }
 
 /// `karvon projections status`.

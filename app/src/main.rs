@@ -34,6 +34,63 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionCommand,
     },
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Manage API keys.
+    ApiKey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
+    /// Manage users who log in with a password.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        id: String,
+        /// IANA time zone for daily/weekly/monthly buckets.
+        #[arg(long, default_value = "UTC")]
+        time_zone: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeyCommand {
+    /// Create a key; the key is printed once, alone on the last line.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated: read, write, webhooks, admin.
+        #[arg(long)]
+        scopes: String,
+        /// Requests per minute (default 60).
+        #[arg(long)]
+        rate_limit: Option<i32>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create or reset a user. The password is read from
+    /// KARVON_USER_PASSWORD or, without it, from the first line of stdin.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        username: String,
+        #[arg(long, default_value = "read,write")]
+        scopes: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +130,63 @@ async fn main() -> anyhow::Result<()> {
                 report.elapsed.as_secs_f64(),
                 report.position
             );
+            Ok(())
+        }
+        Command::Tenant {
+            command: TenantCommand::Create { id, time_zone },
+        } => {
+            let created = karvon_app::create_tenant(&config, &id, &time_zone).await?;
+            println!(
+                "{}",
+                if created {
+                    format!("tenant {id} created")
+                } else {
+                    format!("tenant {id} already exists")
+                }
+            );
+            Ok(())
+        }
+        Command::ApiKey {
+            command:
+                ApiKeyCommand::Create {
+                    tenant,
+                    scopes,
+                    rate_limit,
+                    name,
+                },
+        } => {
+            let key =
+                karvon_app::create_api_key(&config, &tenant, &scopes, rate_limit, name.as_deref())
+                    .await?;
+            println!(
+                "id {} tenant {tenant} scopes {} rate limit {}/min",
+                key.id,
+                key.scopes.join(","),
+                key.rate_limit
+            );
+            println!("{}", key.key);
+            Ok(())
+        }
+        Command::User {
+            command:
+                UserCommand::Create {
+                    tenant,
+                    username,
+                    scopes,
+                },
+        } => {
+            let password = match std::env::var("KARVON_USER_PASSWORD") {
+                Ok(password) => password,
+                Err(_) => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("reading the password from stdin")?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            karvon_app::create_user(&config, &tenant, &username, &password, &scopes).await?;
+            println!("user {username} saved for tenant {tenant}");
             Ok(())
         }
         Command::Projections {

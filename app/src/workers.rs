@@ -34,11 +34,27 @@ pub fn spawn(
         batch_size: config.projection_batch_size.max(1),
         ..RunnerSettings::default()
     };
-    handlers(pool)
-        .into_iter()
-        .map(|handler| {
-            let runner = Runner::new(pool.clone(), handler, settings.clone());
-            tokio::spawn(runner.run(shutdown.clone()))
-        })
-        .collect()
+    let mut tasks = vec![tokio::spawn(prune_rate_limits(
+        pool.clone(),
+        shutdown.clone(),
+    ))];
+    tasks.extend(handlers(pool).into_iter().map(|handler| {
+        let runner = Runner::new(pool.clone(), handler, settings.clone());
+        tokio::spawn(runner.run(shutdown.clone()))
+    }));
+    tasks
+}
+
+/// Drops finished rate-limit windows once a minute. Idempotent, so every
+/// instance may run it.
+async fn prune_rate_limits(pool: PgPool, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(error) = karvon_adapters::auth_store::prune_rate_limits(&pool).await {
+            tracing::warn!(%error, "pruning rate-limit windows failed");
+        }
+    }
 }

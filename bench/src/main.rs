@@ -86,9 +86,9 @@ async fn commands(db: &TestDb, seconds: u64) -> anyhow::Result<()> {
         )
         .await;
     }
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(16)
-        .build()?;
+    // Every request carries the app's API key: authentication and the
+    // per-key rate-limit counter are part of what is measured.
+    let client = app.client.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for worker in 0..8usize {

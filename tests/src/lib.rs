@@ -89,7 +89,10 @@ pub fn test_config(db: &TestDb) -> Config {
 /// The real application (router + workers) on a random port.
 pub struct TestApp {
     pub address: String,
+    /// Sends the admin key of tenant `default` with every request.
     pub client: reqwest::Client,
+    /// That key.
+    pub token: String,
     pub pool: PgPool,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -103,13 +106,15 @@ pub async fn spawn_app_with(config: Config, role: Role) -> anyhow::Result<TestAp
     let app = Application::build(config, role).await?;
     let address = format!("http://{}", app.local_addr().context("no listener")?);
     let pool = app.pool().clone();
+    let token = admin_key(&pool, "default").await?;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run(async move {
         let _ = stopped.await;
     }));
     Ok(TestApp {
         address,
-        client: reqwest::Client::new(),
+        client: authorized_client(&token)?,
+        token,
         pool,
         stop: Some(stop),
         task: Some(task),
@@ -180,6 +185,32 @@ impl Drop for TestApp {
             task.abort();
         }
     }
+}
+
+/// A key with every scope and a limit no test reaches.
+pub async fn admin_key(pool: &PgPool, tenant: &str) -> anyhow::Result<String> {
+    let key = karvon_app::auth::create_api_key(
+        pool,
+        tenant,
+        vec!["admin".to_string()],
+        Some(1_000_000),
+        None,
+        None,
+    )
+    .await?;
+    Ok(key.key)
+}
+
+/// A client that sends `Authorization: Bearer <token>` on every request.
+pub fn authorized_client(token: &str) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse()?,
+    );
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
 }
 
 /// A product registration body.

@@ -20,9 +20,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::extract::JsonCommand;
 use super::{AppState, REQUEST_ID, header_text, idempotency_key};
-
-/// Until credentials exist (auth issue), every request acts for this tenant.
-pub const DEFAULT_TENANT: &str = "default";
+use crate::auth::{Principal, WriteAccess};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,11 +94,13 @@ pub struct TransferStock {
 
 pub async fn register_product(
     State(state): State<AppState>,
+    WriteAccess(principal): WriteAccess,
     headers: HeaderMap,
     command: JsonCommand<RegisterProduct>,
 ) -> Result<Response, ApiError> {
     let request = command.body;
     let context = CommandContext::new(
+        &principal,
         &headers,
         command.fingerprint,
         request.product_id.to_string(),
@@ -131,13 +131,19 @@ pub async fn register_product(
 
 pub async fn update_product(
     State(state): State<AppState>,
+    WriteAccess(principal): WriteAccess,
     Path(product_id): Path<String>,
     headers: HeaderMap,
     command: JsonCommand<UpdateProduct>,
 ) -> Result<Response, ApiError> {
     let product_id = path_id(&product_id)?;
     let request = command.body;
-    let context = CommandContext::new(&headers, command.fingerprint, product_id.to_string())?;
+    let context = CommandContext::new(
+        &principal,
+        &headers,
+        command.fingerprint,
+        product_id.to_string(),
+    )?;
     let details = ProductDetails {
         sku: request.sku,
         name: request.name,
@@ -161,12 +167,18 @@ pub async fn update_product(
 
 pub async fn discontinue_product(
     State(state): State<AppState>,
+    WriteAccess(principal): WriteAccess,
     Path(product_id): Path<String>,
     headers: HeaderMap,
     command: JsonCommand<DiscontinueProduct>,
 ) -> Result<Response, ApiError> {
     let product_id = path_id(&product_id)?;
-    let context = CommandContext::new(&headers, command.fingerprint, product_id.to_string())?;
+    let context = CommandContext::new(
+        &principal,
+        &headers,
+        command.fingerprint,
+        product_id.to_string(),
+    )?;
     if let Some(reason) = &command.body.reason {
         if reason.chars().count() > 500 {
             return Err(ApiError::validation("reason: is too long"));
@@ -188,11 +200,12 @@ pub async fn discontinue_product(
 
 pub async fn receive_stock(
     State(state): State<AppState>,
+    WriteAccess(principal): WriteAccess,
     headers: HeaderMap,
     command: JsonCommand<ReceiveStock>,
 ) -> Result<Response, ApiError> {
     let request = command.body;
-    let context = CommandContext::new(&headers, command.fingerprint, new_id())?;
+    let context = CommandContext::new(&principal, &headers, command.fingerprint, new_id())?;
     ensure_product(&state, &context.tenant, &request.product_id).await?;
     let stream = stock_stream_id(&context.tenant, &request.warehouse_id, &request.product_id);
     let stock_command = StockCommand::Receive {
@@ -214,11 +227,12 @@ pub async fn receive_stock(
 
 pub async fn issue_stock(
     State(state): State<AppState>,
+    WriteAccess(principal): WriteAccess,
     headers: HeaderMap,
     command: JsonCommand<IssueStock>,
 ) -> Result<Response, ApiError> {
     let request = command.body;
-    let context = CommandContext::new(&headers, command.fingerprint, new_id())?;
+    let context = CommandContext::new(&principal, &headers, command.fingerprint, new_id())?;
     ensure_product(&state, &context.tenant, &request.product_id).await?;
     let stream = stock_stream_id(&context.tenant, &request.warehouse_id, &request.product_id);
     let stock_command = StockCommand::Issue {
@@ -236,11 +250,12 @@ pub async fn issue_stock(
 
 pub async fn adjust_stock(
     State(state): State<AppState>,
+    WriteAccess(principal): WriteAccess,
     headers: HeaderMap,
     command: JsonCommand<AdjustStock>,
 ) -> Result<Response, ApiError> {
     let request = command.body;
-    let context = CommandContext::new(&headers, command.fingerprint, new_id())?;
+    let context = CommandContext::new(&principal, &headers, command.fingerprint, new_id())?;
     ensure_product(&state, &context.tenant, &request.product_id).await?;
     let stream = stock_stream_id(&context.tenant, &request.warehouse_id, &request.product_id);
     let stock_command = StockCommand::Adjust {
@@ -258,12 +273,18 @@ pub async fn adjust_stock(
 
 pub async fn transfer_stock(
     State(state): State<AppState>,
+    WriteAccess(principal): WriteAccess,
     headers: HeaderMap,
     command: JsonCommand<TransferStock>,
 ) -> Result<Response, ApiError> {
     let request = command.body;
     let transfer_id = new_id();
-    let context = CommandContext::new(&headers, command.fingerprint, transfer_id.clone())?;
+    let context = CommandContext::new(
+        &principal,
+        &headers,
+        command.fingerprint,
+        transfer_id.clone(),
+    )?;
     ensure_product(&state, &context.tenant, &request.product_id).await?;
     let stream = stock_stream_id(
         &context.tenant,
@@ -292,17 +313,18 @@ struct CommandContext {
 
 impl CommandContext {
     fn new(
+        principal: &Principal,
         headers: &HeaderMap,
         fingerprint: String,
         response_id: String,
     ) -> Result<Self, ApiError> {
-        let tenant = TenantId::parse(DEFAULT_TENANT).map_err(|_| ApiError::internal())?;
+        let tenant = principal.tenant.clone();
         let key = idempotency_key(headers)?;
         let metadata = EventMetadata {
             tenant_id: tenant.to_string(),
             occurred_at: Utc::now(),
             source: Source::Http.as_str().to_string(),
-            actor: "anonymous".to_string(),
+            actor: principal.actor.clone(),
             correlation_id: header_text(headers.get(REQUEST_ID)).unwrap_or_else(new_id),
             causation_id: None,
             request_hash: key.as_ref().map(|_| fingerprint),

@@ -2,6 +2,7 @@
 //! passes through (request id, tracing, timeout, body limit, panic catcher,
 //! envelope for errors produced outside handlers, metrics).
 
+mod access;
 mod commands;
 mod error;
 mod extract;
@@ -44,6 +45,8 @@ pub struct AppState {
     /// Product streams known to be registered. Registration is permanent,
     /// so a positive answer never goes stale and is safe to share.
     pub known_products: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
+    /// Signs and checks login tokens.
+    pub tokens: Arc<crate::auth::TokenKeys>,
 }
 
 #[derive(Debug, Clone)]
@@ -78,7 +81,13 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
             "/api/integrations/product-movement-history",
             get(queries::movement_history),
         )
-        .route("/api/v1/admin/projections", get(ops::projections));
+        .route("/api/v1/admin/projections", get(ops::projections))
+        .route("/api/auth/login", post(access::login))
+        .route(
+            "/api/v1/api-keys",
+            post(access::create_key).get(access::list_keys),
+        )
+        .route("/api/v1/api-keys/{id}/revoke", post(access::revoke_key));
 
     Router::new()
         .merge(api)

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::auth::AdminAccess;
 
 pub async fn health() -> Json<Value> {
     Json(json!({"success": true, "data": {"status": "ok"}}))
@@ -57,7 +58,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-pub async fn projections(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn projections(
+    State(state): State<AppState>,
+    AdminAccess(_principal): AdminAccess,
+) -> Result<Json<Value>, ApiError> {
     let statuses = runner::status(&state.pool).await?;
     Ok(Json(json!({"success": true, "data": {"items": statuses}})))
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use chrono::Utc;
 use karvon_adapters::read_models::{catalog, stock};
 use karvon_adapters::runner;
 use karvon_domain::Id;
@@ -17,9 +16,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::commands::DEFAULT_TENANT;
 use super::error::ApiError;
 use super::extract::ApiQuery;
+use crate::auth::ReadAccess;
 
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1000;
@@ -35,6 +34,7 @@ pub struct ProductQuery {
 
 pub async fn list_products(
     State(state): State<AppState>,
+    ReadAccess(principal): ReadAccess,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<ProductQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -54,20 +54,21 @@ pub async fn list_products(
         after: query.cursor,
         limit: limit + 1,
     };
-    let mut items = catalog::list_products(&state.pool, DEFAULT_TENANT, &filter).await?;
+    let mut items = catalog::list_products(&state.pool, principal.tenant.as_str(), &filter).await?;
     let next_cursor = next_page(&mut items, limit).map(|last| last.product_id.clone());
     Ok(ok(json!({"items": items, "next_cursor": next_cursor})))
 }
 
 pub async fn get_product(
     State(state): State<AppState>,
+    ReadAccess(principal): ReadAccess,
     headers: HeaderMap,
     Path(product_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let product_id =
         Id::parse(product_id).map_err(|error| ApiError::validation(format!("id: {error}")))?;
     wait_for_position(&state, &headers, &[names::CATALOG]).await?;
-    let product = catalog::get_product(&state.pool, DEFAULT_TENANT, product_id.as_str())
+    let product = catalog::get_product(&state.pool, principal.tenant.as_str(), product_id.as_str())
         .await?
         .ok_or_else(|| ApiError::not_found("product not found"))?;
     Ok(ok(json!(product)))
@@ -88,6 +89,7 @@ pub struct InventoryQuery {
 
 pub async fn inventory_levels(
     State(state): State<AppState>,
+    ReadAccess(principal): ReadAccess,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<InventoryQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -116,12 +118,12 @@ pub async fn inventory_levels(
         expired: query.expired.unwrap_or(false),
         near_expiry: query.near_expiry.unwrap_or(false),
         near_expiry_days,
-        // Tenant time zones arrive with tenant settings; UTC until then.
-        today: Utc::now().date_naive(),
+        today: principal.today(),
         after,
         limit: limit + 1,
     };
-    let mut items = stock::inventory_levels(&state.pool, DEFAULT_TENANT, &filter).await?;
+    let mut items =
+        stock::inventory_levels(&state.pool, principal.tenant.as_str(), &filter).await?;
     let next_cursor = next_page(&mut items, limit)
         .map(|last| format!("{}~{}", last.warehouse_id, last.product_id));
     Ok(ok(json!({"items": items, "next_cursor": next_cursor})))
@@ -137,6 +139,7 @@ pub struct MovementQuery {
 
 pub async fn movement_history(
     State(state): State<AppState>,
+    ReadAccess(principal): ReadAccess,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<MovementQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -155,7 +158,7 @@ pub async fn movement_history(
         .map_err(|_| ApiError::validation("cursor is not one this endpoint gave out"))?;
     let mut items = stock::movement_history(
         &state.pool,
-        DEFAULT_TENANT,
+        principal.tenant.as_str(),
         &product_id,
         query.warehouse_id.as_deref(),
         after,

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use karvon_projections::names;
-use karvon_tests::{TestDb, event_count, karvon_binary, product, spawn_app, wait_caught_up};
+use karvon_tests::{
+    TestDb, admin_key, event_count, karvon_binary, product, spawn_app, wait_caught_up,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -90,6 +92,8 @@ async fn the_same_key_twice_appends_once_and_answers_identically() {
 struct Server {
     child: Child,
     address: String,
+    /// Sends an admin key of tenant `default`.
+    client: reqwest::Client,
 }
 
 async fn start_server(db: &TestDb) -> Server {
@@ -119,7 +123,24 @@ async fn start_server(db: &TestDb) -> Server {
         assert!(Instant::now() < deadline, "server did not become ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Server { child, address }
+    let pool = db.pool().await.expect("pool");
+    let token = admin_key(&pool, "default").await.expect("key");
+    pool.close().await;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    Server {
+        child,
+        address,
+        client,
+    }
 }
 
 #[tokio::test]
@@ -127,10 +148,7 @@ async fn kill_9_during_keyed_load_then_retrying_unacknowledged_commands_applies_
     const COMMANDS: usize = 600;
     let db = TestDb::create().await.expect("db");
     let mut server = start_server(&db).await;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
+    let client = server.client.clone();
     let response = client
         .post(format!("{}/api/v1/products", server.address))
         .json(&product("P1", "dairy", None))
@@ -246,8 +264,8 @@ async fn kill_9_during_keyed_load_then_retrying_unacknowledged_commands_applies_
 async fn sigterm_stops_the_server_cleanly() {
     let db = TestDb::create().await.expect("db");
     let mut server = start_server(&db).await;
-    let client = reqwest::Client::new();
-    let response = client
+    let response = server
+        .client
         .post(format!("{}/api/v1/products", server.address))
         .json(&product("P1", "dairy", None))
         .send()
@@ -276,7 +294,8 @@ async fn sigterm_stops_the_server_cleanly() {
     // Nothing is lost across a graceful stop: after a restart the read
     // model reaches the command's position.
     let server = start_server(&db).await;
-    let response = client
+    let response = server
+        .client
         .get(format!("{}/api/v1/products/P1", server.address))
         .header("X-Min-Position", position)
         .send()
