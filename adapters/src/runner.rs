@@ -209,10 +209,25 @@ async fn try_lock(conn: &mut PgConnection, name: &str) -> Result<bool, StorageEr
 }
 
 /// Creates the checkpoint row and the live tables if this is a first start.
+/// Creates a consumer's checkpoint row and live tables when missing; the
+/// application does this for every consumer before it serves queries.
+pub async fn prepare_consumer(
+    pool: &PgPool,
+    handler: &dyn FeedHandler,
+) -> Result<(), StorageError> {
+    let mut conn = pool.acquire().await?;
+    prepare(&mut conn, handler).await
+}
+
 async fn prepare(conn: &mut PgConnection, handler: &dyn FeedHandler) -> Result<(), StorageError> {
     ensure_checkpoint(conn, handler.name()).await?;
     if let Some(schema) = handler.schema() {
         let mut tx = conn.begin().await?;
+        // Concurrent CREATE … IF NOT EXISTS can still collide in the
+        // catalogue; instances starting together take turns.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('karvon.prepare', 0))")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
             .execute(&mut *tx)
             .await?;

@@ -55,6 +55,11 @@ impl Application {
                 .await
                 .context("applying migrations")?;
         }
+        for handler in workers::handlers(&pool) {
+            runner::prepare_consumer(&pool, handler.as_ref())
+                .await
+                .with_context(|| format!("preparing {}", handler.name()))?;
+        }
         let state = http::AppState {
             pool: pool.clone(),
             products: Arc::new(CommandExecutor::new(pool.clone())),

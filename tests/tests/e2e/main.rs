@@ -3,6 +3,7 @@
 //! modules, so the workspace links it once.
 
 mod api;
+mod auth;
 mod feed;
 mod idempotency;
 mod rebuild;

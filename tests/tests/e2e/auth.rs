@@ -1,0 +1,565 @@
+//! Credentials, scopes, tenant isolation and rate limits, as an outside
+//! client meets them.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use karvon_adapters::auth_store;
+use karvon_app::Role;
+use karvon_projections::names;
+use karvon_tests::{
+    TestApp, TestDb, authorized_client, event_count, karvon_binary, product, spawn_app,
+    spawn_app_with, test_config, wait_caught_up,
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const JWT_SECRET: &str = "test-secret-0123456789-abcdefghijklmnop";
+
+async fn key(app: &TestApp, tenant: &str, scopes: &[&str], rate_limit: Option<i32>) -> String {
+    let scopes = scopes.iter().map(|scope| scope.to_string()).collect();
+    karvon_app::auth::create_api_key(&app.pool, tenant, scopes, rate_limit, None, None)
+        .await
+        .expect("key")
+        .key
+}
+
+async fn call(request: reqwest::RequestBuilder) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let response = request.send().await.expect("sent");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body, headers)
+}
+
+fn assert_refused(
+    answer: &(StatusCode, Value, reqwest::header::HeaderMap),
+    status: StatusCode,
+    code: &str,
+) {
+    assert_eq!(answer.0, status, "{}", answer.1);
+    assert_eq!(answer.1["success"], false);
+    assert_eq!(answer.1["error"], code, "{}", answer.1);
+}
+
+#[tokio::test]
+async fn missing_wrong_revoked_and_expired_keys_are_refused() {
+    let db = TestDb::create().await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    let plain = reqwest::Client::new();
+    let url = app.url("/api/integrations/inventory-levels");
+
+    let answer = call(plain.get(&url)).await;
+    assert_refused(&answer, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(
+        answer
+            .2
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer")
+    );
+    assert_refused(
+        &call(plain.get(&url).bearer_auth("nonsense")).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+
+    let good = key(&app, "default", &["read"], None).await;
+    assert_eq!(
+        call(plain.get(&url).bearer_auth(&good)).await.0,
+        StatusCode::OK
+    );
+    let (prefix, _) = good.split_once('_').expect("prefix");
+    let forged = format!("{prefix}_{}", "0".repeat(64));
+    assert_refused(
+        &call(plain.get(&url).bearer_auth(&forged)).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+
+    // Revoked through the API by an admin of the same tenant.
+    let (status, body) = app.get("/api/v1/api-keys").await;
+    assert_eq!(status, StatusCode::OK);
+    let id = body["data"]["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|item| item["prefix"] == prefix)
+        .map(|item| item["id"].as_str().unwrap_or_default().to_string())
+        .expect("listed");
+    assert!(
+        body.to_string().find(&good[prefix.len() + 1..]).is_none(),
+        "a listing leaked the secret"
+    );
+    let (status, _) = app
+        .post(&format!("/api/v1/api-keys/{id}/revoke"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_refused(
+        &call(plain.get(&url).bearer_auth(&good)).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+
+    let expiring = key(&app, "default", &["read"], None).await;
+    let (prefix, _) = expiring.split_once('_').expect("prefix");
+    sqlx::query("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE prefix = $1")
+        .bind(prefix)
+        .execute(&app.pool)
+        .await
+        .expect("expire");
+    assert_refused(
+        &call(plain.get(&url).bearer_auth(&expiring)).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn scopes_are_enforced_per_route() {
+    let db = TestDb::create().await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    app.post("/api/v1/products", &product("P1", "dairy", None))
+        .await;
+    let reader = authorized_client(&key(&app, "default", &["read"], None).await).expect("client");
+    let writer = authorized_client(&key(&app, "default", &["write"], None).await).expect("client");
+    let before = event_count(&app.pool).await.expect("count");
+
+    let receipt = json!({"warehouse_id": "W1", "product_id": "P1", "qty": "1"});
+    assert_eq!(
+        call(reader.get(app.url("/api/v1/products"))).await.0,
+        StatusCode::OK
+    );
+    assert_refused(
+        &call(
+            reader
+                .post(app.url("/api/v1/stock/receipts"))
+                .json(&receipt),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_refused(
+        &call(reader.get(app.url("/api/v1/admin/projections"))).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_refused(
+        &call(reader.get(app.url("/api/v1/api-keys"))).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_eq!(event_count(&app.pool).await.expect("count"), before);
+
+    assert_eq!(
+        call(
+            writer
+                .post(app.url("/api/v1/stock/receipts"))
+                .json(&receipt)
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+    assert_refused(
+        &call(writer.get(app.url("/api/v1/products"))).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let (status, body, _) = call(
+        writer
+            .post(app.url("/api/v1/api-keys"))
+            .json(&json!({"scopes": ["admin"]})),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a write key must not mint keys: {body}"
+    );
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn tenants_cannot_read_touch_or_detect_each_other() {
+    let db = TestDb::create().await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    auth_store::create_tenant(&app.pool, "acme", "Asia/Tashkent")
+        .await
+        .expect("tenant");
+    let acme =
+        authorized_client(&key(&app, "acme", &["admin"], Some(10_000)).await).expect("client");
+
+    app.post("/api/v1/products", &product("P1", "dairy", Some("5")))
+        .await;
+    let (_, body) = app
+        .post(
+            "/api/v1/stock/receipts",
+            &json!({"warehouse_id": "W1", "product_id": "P1", "qty": "3"}),
+        )
+        .await;
+    app.get_after(
+        "/api/integrations/inventory-levels",
+        &body["data"]["position"],
+    )
+    .await;
+
+    let missing = call(acme.get(app.url("/api/v1/products/P1"))).await;
+    assert_refused(&missing, StatusCode::NOT_FOUND, "not_found");
+    let unknown = call(acme.get(app.url("/api/v1/products/NEVER"))).await;
+    assert_eq!(
+        missing.1, unknown.1,
+        "another tenant's id must look like no id at all"
+    );
+    for path in [
+        "/api/v1/products",
+        "/api/integrations/inventory-levels",
+        "/api/integrations/inventory-levels?product_id=P1",
+        "/api/integrations/product-movement-history?product_id=P1",
+    ] {
+        let (status, body, _) = call(acme.get(app.url(path))).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(body["data"]["items"], json!([]), "{path} leaked: {body}");
+    }
+    let refused = call(
+        acme.post(app.url("/api/v1/stock/issues"))
+            .json(&json!({"warehouse_id": "W1", "product_id": "P1", "qty": 1, "reason": "x"})),
+    )
+    .await;
+    assert_refused(
+        &refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_product",
+    );
+    let renamed = json!({"sku": "X", "name": "Hijacked", "category": "c", "unit": "u"});
+    assert_refused(
+        &call(acme.put(app.url("/api/v1/products/P1")).json(&renamed)).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+
+    // The same id in acme is acme's own product; default's stays as it was.
+    let (status, body, _) = call(
+        acme.post(app.url("/api/v1/products"))
+            .json(&product("P1", "tools", None)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    wait_caught_up(&app.pool, &[names::CATALOG], Duration::from_secs(10))
+        .await
+        .expect("caught up");
+    let (_, mine) = app.get("/api/v1/products/P1").await;
+    assert_eq!(mine["data"]["category"], "dairy");
+    let (_, theirs, _) = call(acme.get(app.url("/api/v1/products/P1"))).await;
+    assert_eq!(theirs["data"]["category"], "tools");
+
+    // Keys: each tenant lists only its own, and cannot revoke the other's.
+    let (_, own, _) = call(acme.get(app.url("/api/v1/api-keys"))).await;
+    assert_eq!(own["data"]["items"].as_array().map(Vec::len), Some(1));
+    let (_, default_keys) = app.get("/api/v1/api-keys").await;
+    let default_key_id = default_keys["data"]["items"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let revoke =
+        call(acme.post(app.url(&format!("/api/v1/api-keys/{default_key_id}/revoke")))).await;
+    assert_refused(&revoke, StatusCode::NOT_FOUND, "not_found");
+    let tenants: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT metadata ->> 'tenant_id' FROM events ORDER BY 1")
+            .fetch_all(&app.pool)
+            .await
+            .expect("tenants");
+    assert_eq!(tenants, ["acme", "default"], "every event names its tenant");
+    app.stop().await.expect("stop");
+}
+
+fn forge(header: &Value, claims: &Value, secret: Option<&str>) -> String {
+    let header = URL_SAFE_NO_PAD.encode(header.to_string());
+    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
+    match secret {
+        Some(secret) => {
+            let mut validation_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+            validation_header.typ = Some("JWT".into());
+            let claims: Value =
+                serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).expect("b64"))
+                    .expect("json");
+            jsonwebtoken::encode(
+                &validation_header,
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .expect("sign")
+        }
+        None => format!("{header}.{claims}."),
+    }
+}
+
+#[tokio::test]
+async fn login_tokens_work_and_forged_or_stale_ones_do_not() {
+    let db = TestDb::create().await.expect("db");
+    let mut config = test_config(&db);
+    config.jwt_secret = Some(JWT_SECRET.to_string());
+    let app = spawn_app_with(config, Role::All).await.expect("app");
+    karvon_app::auth::create_user(
+        &app.pool,
+        "default",
+        "dilnoza",
+        "correct horse battery",
+        vec!["read".into()],
+    )
+    .await
+    .expect("user");
+    let plain = reqwest::Client::new();
+    let login = |password: &str| {
+        plain
+            .post(app.url("/api/auth/login"))
+            .json(&json!({"username": "dilnoza", "password": password}))
+    };
+
+    assert_refused(
+        &call(login("wrong password")).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    let nobody = call(
+        plain
+            .post(app.url("/api/auth/login"))
+            .json(&json!({"username": "ghost", "password": "x"})),
+    )
+    .await;
+    assert_refused(&nobody, StatusCode::UNAUTHORIZED, "unauthorized");
+    let (status, body, _) = call(login("correct horse battery")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["data"]["token"].as_str().expect("token").to_string();
+    assert!(body["data"]["expires_at"].is_string());
+
+    let url = app.url("/api/v1/products");
+    assert_eq!(
+        call(plain.get(&url).bearer_auth(&token)).await.0,
+        StatusCode::OK
+    );
+    let receipt = json!({"warehouse_id": "W1", "product_id": "P1", "qty": "1"});
+    assert_refused(
+        &call(
+            plain
+                .post(app.url("/api/v1/stock/receipts"))
+                .bearer_auth(&token)
+                .json(&receipt),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+
+    let now = chrono::Utc::now().timestamp();
+    let claims = |iss: &str, aud: &str, exp: i64| json!({"sub": "dilnoza", "tenant": "default", "scopes": ["admin"], "iss": iss, "aud": aud, "iat": now, "exp": exp});
+    let forged = [
+        (
+            "alg none",
+            forge(
+                &json!({"alg": "none", "typ": "JWT"}),
+                &claims("karvon", "karvon-api", now + 600),
+                None,
+            ),
+        ),
+        (
+            "wrong key",
+            forge(
+                &Value::Null,
+                &claims("karvon", "karvon-api", now + 600),
+                Some("some-other-secret-0123456789"),
+            ),
+        ),
+        (
+            "expired",
+            forge(
+                &Value::Null,
+                &claims("karvon", "karvon-api", now - 120),
+                Some(JWT_SECRET),
+            ),
+        ),
+        (
+            "wrong audience",
+            forge(
+                &Value::Null,
+                &claims("karvon", "someone-else", now + 600),
+                Some(JWT_SECRET),
+            ),
+        ),
+        (
+            "wrong issuer",
+            forge(
+                &Value::Null,
+                &claims("mallory", "karvon-api", now + 600),
+                Some(JWT_SECRET),
+            ),
+        ),
+    ];
+    for (what, token) in forged {
+        let answer = call(plain.get(&url).bearer_auth(&token)).await;
+        assert_eq!(answer.0, StatusCode::UNAUTHORIZED, "{what} was accepted");
+    }
+    let control = forge(
+        &Value::Null,
+        &claims("karvon", "karvon-api", now + 600),
+        Some(JWT_SECRET),
+    );
+    assert_eq!(
+        call(plain.get(&url).bearer_auth(&control)).await.0,
+        StatusCode::OK,
+        "the forging itself is broken"
+    );
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn the_61st_request_in_a_minute_is_refused_whatever_the_headers_say() {
+    let db = TestDb::create().await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    let limited = authorized_client(&key(&app, "default", &["read"], None).await).expect("client");
+    let url = app.url("/api/v1/products");
+    // Stay inside one window: wait if this minute is about to end.
+    let second = chrono::Utc::now().timestamp() % 60;
+    if second > 45 {
+        tokio::time::sleep(Duration::from_secs((61 - second) as u64)).await;
+    }
+    for request in 1..=60 {
+        let (status, body, _) = call(limited.get(&url)).await;
+        assert_eq!(status, StatusCode::OK, "request {request}: {body}");
+    }
+    let answer = call(limited.get(&url)).await;
+    assert_refused(&answer, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    let retry_after: u64 = answer
+        .2
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=60).contains(&retry_after));
+    let spoofed = call(
+        limited
+            .get(&url)
+            .header("X-Forwarded-For", "203.0.113.9")
+            .header("X-Real-IP", "203.0.113.9"),
+    )
+    .await;
+    assert_refused(&spoofed, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    // Another key is counted on its own.
+    let other = authorized_client(&key(&app, "default", &["read"], None).await).expect("client");
+    assert_eq!(call(other.get(&url)).await.0, StatusCode::OK);
+
+    // Unauthenticated attempts are counted per peer address.
+    let plain = reqwest::Client::new();
+    let mut last = StatusCode::OK;
+    for _ in 0..61 {
+        last = call(plain.get(&url).bearer_auth("kvdeadbeef_0000")).await.0;
+    }
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn the_database_holds_no_plaintext_key_or_password() {
+    let db = TestDb::create().await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    let secret_key = key(&app, "default", &["read"], None).await;
+    let password = "a-very-memorable-passphrase";
+    karvon_app::auth::create_user(&app.pool, "default", "aziz", password, vec!["read".into()])
+        .await
+        .expect("user");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT quote_ident(table_schema) || '.' || quote_ident(table_name) FROM information_schema.tables
+          WHERE table_schema NOT IN ('pg_catalog', 'information_schema') AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("tables");
+    let (_, secret) = secret_key.split_once('_').expect("secret");
+    for table in tables {
+        let dump: Option<String> =
+            sqlx::query_scalar(&format!("SELECT string_agg(t::text, '\n') FROM {table} t"))
+                .fetch_one(&app.pool)
+                .await
+                .expect("dump");
+        let dump = dump.unwrap_or_default();
+        assert!(!dump.contains(secret), "{table} holds the key's secret");
+        assert!(!dump.contains(password), "{table} holds the password");
+    }
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn the_cli_creates_tenants_and_prints_a_working_key_on_its_last_line() {
+    let db = TestDb::create().await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    let karvon = |args: &[&str]| {
+        std::process::Command::new(karvon_binary().expect("binary"))
+            .args(args)
+            .env("KARVON_DATABASE_URL", &db.url)
+            .env("KARVON_LOG", "warn")
+            .output()
+            .expect("runs")
+    };
+    let output = karvon(&[
+        "tenant",
+        "create",
+        "samarkand",
+        "--time-zone",
+        "Asia/Samarkand",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = karvon(&["tenant", "create", "bad", "--time-zone", "Mars/Olympus"]);
+    assert!(!output.status.success());
+    let output = karvon(&[
+        "api-key",
+        "create",
+        "--tenant",
+        "samarkand",
+        "--scopes",
+        "read,write",
+        "--rate-limit",
+        "120",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let key = stdout
+        .lines()
+        .last()
+        .expect("a last line")
+        .trim()
+        .to_string();
+    let client = authorized_client(&key).expect("client");
+    let (status, body, _) = call(
+        client
+            .post(app.url("/api/v1/products"))
+            .json(&product("S1", "fruit", None)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let limit: i32 = sqlx::query_scalar(
+        "SELECT rate_limit_per_minute FROM api_keys WHERE tenant_id = 'samarkand'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("limit");
+    assert_eq!(limit, 120);
+    let output = karvon(&[
+        "api-key", "create", "--tenant", "nowhere", "--scopes", "read",
+    ]);
+    assert!(
+        !output.status.success(),
+        "a key for a missing tenant was created"
+    );
+    app.stop().await.expect("stop");
+}
