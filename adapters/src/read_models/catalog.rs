@@ -9,7 +9,7 @@ use karvon_projections::catalog::{self, ProductRow};
 use karvon_projections::names;
 use rust_decimal::Decimal;
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, Row};
 
 use super::decode;
 use crate::StorageError;
@@ -58,6 +58,7 @@ impl FeedHandler for CatalogProjection {
         ))
         .execute(&mut *conn)
         .await?;
+        super::secure_tables(conn, schema, &["products"]).await?;
         Ok(())
     }
 
@@ -253,7 +254,7 @@ pub struct ProductFilter {
 }
 
 pub async fn list_products(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &str,
     filter: &ProductFilter,
 ) -> Result<Vec<ProductView>, StorageError> {
@@ -281,13 +282,13 @@ pub async fn list_products(
     .bind(pattern)
     .bind(&filter.after)
     .bind(filter.limit)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     rows.iter().map(row_to_view).collect()
 }
 
 pub async fn get_product(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &str,
     product_id: &str,
 ) -> Result<Option<ProductView>, StorageError> {
@@ -296,7 +297,7 @@ pub async fn get_product(
     ))
     .bind(tenant)
     .bind(product_id)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     row.as_ref().map(row_to_view).transpose()
 }

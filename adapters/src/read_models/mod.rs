@@ -6,9 +6,60 @@ pub mod catalog;
 pub mod stock;
 
 use serde::de::DeserializeOwned;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::StorageError;
 use crate::feed::FeedEvent;
+
+/// The role read-model queries run as; see the `query_role` migration.
+pub const QUERY_ROLE: &str = "karvon_query";
+
+/// Row-level security as a second wall behind the `WHERE tenant_id = …`
+/// every query has: the query role sees only rows of the tenant its
+/// transaction names, and nothing when it names none. The projection
+/// writes as the tables' owner, which needs BYPASSRLS (or superuser) once
+/// FORCE is on.
+pub(crate) async fn secure_tables(
+    conn: &mut PgConnection,
+    schema: &str,
+    tables: &[&str],
+) -> Result<(), StorageError> {
+    sqlx::query(&format!("GRANT USAGE ON SCHEMA {schema} TO {QUERY_ROLE}"))
+        .execute(&mut *conn)
+        .await?;
+    for table in tables {
+        for statement in [
+            format!("GRANT SELECT ON {schema}.{table} TO {QUERY_ROLE}"),
+            format!("ALTER TABLE {schema}.{table} ENABLE ROW LEVEL SECURITY"),
+            format!("ALTER TABLE {schema}.{table} FORCE ROW LEVEL SECURITY"),
+            format!("DROP POLICY IF EXISTS tenant_isolation ON {schema}.{table}"),
+            format!(
+                "CREATE POLICY tenant_isolation ON {schema}.{table} FOR SELECT TO {QUERY_ROLE}
+                 USING (tenant_id = current_setting('karvon.tenant', true))"
+            ),
+        ] {
+            sqlx::query(&statement).execute(&mut *conn).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A read-only transaction acting as the query role for one tenant. Every
+/// read-model query runs inside one.
+pub async fn tenant_reader(
+    pool: &PgPool,
+    tenant: &str,
+) -> Result<Transaction<'static, Postgres>, StorageError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!("SET LOCAL ROLE {QUERY_ROLE}"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT set_config('karvon.tenant', $1, true)")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
 
 /// Decodes an event payload of a version this build understands. There is
 /// one version of each event so far; a future v2 adds an upcaster here.

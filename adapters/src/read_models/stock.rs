@@ -9,7 +9,7 @@ use karvon_domain::stock::{Lot, Lots, StockEvent, StockItem};
 use karvon_projections::{Position, names, stock};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use super::decode;
@@ -104,6 +104,7 @@ impl FeedHandler for StockProjection {
         ] {
             sqlx::query(&statement).execute(&mut *conn).await?;
         }
+        super::secure_tables(conn, schema, &["levels", "movements"]).await?;
         Ok(())
     }
 
@@ -338,7 +339,7 @@ pub struct InventoryFilter {
 }
 
 pub async fn inventory_levels(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &str,
     filter: &InventoryFilter,
 ) -> Result<Vec<InventoryLevel>, StorageError> {
@@ -375,7 +376,7 @@ pub async fn inventory_levels(
     .bind(after_warehouse)
     .bind(after_product)
     .bind(filter.limit)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     rows.iter()
         .map(|row| {
@@ -427,7 +428,7 @@ pub struct MovementView {
 }
 
 pub async fn movement_history(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant: &str,
     product_id: &str,
     warehouse_id: Option<&str>,
@@ -450,7 +451,7 @@ pub async fn movement_history(
     .bind(after.transaction_id as i64)
     .bind(after.global_position)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     rows.iter()
         .map(|row| {

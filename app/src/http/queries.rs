@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use karvon_adapters::read_models::{catalog, stock};
+use karvon_adapters::read_models::{self, catalog, stock};
 use karvon_adapters::runner;
 use karvon_domain::Id;
 use karvon_projections::{Position, PositionToken, names};
@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::ApiQuery;
-use crate::auth::ReadAccess;
+use crate::auth::{Principal, ReadAccess};
 
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1000;
@@ -54,7 +54,12 @@ pub async fn list_products(
         after: query.cursor,
         limit: limit + 1,
     };
-    let mut items = catalog::list_products(&state.pool, principal.tenant.as_str(), &filter).await?;
+    let mut items = catalog::list_products(
+        &mut *reader(&state, &principal).await?,
+        principal.tenant.as_str(),
+        &filter,
+    )
+    .await?;
     let next_cursor = next_page(&mut items, limit).map(|last| last.product_id.clone());
     Ok(ok(json!({"items": items, "next_cursor": next_cursor})))
 }
@@ -68,9 +73,13 @@ pub async fn get_product(
     let product_id =
         Id::parse(product_id).map_err(|error| ApiError::validation(format!("id: {error}")))?;
     wait_for_position(&state, &headers, &[names::CATALOG]).await?;
-    let product = catalog::get_product(&state.pool, principal.tenant.as_str(), product_id.as_str())
-        .await?
-        .ok_or_else(|| ApiError::not_found("product not found"))?;
+    let product = catalog::get_product(
+        &mut *reader(&state, &principal).await?,
+        principal.tenant.as_str(),
+        product_id.as_str(),
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found("product not found"))?;
     Ok(ok(json!(product)))
 }
 
@@ -122,8 +131,12 @@ pub async fn inventory_levels(
         after,
         limit: limit + 1,
     };
-    let mut items =
-        stock::inventory_levels(&state.pool, principal.tenant.as_str(), &filter).await?;
+    let mut items = stock::inventory_levels(
+        &mut *reader(&state, &principal).await?,
+        principal.tenant.as_str(),
+        &filter,
+    )
+    .await?;
     let next_cursor = next_page(&mut items, limit)
         .map(|last| format!("{}~{}", last.warehouse_id, last.product_id));
     Ok(ok(json!({"items": items, "next_cursor": next_cursor})))
@@ -157,7 +170,7 @@ pub async fn movement_history(
         .transpose()
         .map_err(|_| ApiError::validation("cursor is not one this endpoint gave out"))?;
     let mut items = stock::movement_history(
-        &state.pool,
+        &mut *reader(&state, &principal).await?,
         principal.tenant.as_str(),
         &product_id,
         query.warehouse_id.as_deref(),
@@ -169,6 +182,15 @@ pub async fn movement_history(
     Ok(ok(
         json!({"product_id": product_id, "items": items, "next_cursor": next_cursor}),
     ))
+}
+
+/// A transaction reading as the query role for the caller's tenant (the
+/// row-level-security wall); rolled back when dropped, as it writes nothing.
+async fn reader(
+    state: &AppState,
+    principal: &Principal,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ApiError> {
+    Ok(read_models::tenant_reader(&state.pool, principal.tenant.as_str()).await?)
 }
 
 fn ok(data: Value) -> Json<Value> {

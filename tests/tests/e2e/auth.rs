@@ -563,3 +563,88 @@ async fn the_cli_creates_tenants_and_prints_a_working_key_on_its_last_line() {
     );
     app.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn row_level_security_hides_rows_from_the_query_role_without_a_tenant() {
+    let db = TestDb::create().await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    auth_store::create_tenant(&app.pool, "acme", "UTC")
+        .await
+        .expect("tenant");
+    let acme =
+        authorized_client(&key(&app, "acme", &["admin"], Some(10_000)).await).expect("client");
+    app.post("/api/v1/products", &product("P1", "dairy", None))
+        .await;
+    app.post(
+        "/api/v1/stock/receipts",
+        &json!({"warehouse_id": "W1", "product_id": "P1", "qty": "2"}),
+    )
+    .await;
+    call(
+        acme.post(app.url("/api/v1/products"))
+            .json(&product("A1", "tools", None)),
+    )
+    .await;
+    call(
+        acme.post(app.url("/api/v1/stock/receipts"))
+            .json(&json!({"warehouse_id": "W1", "product_id": "A1", "qty": "2"})),
+    )
+    .await;
+    wait_caught_up(
+        &app.pool,
+        &[names::CATALOG, names::STOCK],
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("caught up");
+
+    let count_as = |tenant: Option<&'static str>, table: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            let mut tx = pool.begin().await.expect("begin");
+            sqlx::query("SET LOCAL ROLE karvon_query")
+                .execute(&mut *tx)
+                .await
+                .expect("role");
+            if let Some(tenant) = tenant {
+                sqlx::query("SELECT set_config('karvon.tenant', $1, true)")
+                    .bind(tenant)
+                    .execute(&mut *tx)
+                    .await
+                    .expect("tenant");
+            }
+            // No WHERE clause: only the policy stands between the role and the rows.
+            let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+                .fetch_one(&mut *tx)
+                .await
+                .expect("count");
+            let foreign: i64 = sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM {table} WHERE tenant_id <> coalesce($1, '')"
+            ))
+            .bind(tenant)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("count");
+            (rows, foreign)
+        }
+    };
+    for table in ["catalog.products", "stock.levels", "stock.movements"] {
+        assert_eq!(
+            count_as(None, table).await,
+            (0, 0),
+            "{table} visible without a tenant"
+        );
+        let (rows, foreign) = count_as(Some("acme"), table).await;
+        assert!(rows > 0, "{table}: acme sees nothing of its own");
+        assert_eq!(foreign, 0, "{table}: acme sees another tenant's rows");
+    }
+    let owner_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM stock.levels")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(
+        owner_rows, 2,
+        "the projection's own role must still see every tenant"
+    );
+    app.stop().await.expect("stop");
+}

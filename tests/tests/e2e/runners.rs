@@ -17,6 +17,7 @@ async fn active_instances(pool: &PgPool) -> Vec<String> {
     sqlx::query_scalar(
         "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
           WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()
+            AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('karvon.feed.stock', 0)
             AND a.application_name LIKE 'karvon-runner:stock:%'",
     )
     .fetch_all(pool)
