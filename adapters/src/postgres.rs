@@ -45,6 +45,20 @@ pub async fn connect(settings: &PgSettings) -> Result<PgPool, StorageError> {
     Ok(pool)
 }
 
+/// A small pool for bookkeeping whose loss in a crash is harmless (rate-limit
+/// counters, last-used stamps): its commits do not wait for the WAL flush.
+pub async fn connect_bookkeeping(settings: &PgSettings) -> Result<PgPool, StorageError> {
+    let options =
+        PgConnectOptions::from_str(&settings.url)?.options([("synchronous_commit", "off")]);
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.max_connections.clamp(1, 4))
+        .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
 pub async fn migrate(pool: &PgPool) -> Result<(), StorageError> {
     MIGRATOR.run(pool).await?;
     Ok(())

@@ -407,8 +407,82 @@ pub async fn rebuild(
     }
 
     // Swap: hold the live checkpoint (the live runner waits), catch up the
-    // last events, exchange the schemas and hand the position over.
+    // last events, exchange the schemas and hand the position over. Queries
+    // still reading the old tables can hold the swap up; it gives up after
+    // a bounded wait and tries again rather than queueing them all behind it.
+    let mut attempt = 0;
+    let (row, swapped_events) = loop {
+        attempt += 1;
+        let swap_memory = StepMemory {
+            last_committed: memory.last_committed,
+        };
+        match swap(
+            &mut conn,
+            handler,
+            name,
+            live_schema,
+            &shadow_schema,
+            &shadow_checkpoint,
+            &settings,
+            swap_memory,
+        )
+        .await
+        {
+            Ok(done) => break done,
+            Err(StorageError::Database(error)) if attempt < 10 && is_lock_conflict(&error) => {
+                handler.reset();
+                memory.last_committed = None;
+                tracing::info!(
+                    projection = name,
+                    attempt,
+                    "swap waited too long for locks; retrying"
+                );
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    events += swapped_events;
+    let position = Position::new(
+        parse_txid(&row.get::<String, _>("txid"))?,
+        row.get("position"),
+    );
+    Ok(RebuildReport {
+        events,
+        position,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn is_lock_conflict(error: &sqlx::Error) -> bool {
+    // 55P03 lock_not_available (lock_timeout), 40P01 deadlock_detected.
+    matches!(
+        error
+            .as_database_error()
+            .and_then(|error| error.code())
+            .as_deref(),
+        Some("55P03" | "40P01")
+    )
+}
+
+/// The swap transaction of a rebuild; returns the new live checkpoint row
+/// and the events it applied while catching up.
+#[allow(clippy::too_many_arguments)]
+async fn swap(
+    conn: &mut PgConnection,
+    handler: &dyn FeedHandler,
+    name: &str,
+    live_schema: &str,
+    shadow_schema: &str,
+    shadow_checkpoint: &str,
+    settings: &RunnerSettings,
+    mut memory: StepMemory,
+) -> Result<(sqlx::postgres::PgRow, u64), StorageError> {
+    let mut events = 0u64;
     let mut tx = conn.begin().await?;
+    sqlx::query("SET LOCAL lock_timeout = '5s'")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("SELECT 1 FROM public.projection_checkpoints WHERE name = $1 FOR UPDATE")
         .bind(name)
         .execute(&mut *tx)
@@ -417,15 +491,15 @@ pub async fn rebuild(
         let (applied, position) = step_within(
             &mut tx,
             handler,
-            &shadow_checkpoint,
-            Some(&shadow_schema),
-            &settings,
+            shadow_checkpoint,
+            Some(shadow_schema),
+            settings,
             &memory,
         )
         .await?;
         memory.last_committed = Some(position);
         events += applied as u64;
-        if (applied as i64) < batch_size {
+        if (applied as i64) < settings.batch_size {
             break;
         }
     }
@@ -449,23 +523,15 @@ pub async fn rebuild(
       RETURNING live.transaction_id::text AS txid, live.position",
     )
     .bind(name)
-    .bind(&shadow_checkpoint)
+    .bind(shadow_checkpoint)
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query("DELETE FROM public.projection_checkpoints WHERE name = $1")
-        .bind(&shadow_checkpoint)
+        .bind(shadow_checkpoint)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    let position = Position::new(
-        parse_txid(&row.get::<String, _>("txid"))?,
-        row.get("position"),
-    );
-    Ok(RebuildReport {
-        events,
-        position,
-        elapsed: started.elapsed(),
-    })
+    Ok((row, events))
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

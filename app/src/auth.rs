@@ -309,6 +309,45 @@ pub async fn verify_password(stored_hash: Option<String>, password: String) -> b
     known && verified
 }
 
+/// API keys recently read from the store, by prefix. An entry is used for
+/// at most [`KeyCache::TTL`]; a revocation through this instance drops it
+/// at once, one through another instance takes effect within the TTL.
+#[derive(Default)]
+pub struct KeyCache {
+    entries: std::sync::Mutex<
+        std::collections::HashMap<String, (auth_store::StoredApiKey, std::time::Instant)>,
+    >,
+}
+
+impl KeyCache {
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(5);
+    const LIMIT: usize = 10_000;
+
+    fn get(&self, prefix: &str) -> Option<auth_store::StoredApiKey> {
+        let entries = self.entries.lock().ok()?;
+        entries
+            .get(prefix)
+            .filter(|(_, at)| at.elapsed() < Self::TTL)
+            .map(|(key, _)| key.clone())
+    }
+
+    fn put(&self, prefix: &str, key: auth_store::StoredApiKey) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= Self::LIMIT {
+                entries.clear();
+            }
+            entries.insert(prefix.to_string(), (key, std::time::Instant::now()));
+        }
+    }
+
+    /// Forgets a key (after revoking it).
+    pub fn forget(&self, key_id: Uuid) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.retain(|_, (key, _)| key.key_id != key_id);
+        }
+    }
+}
+
 fn unauthorized() -> ApiError {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
@@ -366,10 +405,16 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
     };
     let Some((principal, subject, key_id, limit)) = verified else {
         // Failed attempts are limited per peer address.
-        count_request(&state.pool, &peer_subject(parts), None, DEFAULT_RATE_LIMIT).await?;
+        count_request(
+            &state.bookkeeping,
+            &peer_subject(parts),
+            None,
+            DEFAULT_RATE_LIMIT,
+        )
+        .await?;
         return Err(unauthorized());
     };
-    count_request(&state.pool, &subject, key_id, limit).await?;
+    count_request(&state.bookkeeping, &subject, key_id, limit).await?;
     Ok(principal)
 }
 
@@ -379,8 +424,15 @@ async fn verify_key(state: &AppState, token: &str) -> Result<Verified, ApiError>
     let Some((prefix, secret)) = token.split_once('_') else {
         return Ok(None);
     };
-    let Some(stored) = auth_store::api_key_by_prefix(&state.pool, prefix).await? else {
-        return Ok(None);
+    let stored = match state.keys.get(prefix) {
+        Some(stored) => stored,
+        None => {
+            let Some(stored) = auth_store::api_key_by_prefix(&state.pool, prefix).await? else {
+                return Ok(None);
+            };
+            state.keys.put(prefix, stored.clone());
+            stored
+        }
     };
     let matches: bool = secret_hash(secret).ct_eq(&stored.secret_hash).into();
     let expired = stored.expires_at.is_some_and(|at| at <= Utc::now());

@@ -68,6 +68,13 @@ impl Application {
             min_position_wait: Duration::from_millis(config.min_position_wait_ms),
             known_products: Arc::default(),
             tokens: auth::shared_tokens(config.jwt_secret.as_deref()),
+            bookkeeping: postgres::connect_bookkeeping(&PgSettings {
+                url: config.postgres_url()?.to_string(),
+                max_connections: config.db_max_connections,
+            })
+            .await
+            .context("connecting to PostgreSQL")?,
+            keys: Arc::default(),
         };
         let settings = http::HttpSettings {
             max_body_bytes: config.max_body_bytes,

@@ -38,7 +38,7 @@ pub async fn login(
     Peer(peer): Peer,
     command: JsonCommand<Login>,
 ) -> Result<Json<Value>, ApiError> {
-    auth::count_request(&state.pool, &peer, None, DEFAULT_RATE_LIMIT).await?;
+    auth::count_request(&state.bookkeeping, &peer, None, DEFAULT_RATE_LIMIT).await?;
     let Login { username, password } = command.body;
     let user = auth_store::user(&state.pool, &username).await?;
     let verified = auth::verify_password(
@@ -126,6 +126,7 @@ pub async fn revoke_key(
     if !auth_store::revoke_api_key(&state.pool, principal.tenant.as_str(), id).await? {
         return Err(not_found());
     }
+    state.keys.forget(id);
     Ok(Json(
         json!({"success": true, "data": {"id": id, "revoked": true}}),
     ))

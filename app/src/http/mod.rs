@@ -47,6 +47,11 @@ pub struct AppState {
     pub known_products: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
     /// Signs and checks login tokens.
     pub tokens: Arc<crate::auth::TokenKeys>,
+    /// Rate-limit counters (asynchronous commit: a crash may forget a few
+    /// hits, never a credential or an event).
+    pub bookkeeping: PgPool,
+    /// API keys looked up recently, by prefix.
+    pub keys: Arc<crate::auth::KeyCache>,
 }
 
 #[derive(Debug, Clone)]

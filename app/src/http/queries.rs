@@ -54,12 +54,9 @@ pub async fn list_products(
         after: query.cursor,
         limit: limit + 1,
     };
-    let mut items = catalog::list_products(
-        &mut *reader(&state, &principal).await?,
-        principal.tenant.as_str(),
-        &filter,
-    )
-    .await?;
+    let mut tx = reader(&state, &principal).await?;
+    let mut items = catalog::list_products(&mut tx, principal.tenant.as_str(), &filter).await?;
+    finish(tx).await?;
     let next_cursor = next_page(&mut items, limit).map(|last| last.product_id.clone());
     Ok(ok(json!({"items": items, "next_cursor": next_cursor})))
 }
@@ -73,13 +70,11 @@ pub async fn get_product(
     let product_id =
         Id::parse(product_id).map_err(|error| ApiError::validation(format!("id: {error}")))?;
     wait_for_position(&state, &headers, &[names::CATALOG]).await?;
-    let product = catalog::get_product(
-        &mut *reader(&state, &principal).await?,
-        principal.tenant.as_str(),
-        product_id.as_str(),
-    )
-    .await?
-    .ok_or_else(|| ApiError::not_found("product not found"))?;
+    let mut tx = reader(&state, &principal).await?;
+    let product =
+        catalog::get_product(&mut tx, principal.tenant.as_str(), product_id.as_str()).await?;
+    finish(tx).await?;
+    let product = product.ok_or_else(|| ApiError::not_found("product not found"))?;
     Ok(ok(json!(product)))
 }
 
@@ -131,12 +126,9 @@ pub async fn inventory_levels(
         after,
         limit: limit + 1,
     };
-    let mut items = stock::inventory_levels(
-        &mut *reader(&state, &principal).await?,
-        principal.tenant.as_str(),
-        &filter,
-    )
-    .await?;
+    let mut tx = reader(&state, &principal).await?;
+    let mut items = stock::inventory_levels(&mut tx, principal.tenant.as_str(), &filter).await?;
+    finish(tx).await?;
     let next_cursor = next_page(&mut items, limit)
         .map(|last| format!("{}~{}", last.warehouse_id, last.product_id));
     Ok(ok(json!({"items": items, "next_cursor": next_cursor})))
@@ -169,8 +161,9 @@ pub async fn movement_history(
         .map(|cursor| cursor.parse::<Position>())
         .transpose()
         .map_err(|_| ApiError::validation("cursor is not one this endpoint gave out"))?;
+    let mut tx = reader(&state, &principal).await?;
     let mut items = stock::movement_history(
-        &mut *reader(&state, &principal).await?,
+        &mut tx,
         principal.tenant.as_str(),
         &product_id,
         query.warehouse_id.as_deref(),
@@ -178,6 +171,7 @@ pub async fn movement_history(
         limit + 1,
     )
     .await?;
+    finish(tx).await?;
     let next_cursor = next_page(&mut items, limit).map(|last| last.position.clone());
     Ok(ok(
         json!({"product_id": product_id, "items": items, "next_cursor": next_cursor}),
@@ -191,6 +185,15 @@ async fn reader(
     principal: &Principal,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ApiError> {
     Ok(read_models::tenant_reader(&state.pool, principal.tenant.as_str()).await?)
+}
+
+/// Ends a reader at once: a dropped transaction would only roll back when
+/// its connection is next used, holding its table locks (and blocking a
+/// rebuild's swap) while it idles in the pool.
+async fn finish(tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<(), ApiError> {
+    tx.rollback()
+        .await
+        .map_err(|error| ApiError::from(karvon_adapters::StorageError::from(error)))
 }
 
 fn ok(data: Value) -> Json<Value> {
