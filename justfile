@@ -32,3 +32,7 @@ lint: fmt-check clippy
 # Benchmarks: HTTP commands/s and projection catch-up, each beside its baseline.
 bench:
     cargo run --release -p karvon-bench
+
+# Fuzz the HTTP API from its OpenAPI document with Schemathesis (PyPI).
+fuzz-api:
+    tools/fuzz-api.sh

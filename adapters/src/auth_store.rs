@@ -156,7 +156,7 @@ pub async fn api_key_by_prefix(
 }
 
 /// A key as its tenant's admins list it: never the secret or its hash.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ApiKeyView {
     pub id: Uuid,
     pub prefix: String,

@@ -534,7 +534,7 @@ async fn swap(
     Ok((row, events))
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ProjectionStatus {
     pub name: String,
     pub position: String,

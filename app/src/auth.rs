@@ -180,7 +180,7 @@ impl TokenKeys {
 }
 
 /// A key as created: the only time its full text exists.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CreatedKey {
     pub id: Uuid,
     pub key: String,

@@ -228,7 +228,7 @@ struct UpsertColumns {
 }
 
 /// A catalogue entry as the API shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ProductView {
     pub product_id: String,
     pub sku: String,
@@ -238,7 +238,11 @@ pub struct ProductView {
     pub barcode: Option<String>,
     pub price: Option<Decimal>,
     pub reorder_level: Option<Decimal>,
+    /// `active` or `discontinued`.
+    #[schema(value_type = String)]
     pub status: &'static str,
+    /// 1C GUID, REGOS id and the like, by system.
+    #[schema(value_type = Object)]
     pub external_refs: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -299,7 +299,7 @@ impl Movements {
 }
 
 /// One row of `GET /api/integrations/inventory-levels`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct InventoryLevel {
     pub product_id: String,
     pub sku: Option<String>,
@@ -313,7 +313,7 @@ pub struct InventoryLevel {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct BatchView {
     pub batch: Option<String>,
     pub qty: Decimal,
@@ -413,7 +413,7 @@ pub async fn inventory_levels(
 }
 
 /// One row of `GET /api/integrations/product-movement-history`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct MovementView {
     pub at: DateTime<Utc>,
     pub kind: String,

@@ -13,9 +13,11 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::JsonCommand;
+#[allow(unused_imports)]
+use super::openapi::*;
 use crate::auth::{self, AdminAccess, AuthError, DEFAULT_RATE_LIMIT};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
     username: String,
@@ -33,6 +35,12 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
     }
 }
 
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth", summary = "Exchange a password for a token",
+    request_body = Login,
+    responses((status = 200, description = "Token", body = inline(LoginAnswer)),
+        (status = 400, description = "Invalid body", body = ErrorBody),
+        (status = 401, description = "Wrong username or password", body = ErrorBody),
+        (status = 429, description = "Too many attempts", body = ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
     Peer(peer): Peer,
@@ -65,7 +73,7 @@ pub async fn login(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     name: Option<String>,
@@ -74,6 +82,14 @@ pub struct CreateKey {
     expires_at: Option<DateTime<Utc>>,
 }
 
+#[utoipa::path(post, path = "/api/v1/api-keys", tag = "auth", summary = "Create an API key (shown once)",
+    request_body = CreateKey,
+    responses((status = 201, description = "The key", body = inline(KeyAnswer)),
+        (status = 400, description = "Invalid body", body = ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing admin scope", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn create_key(
     State(state): State<AppState>,
     AdminAccess(principal): AdminAccess,
@@ -108,6 +124,12 @@ pub async fn create_key(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/api-keys", tag = "auth", summary = "The tenant's API keys (no secrets)",
+    responses((status = 200, description = "Keys", body = inline(KeyList)),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing admin scope", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn list_keys(
     State(state): State<AppState>,
     AdminAccess(principal): AdminAccess,
@@ -116,6 +138,14 @@ pub async fn list_keys(
     Ok(Json(json!({"success": true, "data": {"items": keys}})))
 }
 
+#[utoipa::path(post, path = "/api/v1/api-keys/{id}/revoke", tag = "auth", summary = "Revoke an API key",
+    params(("id" = String, Path, description = "Key id")),
+    responses((status = 200, description = "Revoked", body = inline(RevokeAnswer)),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing admin scope", body = ErrorBody),
+        (status = 404, description = "No such key in this tenant", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn revoke_key(
     State(state): State<AppState>,
     AdminAccess(principal): AdminAccess,

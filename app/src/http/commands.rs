@@ -19,23 +19,28 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::extract::JsonCommand;
+#[allow(unused_imports)]
+use super::openapi::*;
 use super::{AppState, REQUEST_ID, header_text, idempotency_key};
 use crate::auth::{Principal, WriteAccess};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterProduct {
+    #[schema(value_type = String)]
     product_id: Id,
     sku: String,
     name: String,
     category: String,
     unit: String,
     barcode: Option<String>,
+    #[schema(value_type = Option<String>)]
     price: Option<Money>,
+    #[schema(value_type = Option<String>)]
     reorder_level: Option<Money>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProduct {
     sku: String,
@@ -43,55 +48,86 @@ pub struct UpdateProduct {
     category: String,
     unit: String,
     barcode: Option<String>,
+    #[schema(value_type = Option<String>)]
     price: Option<Money>,
+    #[schema(value_type = Option<String>)]
     reorder_level: Option<Money>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiscontinueProduct {
     reason: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiveStock {
+    #[schema(value_type = String)]
     warehouse_id: Id,
+    #[schema(value_type = String)]
     product_id: Id,
+    #[schema(value_type = String)]
     qty: Quantity,
     batch: Option<String>,
     expiry_date: Option<NaiveDate>,
+    #[schema(value_type = Option<String>)]
     unit_cost: Option<Money>,
+    #[schema(value_type = Option<String>)]
     supplier_id: Option<Id>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssueStock {
+    #[schema(value_type = String)]
     warehouse_id: Id,
+    #[schema(value_type = String)]
     product_id: Id,
+    #[schema(value_type = String)]
     qty: Quantity,
     reason: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdjustStock {
+    #[schema(value_type = String)]
     warehouse_id: Id,
+    #[schema(value_type = String)]
     product_id: Id,
+    #[schema(value_type = String)]
     counted_qty: Money,
     reason: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferStock {
+    #[schema(value_type = String)]
     from_warehouse_id: Id,
+    #[schema(value_type = String)]
     to_warehouse_id: Id,
+    #[schema(value_type = String)]
     product_id: Id,
+    #[schema(value_type = String)]
     qty: Quantity,
 }
 
+#[utoipa::path(post, path = "/api/v1/products", tag = "products", summary = "Register a product",
+    request_body = RegisterProduct, params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key answers as the first time")),
+    responses(
+        (status = 201, description = "Accepted; `position` is a read-your-writes token", body = inline(CommandAnswer)),
+        (status = 409, description = "Exists with other details", body = ErrorBody),
+        (status = 400, description = "Invalid body", body = ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing scope", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Semantic error or reused Idempotency-Key", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn register_product(
     State(state): State<AppState>,
     WriteAccess(principal): WriteAccess,
@@ -129,6 +165,21 @@ pub async fn register_product(
     Ok(accepted(StatusCode::CREATED, executed, &context))
 }
 
+#[utoipa::path(put, path = "/api/v1/products/{id}", tag = "products", summary = "Replace a product's details",
+    request_body = UpdateProduct, params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key answers as the first time"), ("id" = String, Path, description = "Product id")),
+    responses(
+        (status = 200, description = "Accepted; `position` is a read-your-writes token", body = inline(CommandAnswer)),
+        (status = 404, description = "No such product", body = ErrorBody),
+        (status = 409, description = "Discontinued", body = ErrorBody),
+        (status = 400, description = "Invalid body", body = ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing scope", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Semantic error or reused Idempotency-Key", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn update_product(
     State(state): State<AppState>,
     WriteAccess(principal): WriteAccess,
@@ -165,6 +216,20 @@ pub async fn update_product(
     Ok(accepted(StatusCode::OK, executed, &context))
 }
 
+#[utoipa::path(post, path = "/api/v1/products/{id}/discontinue", tag = "products", summary = "Discontinue a product",
+    request_body = DiscontinueProduct, params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key answers as the first time"), ("id" = String, Path, description = "Product id")),
+    responses(
+        (status = 200, description = "Accepted; `position` is a read-your-writes token", body = inline(CommandAnswer)),
+        (status = 404, description = "No such product", body = ErrorBody),
+        (status = 400, description = "Invalid body", body = ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing scope", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Semantic error or reused Idempotency-Key", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn discontinue_product(
     State(state): State<AppState>,
     WriteAccess(principal): WriteAccess,
@@ -198,6 +263,19 @@ pub async fn discontinue_product(
     Ok(accepted(StatusCode::OK, executed, &context))
 }
 
+#[utoipa::path(post, path = "/api/v1/stock/receipts", tag = "stock", summary = "Receive stock into a batch",
+    request_body = ReceiveStock, params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key answers as the first time")),
+    responses(
+        (status = 201, description = "Accepted; `position` is a read-your-writes token", body = inline(CommandAnswer)),
+        (status = 400, description = "Invalid body", body = ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing scope", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Semantic error or reused Idempotency-Key", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn receive_stock(
     State(state): State<AppState>,
     WriteAccess(principal): WriteAccess,
@@ -225,6 +303,20 @@ pub async fn receive_stock(
     Ok(accepted(StatusCode::CREATED, executed, &context))
 }
 
+#[utoipa::path(post, path = "/api/v1/stock/issues", tag = "stock", summary = "Issue stock (FEFO)",
+    request_body = IssueStock, params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key answers as the first time")),
+    responses(
+        (status = 201, description = "Accepted; `position` is a read-your-writes token", body = inline(CommandAnswer)),
+        (status = 409, description = "Insufficient stock", body = ErrorBody),
+        (status = 400, description = "Invalid body", body = ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing scope", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Semantic error or reused Idempotency-Key", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn issue_stock(
     State(state): State<AppState>,
     WriteAccess(principal): WriteAccess,
@@ -248,6 +340,19 @@ pub async fn issue_stock(
     Ok(accepted(StatusCode::CREATED, executed, &context))
 }
 
+#[utoipa::path(post, path = "/api/v1/stock/adjustments", tag = "stock", summary = "Set stock to a counted quantity",
+    request_body = AdjustStock, params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key answers as the first time")),
+    responses(
+        (status = 201, description = "Accepted; `position` is a read-your-writes token", body = inline(CommandAnswer)),
+        (status = 400, description = "Invalid body", body = ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing scope", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Semantic error or reused Idempotency-Key", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn adjust_stock(
     State(state): State<AppState>,
     WriteAccess(principal): WriteAccess,
@@ -271,6 +376,20 @@ pub async fn adjust_stock(
     Ok(accepted(StatusCode::CREATED, executed, &context))
 }
 
+#[utoipa::path(post, path = "/api/v1/stock/transfers", tag = "stock", summary = "Transfer stock between warehouses",
+    request_body = TransferStock, params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key answers as the first time")),
+    responses(
+        (status = 201, description = "Accepted; `position` is a read-your-writes token", body = inline(CommandAnswer)),
+        (status = 409, description = "Insufficient stock", body = ErrorBody),
+        (status = 400, description = "Invalid body", body = ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing scope", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Semantic error or reused Idempotency-Key", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn transfer_stock(
     State(state): State<AppState>,
     WriteAccess(principal): WriteAccess,

@@ -6,6 +6,7 @@ mod access;
 mod commands;
 mod error;
 mod extract;
+mod openapi;
 mod ops;
 mod queries;
 
@@ -96,6 +97,10 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
 
     Router::new()
         .merge(api)
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url(
+            "/api/openapi.json",
+            <openapi::ApiDoc as utoipa::OpenApi>::openapi(),
+        ))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

@@ -9,13 +9,20 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
+#[allow(unused_imports)]
+use super::openapi::*;
 use crate::auth::AdminAccess;
 
+#[utoipa::path(get, path = "/health", tag = "operations", summary = "Liveness",
+    responses((status = 200, description = "Alive", body = inline(StatusAnswer))))]
 pub async fn health() -> Json<Value> {
     Json(json!({"success": true, "data": {"status": "ok"}}))
 }
 
 /// Ready when the store answers and every migration is applied.
+#[utoipa::path(get, path = "/ready", tag = "operations", summary = "Readiness: store reachable, migrations applied",
+    responses((status = 200, description = "Ready", body = inline(StatusAnswer)),
+        (status = 503, description = "Not ready", body = ErrorBody)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     match postgres::migrations_applied(&state.pool).await {
         Ok(true) => {
@@ -40,6 +47,8 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     if let Ok(statuses) = runner::status(&state.pool).await {
         for status in statuses {
@@ -58,6 +67,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/projections", tag = "operations", summary = "Projection positions and lag",
+    responses((status = 200, description = "Projections", body = inline(ProjectionList)),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing admin scope", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn projections(
     State(state): State<AppState>,
     AdminAccess(_principal): AdminAccess,

@@ -18,12 +18,15 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::ApiQuery;
+#[allow(unused_imports)]
+use super::openapi::*;
 use crate::auth::{Principal, ReadAccess};
 
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ProductQuery {
     category: Option<String>,
     q: Option<String>,
@@ -32,6 +35,14 @@ pub struct ProductQuery {
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/products", tag = "products", summary = "List the catalogue",
+    params(ProductQuery, ("X-Min-Position" = Option<String>, Header, description = "Wait until the read model includes this command position")),
+    responses((status = 200, description = "OK", body = inline(ProductPage)), (status = 400, description = "Invalid parameters or X-Min-Position", body = ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing scope", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Read model not at X-Min-Position within 5 s", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn list_products(
     State(state): State<AppState>,
     ReadAccess(principal): ReadAccess,
@@ -61,6 +72,14 @@ pub async fn list_products(
     Ok(ok(json!({"items": items, "next_cursor": next_cursor})))
 }
 
+#[utoipa::path(get, path = "/api/v1/products/{id}", tag = "products", summary = "One product",
+    params(("id" = String, Path, description = "Product id"), ("X-Min-Position" = Option<String>, Header, description = "Wait until the read model includes this command position")),
+    responses((status = 200, description = "OK", body = inline(ProductAnswer)), (status = 404, description = "Not found", body = ErrorBody), (status = 400, description = "Invalid parameters or X-Min-Position", body = ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing scope", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Read model not at X-Min-Position within 5 s", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn get_product(
     State(state): State<AppState>,
     ReadAccess(principal): ReadAccess,
@@ -78,7 +97,8 @@ pub async fn get_product(
     Ok(ok(json!(product)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InventoryQuery {
     category: Option<String>,
     warehouse_id: Option<String>,
@@ -91,6 +111,14 @@ pub struct InventoryQuery {
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/integrations/inventory-levels", tag = "stock", summary = "Stock levels per warehouse and product",
+    params(InventoryQuery, ("X-Min-Position" = Option<String>, Header, description = "Wait until the read model includes this command position")),
+    responses((status = 200, description = "OK", body = inline(InventoryPage)), (status = 400, description = "Invalid parameters or X-Min-Position", body = ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing scope", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Read model not at X-Min-Position within 5 s", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn inventory_levels(
     State(state): State<AppState>,
     ReadAccess(principal): ReadAccess,
@@ -134,7 +162,8 @@ pub async fn inventory_levels(
     Ok(ok(json!({"items": items, "next_cursor": next_cursor})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MovementQuery {
     product_id: Option<String>,
     warehouse_id: Option<String>,
@@ -142,6 +171,14 @@ pub struct MovementQuery {
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/integrations/product-movement-history", tag = "stock", summary = "Movements of a product, oldest first",
+    params(MovementQuery, ("X-Min-Position" = Option<String>, Header, description = "Wait until the read model includes this command position")),
+    responses((status = 200, description = "OK", body = inline(MovementPage)), (status = 400, description = "Invalid parameters or X-Min-Position", body = ErrorBody),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing scope", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Read model not at X-Min-Position within 5 s", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn movement_history(
     State(state): State<AppState>,
     ReadAccess(principal): ReadAccess,

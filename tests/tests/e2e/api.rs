@@ -595,3 +595,74 @@ async fn operational_endpoints_and_unknown_routes() {
     assert_eq!(names, ["catalog", "stock", "transfers"]);
     app.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_route_with_its_auth_and_errors() {
+    let db = TestDb::create().await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    let plain = reqwest::Client::new();
+    let document: Value = plain
+        .get(app.url("/api/openapi.json"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|version| version.starts_with('3'))
+    );
+    let public = ["/health", "/ready", "/metrics", "/api/auth/login"];
+    let routes = [
+        ("post", "/api/v1/products"),
+        ("get", "/api/v1/products"),
+        ("get", "/api/v1/products/{id}"),
+        ("put", "/api/v1/products/{id}"),
+        ("post", "/api/v1/products/{id}/discontinue"),
+        ("post", "/api/v1/stock/receipts"),
+        ("post", "/api/v1/stock/issues"),
+        ("post", "/api/v1/stock/adjustments"),
+        ("post", "/api/v1/stock/transfers"),
+        ("get", "/api/integrations/inventory-levels"),
+        ("get", "/api/integrations/product-movement-history"),
+        ("get", "/api/v1/admin/projections"),
+        ("post", "/api/auth/login"),
+        ("post", "/api/v1/api-keys"),
+        ("get", "/api/v1/api-keys"),
+        ("post", "/api/v1/api-keys/{id}/revoke"),
+        ("get", "/health"),
+        ("get", "/ready"),
+        ("get", "/metrics"),
+    ];
+    for (method, path) in routes {
+        let operation = &document["paths"][path][method];
+        assert!(operation.is_object(), "{method} {path} is not documented");
+        if !public.contains(&path) {
+            assert_eq!(
+                operation["security"],
+                json!([{"bearer": []}]),
+                "{method} {path} lacks its auth scheme"
+            );
+            assert!(
+                operation["responses"]["401"].is_object(),
+                "{method} {path} lacks 401"
+            );
+        }
+        for (status, response) in operation["responses"].as_object().expect("responses") {
+            if status.starts_with('4') || status.starts_with('5') {
+                assert_eq!(
+                    response["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
+    assert!(document["components"]["securitySchemes"]["bearer"].is_object());
+    let docs = plain.get(app.url("/docs/")).send().await.expect("docs");
+    assert_eq!(docs.status(), StatusCode::OK);
+    assert!(docs.text().await.expect("html").contains("<html"));
+    app.stop().await.expect("stop");
+}
