@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Property-based API fuzzing with Schemathesis against a throwaway database:
 # every documented operation, generated inputs, no 5xx allowed, responses
-# checked against /api/openapi.json.
+# checked against /api/openapi.json. Revoking keys is left out: the
+# stateful phase would revoke the key it is testing with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 server_url=${KARVON_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
@@ -26,4 +27,5 @@ for _ in $(seq 1 50); do curl -fs "http://$KARVON_LISTEN/ready" >/dev/null && br
 schemathesis run "http://$KARVON_LISTEN/api/openapi.json" \
     --header "Authorization: Bearer $key" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+    --exclude-path-regex 'revoke$' \
     --max-examples "${KARVON_FUZZ_EXAMPLES:-50}" "$@"

@@ -87,6 +87,16 @@ pub fn too_large() -> ApiError {
 
 /// Parses a JSON body, refusing deep nesting first.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // PostgreSQL text and jsonb cannot hold NUL; refuse it up front rather
+    // than fail at the store.
+    if bytes
+        .windows(6)
+        .any(|window| window.eq_ignore_ascii_case(b"\\u0000"))
+    {
+        return Err(ApiError::validation(
+            "strings must not contain NUL characters",
+        ));
+    }
     if json_depth_exceeds(bytes, MAX_JSON_DEPTH) {
         return Err(ApiError::validation(format!(
             "JSON is nested deeper than {MAX_JSON_DEPTH} levels"
@@ -137,6 +147,15 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts
+            .uri
+            .query()
+            .is_some_and(|query| query.to_ascii_lowercase().contains("%00"))
+        {
+            return Err(ApiError::validation(
+                "query parameters must not contain NUL characters",
+            ));
+        }
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|query| ApiQuery(query.0))

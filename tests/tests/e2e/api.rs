@@ -666,3 +666,30 @@ async fn the_openapi_document_covers_every_route_with_its_auth_and_errors() {
     assert!(docs.text().await.expect("html").contains("<html"));
     app.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn a_ten_megabyte_body_is_refused_with_413_under_the_default_limit() {
+    let db = TestDb::create().await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    let before = event_count(&app.pool).await.expect("count");
+    let huge = format!(
+        "{{\"product_id\":\"P1\",\"sku\":\"{}\"}}",
+        "x".repeat(10 * 1024 * 1024)
+    );
+    let (status, body) = app
+        .send(
+            app.client
+                .post(app.url("/api/v1/products"))
+                .header("content-type", "application/json")
+                .body(huge),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    assert_eq!(event_count(&app.pool).await.expect("count"), before);
+    app.stop().await.expect("stop");
+}
