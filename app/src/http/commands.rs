@@ -283,9 +283,7 @@ pub async fn receive_stock(
     command: JsonCommand<ReceiveStock>,
 ) -> Result<Response, ApiError> {
     let request = command.body;
-    let context = CommandContext::new(&principal, &headers, command.fingerprint, new_id())?;
-    ensure_product(&state, &context.tenant, &request.product_id).await?;
-    let stream = stock_stream_id(&context.tenant, &request.warehouse_id, &request.product_id);
+    let (warehouse, product) = (request.warehouse_id.clone(), request.product_id.clone());
     let stock_command = StockCommand::Receive {
         warehouse_id: request.warehouse_id,
         product_id: request.product_id,
@@ -296,11 +294,8 @@ pub async fn receive_stock(
         supplier_id: request.supplier_id,
         purchase_order_id: None,
     };
-    let executed = state
-        .stock
-        .execute(&stream, stock_command, &context.metadata)
-        .await?;
-    Ok(accepted(StatusCode::CREATED, executed, &context))
+    let context = CommandContext::new(&principal, &headers, command.fingerprint, new_id())?;
+    run_stock_command(&state, context, &warehouse, &product, stock_command).await
 }
 
 #[utoipa::path(post, path = "/api/v1/stock/issues", tag = "stock", summary = "Issue stock (FEFO)",
@@ -324,20 +319,15 @@ pub async fn issue_stock(
     command: JsonCommand<IssueStock>,
 ) -> Result<Response, ApiError> {
     let request = command.body;
-    let context = CommandContext::new(&principal, &headers, command.fingerprint, new_id())?;
-    ensure_product(&state, &context.tenant, &request.product_id).await?;
-    let stream = stock_stream_id(&context.tenant, &request.warehouse_id, &request.product_id);
+    let (warehouse, product) = (request.warehouse_id.clone(), request.product_id.clone());
     let stock_command = StockCommand::Issue {
         warehouse_id: request.warehouse_id,
         product_id: request.product_id,
         qty: request.qty,
         reason: request.reason,
     };
-    let executed = state
-        .stock
-        .execute(&stream, stock_command, &context.metadata)
-        .await?;
-    Ok(accepted(StatusCode::CREATED, executed, &context))
+    let context = CommandContext::new(&principal, &headers, command.fingerprint, new_id())?;
+    run_stock_command(&state, context, &warehouse, &product, stock_command).await
 }
 
 #[utoipa::path(post, path = "/api/v1/stock/adjustments", tag = "stock", summary = "Set stock to a counted quantity",
@@ -360,20 +350,15 @@ pub async fn adjust_stock(
     command: JsonCommand<AdjustStock>,
 ) -> Result<Response, ApiError> {
     let request = command.body;
-    let context = CommandContext::new(&principal, &headers, command.fingerprint, new_id())?;
-    ensure_product(&state, &context.tenant, &request.product_id).await?;
-    let stream = stock_stream_id(&context.tenant, &request.warehouse_id, &request.product_id);
+    let (warehouse, product) = (request.warehouse_id.clone(), request.product_id.clone());
     let stock_command = StockCommand::Adjust {
         warehouse_id: request.warehouse_id,
         product_id: request.product_id,
         counted_qty: request.counted_qty,
         reason: request.reason,
     };
-    let executed = state
-        .stock
-        .execute(&stream, stock_command, &context.metadata)
-        .await?;
-    Ok(accepted(StatusCode::CREATED, executed, &context))
+    let context = CommandContext::new(&principal, &headers, command.fingerprint, new_id())?;
+    run_stock_command(&state, context, &warehouse, &product, stock_command).await
 }
 
 #[utoipa::path(post, path = "/api/v1/stock/transfers", tag = "stock", summary = "Transfer stock between warehouses",
@@ -398,28 +383,35 @@ pub async fn transfer_stock(
 ) -> Result<Response, ApiError> {
     let request = command.body;
     let transfer_id = new_id();
-    let context = CommandContext::new(
-        &principal,
-        &headers,
-        command.fingerprint,
-        transfer_id.clone(),
-    )?;
-    ensure_product(&state, &context.tenant, &request.product_id).await?;
-    let stream = stock_stream_id(
-        &context.tenant,
-        &request.from_warehouse_id,
-        &request.product_id,
+    let (warehouse, product) = (
+        request.from_warehouse_id.clone(),
+        request.product_id.clone(),
     );
     let stock_command = StockCommand::TransferOut {
         warehouse_id: request.from_warehouse_id,
         product_id: request.product_id,
         to_warehouse_id: request.to_warehouse_id,
         qty: request.qty,
-        transfer_id,
+        transfer_id: transfer_id.clone(),
     };
+    let context = CommandContext::new(&principal, &headers, command.fingerprint, transfer_id)?;
+    run_stock_command(&state, context, &warehouse, &product, stock_command).await
+}
+
+/// Checks the product, then runs a command on the stock item of
+/// `warehouse` and `product` (the source side for transfers).
+async fn run_stock_command(
+    state: &AppState,
+    context: CommandContext,
+    warehouse: &Id,
+    product: &Id,
+    command: StockCommand,
+) -> Result<Response, ApiError> {
+    ensure_product(state, &context.tenant, product).await?;
+    let stream = stock_stream_id(&context.tenant, warehouse, product);
     let executed = state
         .stock
-        .execute(&stream, stock_command, &context.metadata)
+        .execute(&stream, command, &context.metadata)
         .await?;
     Ok(accepted(StatusCode::CREATED, executed, &context))
 }
