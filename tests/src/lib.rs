@@ -26,6 +26,8 @@ pub fn server_url() -> String {
 pub struct TestDb {
     pub url: String,
     name: String,
+    /// A login role made for this database (dropped with it).
+    role: Option<String>,
 }
 
 impl TestDb {
@@ -41,6 +43,44 @@ impl TestDb {
         Ok(Self {
             url: format!("{}/{name}", server_url()),
             name,
+            role: None,
+        })
+    }
+
+    /// A database owned by a new, unprivileged login role (no superuser, no
+    /// BYPASSRLS, no CREATEROLE), connected to as that role: how Karvon
+    /// runs in production. An administrator has made it a member of
+    /// `karvon_query`, as the migration's hint asks.
+    pub async fn create_owned_by_new_role() -> anyhow::Result<Self> {
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let (name, role) = (format!("karvon_t_{suffix}"), format!("karvon_r_{suffix}"));
+        let mut admin = PgConnection::connect(&format!("{}/postgres", server_url())).await?;
+        sqlx::query(
+            "DO $$ BEGIN CREATE ROLE karvon_query NOLOGIN;
+               EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
+        )
+        .execute(&mut admin)
+        .await?;
+        sqlx::query(&format!(
+            "CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE"
+        ))
+        .execute(&mut admin)
+        .await?;
+        sqlx::query(&format!("GRANT karvon_query TO {role}"))
+            .execute(&mut admin)
+            .await?;
+        sqlx::query(&format!("CREATE DATABASE {name} OWNER {role}"))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await?;
+        let host = server_url()
+            .rsplit_once('@')
+            .map(|(_, host)| host.to_string())
+            .context("server url has no user")?;
+        Ok(Self {
+            url: format!("postgres://{role}@{host}/{name}"),
+            name,
+            role: Some(role),
         })
     }
 
@@ -55,6 +95,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let role = self.role.clone();
         // Drop runs outside async; use a private runtime on a plain thread.
         let _ = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -70,6 +111,11 @@ impl Drop for TestDb {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                         .execute(&mut admin)
                         .await;
+                    if let Some(role) = role {
+                        let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {role}"))
+                            .execute(&mut admin)
+                            .await;
+                    }
                 }
             });
         })

@@ -17,8 +17,8 @@ pub const QUERY_ROLE: &str = "karvon_query";
 /// Row-level security as a second wall behind the `WHERE tenant_id = …`
 /// every query has: the query role sees only rows of the tenant its
 /// transaction names, and nothing when it names none. The projection
-/// writes as the tables' owner, which needs BYPASSRLS (or superuser) once
-/// FORCE is on.
+/// writes as the tables' owner, which FORCE would bind too, so the owner
+/// gets a policy of its own.
 pub(crate) async fn secure_tables(
     conn: &mut PgConnection,
     schema: &str,
@@ -36,6 +36,13 @@ pub(crate) async fn secure_tables(
             format!(
                 "CREATE POLICY tenant_isolation ON {schema}.{table} FOR SELECT TO {QUERY_ROLE}
                  USING (tenant_id = current_setting('karvon.tenant', true))"
+            ),
+            // FORCE binds the owner too: the projection (which writes as the
+            // owner) keeps full access through its own policy.
+            format!("DROP POLICY IF EXISTS projection_writer ON {schema}.{table}"),
+            format!(
+                "CREATE POLICY projection_writer ON {schema}.{table} FOR ALL TO CURRENT_USER
+                 USING (true) WITH CHECK (true)"
             ),
         ] {
             sqlx::query(&statement).execute(&mut *conn).await?;

@@ -648,3 +648,39 @@ async fn row_level_security_hides_rows_from_the_query_role_without_a_tenant() {
     );
     app.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn an_unprivileged_owner_role_runs_everything_under_forced_rls() {
+    let db = TestDb::create_owned_by_new_role().await.expect("db");
+    let app = spawn_app(&db).await.expect("app as an unprivileged role");
+    let (status, body) = app
+        .post("/api/v1/products", &product("P1", "dairy", None))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app
+        .post(
+            "/api/v1/stock/receipts",
+            &json!({"warehouse_id": "W1", "product_id": "P1", "qty": "4"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app
+        .get_after(
+            "/api/integrations/inventory-levels",
+            &body["data"]["position"],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["data"]["items"][0]["on_hand"], "4",
+        "projection writes or tenant reads failed under FORCE RLS"
+    );
+    let superuser: bool = sqlx::query_scalar(
+        "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("role");
+    assert!(!superuser, "the test must run as an unprivileged role");
+    app.stop().await.expect("stop");
+}
