@@ -27,16 +27,16 @@ use crate::auth::{Principal, WriteAccess};
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterProduct {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     product_id: Id,
     sku: String,
     name: String,
     category: String,
     unit: String,
     barcode: Option<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^[0-9]+(\\.[0-9]+)?$", example = "1250.50")]
     price: Option<Money>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^[0-9]+(\\.[0-9]+)?$", example = "1250.50")]
     reorder_level: Option<Money>,
 }
 
@@ -48,9 +48,9 @@ pub struct UpdateProduct {
     category: String,
     unit: String,
     barcode: Option<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^[0-9]+(\\.[0-9]+)?$", example = "1250.50")]
     price: Option<Money>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^[0-9]+(\\.[0-9]+)?$", example = "1250.50")]
     reorder_level: Option<Money>,
 }
 
@@ -63,28 +63,28 @@ pub struct DiscontinueProduct {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiveStock {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     warehouse_id: Id,
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     product_id: Id,
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[0-9]+(\\.[0-9]+)?$", example = "12.5")]
     qty: Quantity,
     batch: Option<String>,
     expiry_date: Option<NaiveDate>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^[0-9]+(\\.[0-9]+)?$", example = "1250.50")]
     unit_cost: Option<Money>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     supplier_id: Option<Id>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssueStock {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     warehouse_id: Id,
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     product_id: Id,
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[0-9]+(\\.[0-9]+)?$", example = "12.5")]
     qty: Quantity,
     reason: String,
 }
@@ -92,11 +92,11 @@ pub struct IssueStock {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdjustStock {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     warehouse_id: Id,
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     product_id: Id,
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[0-9]+(\\.[0-9]+)?$", example = "1250.50")]
     counted_qty: Money,
     reason: String,
 }
@@ -104,13 +104,13 @@ pub struct AdjustStock {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferStock {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     from_warehouse_id: Id,
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     to_warehouse_id: Id,
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     product_id: Id,
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[0-9]+(\\.[0-9]+)?$", example = "12.5")]
     qty: Quantity,
 }
 
