@@ -95,6 +95,8 @@ mod tests {
     #[test]
     fn money_keeps_precision_and_refuses_negative() {
         let price: Money = serde_json::from_str("\"1250.50\"").expect("money");
+        let number: Money = serde_json::from_str("1250.50").expect("money");
+        assert_eq!(serde_json::to_string(&number).expect("ser"), "\"1250.50\"");
         assert_eq!(serde_json::to_string(&price).expect("ser"), "\"1250.50\"");
         assert!(serde_json::from_str::<Money>("-0.01").is_err());
     }

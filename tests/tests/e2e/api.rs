@@ -74,7 +74,8 @@ async fn products_are_registered_listed_updated_and_discontinued() {
         .expect("object")
         .remove("product_id");
     changed["name"] = json!("Milk 1 l, 3.2%");
-    changed["price"] = json!(12500.50);
+    // A JSON number, digits as sent: its precision must survive.
+    changed["price"] = serde_json::from_str("12500.50").expect("number");
     let response = app
         .client
         .put(app.url("/api/v1/products/MLK-1"))
@@ -88,7 +89,7 @@ async fn products_are_registered_listed_updated_and_discontinued() {
         .get_after("/api/v1/products/MLK-1", &body["data"]["position"])
         .await;
     assert_eq!(body["data"]["name"], "Milk 1 l, 3.2%");
-    assert_eq!(body["data"]["price"], "12500.5");
+    assert_eq!(body["data"]["price"], "12500.50");
 
     let (status, body) = app
         .post(
