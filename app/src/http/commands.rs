@@ -119,14 +119,7 @@ pub struct TransferStock {
     responses(
         (status = 201, description = "Accepted; `position` is a read-your-writes token", body = inline(CommandAnswer)),
         (status = 409, description = "Exists with other details", body = ErrorBody),
-        (status = 400, description = "Invalid body", body = ErrorBody),
-        (status = 401, description = "No or invalid credentials", body = ErrorBody),
-        (status = 403, description = "Missing scope", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 422, description = "Semantic error or reused Idempotency-Key", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody)),
+        CommandErrors),
     security(("bearer" = [])))]
 pub async fn register_product(
     State(state): State<AppState>,
@@ -171,14 +164,7 @@ pub async fn register_product(
         (status = 200, description = "Accepted; `position` is a read-your-writes token", body = inline(CommandAnswer)),
         (status = 404, description = "No such product", body = ErrorBody),
         (status = 409, description = "Discontinued", body = ErrorBody),
-        (status = 400, description = "Invalid body", body = ErrorBody),
-        (status = 401, description = "No or invalid credentials", body = ErrorBody),
-        (status = 403, description = "Missing scope", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 422, description = "Semantic error or reused Idempotency-Key", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody)),
+        CommandErrors),
     security(("bearer" = [])))]
 pub async fn update_product(
     State(state): State<AppState>,
@@ -221,14 +207,7 @@ pub async fn update_product(
     responses(
         (status = 200, description = "Accepted; `position` is a read-your-writes token", body = inline(CommandAnswer)),
         (status = 404, description = "No such product", body = ErrorBody),
-        (status = 400, description = "Invalid body", body = ErrorBody),
-        (status = 401, description = "No or invalid credentials", body = ErrorBody),
-        (status = 403, description = "Missing scope", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 422, description = "Semantic error or reused Idempotency-Key", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody)),
+        CommandErrors),
     security(("bearer" = [])))]
 pub async fn discontinue_product(
     State(state): State<AppState>,
@@ -267,14 +246,7 @@ pub async fn discontinue_product(
     request_body = ReceiveStock, params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key answers as the first time")),
     responses(
         (status = 201, description = "Accepted; `position` is a read-your-writes token", body = inline(CommandAnswer)),
-        (status = 400, description = "Invalid body", body = ErrorBody),
-        (status = 401, description = "No or invalid credentials", body = ErrorBody),
-        (status = 403, description = "Missing scope", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 422, description = "Semantic error or reused Idempotency-Key", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody)),
+        CommandErrors),
     security(("bearer" = [])))]
 pub async fn receive_stock(
     State(state): State<AppState>,
@@ -303,14 +275,7 @@ pub async fn receive_stock(
     responses(
         (status = 201, description = "Accepted; `position` is a read-your-writes token", body = inline(CommandAnswer)),
         (status = 409, description = "Insufficient stock", body = ErrorBody),
-        (status = 400, description = "Invalid body", body = ErrorBody),
-        (status = 401, description = "No or invalid credentials", body = ErrorBody),
-        (status = 403, description = "Missing scope", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 422, description = "Semantic error or reused Idempotency-Key", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody)),
+        CommandErrors),
     security(("bearer" = [])))]
 pub async fn issue_stock(
     State(state): State<AppState>,
@@ -334,14 +299,7 @@ pub async fn issue_stock(
     request_body = AdjustStock, params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key answers as the first time")),
     responses(
         (status = 201, description = "Accepted; `position` is a read-your-writes token", body = inline(CommandAnswer)),
-        (status = 400, description = "Invalid body", body = ErrorBody),
-        (status = 401, description = "No or invalid credentials", body = ErrorBody),
-        (status = 403, description = "Missing scope", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 422, description = "Semantic error or reused Idempotency-Key", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody)),
+        CommandErrors),
     security(("bearer" = [])))]
 pub async fn adjust_stock(
     State(state): State<AppState>,
@@ -366,14 +324,7 @@ pub async fn adjust_stock(
     responses(
         (status = 201, description = "Accepted; `position` is a read-your-writes token", body = inline(CommandAnswer)),
         (status = 409, description = "Insufficient stock", body = ErrorBody),
-        (status = 400, description = "Invalid body", body = ErrorBody),
-        (status = 401, description = "No or invalid credentials", body = ErrorBody),
-        (status = 403, description = "Missing scope", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 422, description = "Semantic error or reused Idempotency-Key", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody)),
+        CommandErrors),
     security(("bearer" = [])))]
 pub async fn transfer_stock(
     State(state): State<AppState>,

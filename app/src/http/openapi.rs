@@ -114,3 +114,44 @@ impl Modify for BearerAuth {
         );
     }
 }
+
+/// The errors every command route can answer (documentation only).
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum CommandErrors {
+    #[response(status = 400, description = "Invalid body")]
+    Invalid(ErrorBody),
+    #[response(status = 401, description = "No or invalid credentials")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "Missing scope")]
+    Forbidden(ErrorBody),
+    #[response(status = 413, description = "Body too large")]
+    TooLarge(ErrorBody),
+    #[response(status = 415, description = "Not JSON")]
+    NotJson(ErrorBody),
+    #[response(status = 422, description = "Semantic error or reused Idempotency-Key")]
+    Unprocessable(ErrorBody),
+    #[response(status = 429, description = "Rate limited")]
+    RateLimited(ErrorBody),
+    #[response(status = 503, description = "Storage unavailable")]
+    Unavailable(ErrorBody),
+}
+
+/// The errors every query route can answer (documentation only).
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum QueryErrors {
+    #[response(status = 400, description = "Invalid parameters or X-Min-Position")]
+    Invalid(ErrorBody),
+    #[response(status = 401, description = "No or invalid credentials")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "Missing scope")]
+    Forbidden(ErrorBody),
+    #[response(status = 429, description = "Rate limited")]
+    RateLimited(ErrorBody),
+    #[response(
+        status = 503,
+        description = "Read model not at X-Min-Position within 5 s"
+    )]
+    Unavailable(ErrorBody),
+}

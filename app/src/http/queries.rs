@@ -37,11 +37,7 @@ pub struct ProductQuery {
 
 #[utoipa::path(get, path = "/api/v1/products", tag = "products", summary = "List the catalogue",
     params(ProductQuery, ("X-Min-Position" = Option<String>, Header, description = "Wait until the read model includes this command position")),
-    responses((status = 200, description = "OK", body = inline(ProductPage)), (status = 400, description = "Invalid parameters or X-Min-Position", body = ErrorBody),
-        (status = 401, description = "No or invalid credentials", body = ErrorBody),
-        (status = 403, description = "Missing scope", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Read model not at X-Min-Position within 5 s", body = ErrorBody)),
+    responses((status = 200, description = "OK", body = inline(ProductPage)), QueryErrors),
     security(("bearer" = [])))]
 pub async fn list_products(
     State(state): State<AppState>,
@@ -74,11 +70,7 @@ pub async fn list_products(
 
 #[utoipa::path(get, path = "/api/v1/products/{id}", tag = "products", summary = "One product",
     params(("id" = String, Path, description = "Product id"), ("X-Min-Position" = Option<String>, Header, description = "Wait until the read model includes this command position")),
-    responses((status = 200, description = "OK", body = inline(ProductAnswer)), (status = 404, description = "Not found", body = ErrorBody), (status = 400, description = "Invalid parameters or X-Min-Position", body = ErrorBody),
-        (status = 401, description = "No or invalid credentials", body = ErrorBody),
-        (status = 403, description = "Missing scope", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Read model not at X-Min-Position within 5 s", body = ErrorBody)),
+    responses((status = 200, description = "OK", body = inline(ProductAnswer)), (status = 404, description = "Not found", body = ErrorBody), QueryErrors),
     security(("bearer" = [])))]
 pub async fn get_product(
     State(state): State<AppState>,
@@ -113,11 +105,7 @@ pub struct InventoryQuery {
 
 #[utoipa::path(get, path = "/api/integrations/inventory-levels", tag = "stock", summary = "Stock levels per warehouse and product",
     params(InventoryQuery, ("X-Min-Position" = Option<String>, Header, description = "Wait until the read model includes this command position")),
-    responses((status = 200, description = "OK", body = inline(InventoryPage)), (status = 400, description = "Invalid parameters or X-Min-Position", body = ErrorBody),
-        (status = 401, description = "No or invalid credentials", body = ErrorBody),
-        (status = 403, description = "Missing scope", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Read model not at X-Min-Position within 5 s", body = ErrorBody)),
+    responses((status = 200, description = "OK", body = inline(InventoryPage)), QueryErrors),
     security(("bearer" = [])))]
 pub async fn inventory_levels(
     State(state): State<AppState>,
@@ -173,11 +161,7 @@ pub struct MovementQuery {
 
 #[utoipa::path(get, path = "/api/integrations/product-movement-history", tag = "stock", summary = "Movements of a product, oldest first",
     params(MovementQuery, ("X-Min-Position" = Option<String>, Header, description = "Wait until the read model includes this command position")),
-    responses((status = 200, description = "OK", body = inline(MovementPage)), (status = 400, description = "Invalid parameters or X-Min-Position", body = ErrorBody),
-        (status = 401, description = "No or invalid credentials", body = ErrorBody),
-        (status = 403, description = "Missing scope", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Read model not at X-Min-Position within 5 s", body = ErrorBody)),
+    responses((status = 200, description = "OK", body = inline(MovementPage)), QueryErrors),
     security(("bearer" = [])))]
 pub async fn movement_history(
     State(state): State<AppState>,
