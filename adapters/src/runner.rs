@@ -541,6 +541,10 @@ pub struct ProjectionStatus {
     pub events_seen: i64,
     /// Settled events not yet applied.
     pub lag_events: i64,
+    /// How many rebuilds have been swapped in.
+    pub generation: i64,
+    /// True while a rebuild of this projection runs (it holds its lock).
+    pub rebuilding: bool,
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -548,6 +552,12 @@ pub struct ProjectionStatus {
 pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, StorageError> {
     let rows = sqlx::query(
         "SELECT c.name, c.transaction_id::text AS txid, c.position, c.events_seen, c.updated_at,
+                c.generation,
+                EXISTS (SELECT 1 FROM pg_locks l
+                         WHERE l.locktype = 'advisory' AND l.granted
+                           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                           AND ((l.classid::bigint << 32) | l.objid::bigint)
+                               = hashtextextended('karvon.feed.' || c.name || '__rebuild', 0)) AS rebuilding,
                 (SELECT count(*) FROM public.events e
                   WHERE (e.transaction_id, e.global_position) > (c.transaction_id, c.position)
                     AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())) AS lag
@@ -568,6 +578,8 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, StorageError
                 position: position.to_string(),
                 events_seen: row.get("events_seen"),
                 lag_events: row.get("lag"),
+                generation: row.get("generation"),
+                rebuilding: row.get("rebuilding"),
                 updated_at: row.get("updated_at"),
             })
         })

@@ -75,6 +75,7 @@ impl Application {
             .await
             .context("connecting to PostgreSQL")?,
             keys: Arc::default(),
+            rebuild_batch_size: config.rebuild_batch_size.max(1),
         };
         let settings = http::HttpSettings {
             max_body_bytes: config.max_body_bytes,

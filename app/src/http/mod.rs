@@ -53,6 +53,8 @@ pub struct AppState {
     pub bookkeeping: PgPool,
     /// API keys looked up recently, by prefix.
     pub keys: Arc<crate::auth::KeyCache>,
+    /// Events per step when rebuilding.
+    pub rebuild_batch_size: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +90,10 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
             get(queries::movement_history),
         )
         .route("/api/v1/admin/projections", get(ops::projections))
+        .route(
+            "/api/v1/admin/projections/{name}/rebuild",
+            post(ops::rebuild_projection),
+        )
         .route("/api/auth/login", post(access::login))
         .route(
             "/api/v1/api-keys",

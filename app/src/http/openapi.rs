@@ -83,7 +83,7 @@ pub type StatusAnswer = Envelope<serde_json::Value>;
         commands::receive_stock, commands::issue_stock, commands::adjust_stock, commands::transfer_stock,
         queries::list_products, queries::get_product, queries::inventory_levels, queries::movement_history,
         access::login, access::create_key, access::list_keys, access::revoke_key,
-        ops::health, ops::ready, ops::metrics, ops::projections,
+        ops::health, ops::ready, ops::metrics, ops::projections, ops::rebuild_projection,
     ),
     components(schemas(ErrorBody, CommandData, BatchView)),
     modifiers(&BearerAuth),

@@ -1,7 +1,7 @@
 //! Operational endpoints: liveness, readiness, metrics, projection status.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use karvon_adapters::{postgres, runner};
@@ -79,6 +79,42 @@ pub async fn projections(
 ) -> Result<Json<Value>, ApiError> {
     let statuses = runner::status(&state.pool).await?;
     Ok(Json(json!({"success": true, "data": {"items": statuses}})))
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/projections/{name}/rebuild", tag = "operations",
+    summary = "Rebuild a read model from the events, then swap it in",
+    params(("name" = String, Path, description = "catalog or stock")),
+    responses((status = 202, description = "Started; watch `generation` in the projection list", body = inline(StatusAnswer)),
+        (status = 401, description = "No or invalid credentials", body = ErrorBody),
+        (status = 403, description = "Missing admin scope", body = ErrorBody),
+        (status = 404, description = "No such read model", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn rebuild_projection(
+    State(state): State<AppState>,
+    AdminAccess(_principal): AdminAccess,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let handler =
+        crate::read_model(&name).ok_or_else(|| ApiError::not_found("no such read model"))?;
+    let pool = state.pool.clone();
+    let batch_size = state.rebuild_batch_size;
+    // Runs in the background; a second rebuild of the same read model while
+    // one runs is refused by the rebuild's own lock and logged.
+    tokio::spawn(async move {
+        match runner::rebuild(&pool, handler.as_ref(), batch_size).await {
+            Ok(report) => tracing::info!(
+                projection = handler.name(),
+                events = report.events,
+                "rebuild swapped in"
+            ),
+            Err(error) => tracing::error!(projection = handler.name(), %error, "rebuild failed"),
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"success": true, "data": {"name": name, "status": "started"}})),
+    ))
 }
 
 pub async fn not_found() -> ApiError {

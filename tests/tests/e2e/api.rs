@@ -629,6 +629,7 @@ async fn the_openapi_document_covers_every_route_with_its_auth_and_errors() {
         ("get", "/api/integrations/inventory-levels"),
         ("get", "/api/integrations/product-movement-history"),
         ("get", "/api/v1/admin/projections"),
+        ("post", "/api/v1/admin/projections/{name}/rebuild"),
         ("post", "/api/auth/login"),
         ("post", "/api/v1/api-keys"),
         ("get", "/api/v1/api-keys"),

@@ -133,3 +133,53 @@ async fn rebuild_equals_the_live_model_and_queries_keep_answering() {
     assert_eq!(leftovers, 0, "shadow schemas left behind");
     app.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn an_admin_can_rebuild_through_the_api_and_watch_it_swap() {
+    let db = TestDb::create().await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    app.post("/api/v1/products", &product("P1", "general", Some("5")))
+        .await;
+    let (_, body) = app
+        .post(
+            "/api/v1/stock/receipts",
+            &json!({"warehouse_id": "W1", "product_id": "P1", "qty": "3"}),
+        )
+        .await;
+    app.get_after(
+        "/api/integrations/inventory-levels",
+        &body["data"]["position"],
+    )
+    .await;
+    let before = table_dump(&app.pool, "stock.levels").await.expect("dump");
+
+    let (status, body) = app
+        .post("/api/v1/admin/projections/stock/rebuild", &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, _) = app
+        .post("/api/v1/admin/projections/nonsense/rebuild", &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = app.get("/api/v1/admin/projections").await;
+        let stock = body["data"]["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|item| item["name"] == "stock").cloned())
+            .expect("stock listed");
+        if stock["generation"] == 1 && stock["rebuilding"] == false {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rebuild never swapped in: {stock}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        table_dump(&app.pool, "stock.levels").await.expect("dump"),
+        before
+    );
+    app.stop().await.expect("stop");
+}
