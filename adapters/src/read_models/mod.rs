@@ -24,10 +24,39 @@ pub(crate) async fn secure_tables(
     schema: &str,
     tables: &[&str],
 ) -> Result<(), StorageError> {
-    sqlx::query(&format!("GRANT USAGE ON SCHEMA {schema} TO {QUERY_ROLE}"))
-        .execute(&mut *conn)
+    let usable: bool = sqlx::query_scalar("SELECT has_schema_privilege($1, $2, 'USAGE')")
+        .bind(QUERY_ROLE)
+        .bind(schema)
+        .fetch_one(&mut *conn)
         .await?;
+    if !usable {
+        sqlx::query(&format!("GRANT USAGE ON SCHEMA {schema} TO {QUERY_ROLE}"))
+            .execute(&mut *conn)
+            .await?;
+    }
     for table in tables {
+        // ALTER TABLE and policy changes lock the table exclusively; on live
+        // tables that already carry them (every start after the first, and
+        // a rebuild's check of the live schema) that would only risk
+        // deadlocks with the runner and queries, so skip them.
+        let secured: bool = sqlx::query_scalar(
+            "SELECT c.relrowsecurity AND c.relforcerowsecurity
+                    AND has_table_privilege($3, c.oid, 'SELECT')
+                    AND (SELECT count(*) FROM pg_policies p
+                          WHERE p.schemaname = $1 AND p.tablename = $2
+                            AND p.policyname IN ('tenant_isolation', 'projection_writer')) = 2
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2",
+        )
+        .bind(schema)
+        .bind(table)
+        .bind(QUERY_ROLE)
+        .fetch_optional(&mut *conn)
+        .await?
+        .unwrap_or(false);
+        if secured {
+            continue;
+        }
         for statement in [
             format!("GRANT SELECT ON {schema}.{table} TO {QUERY_ROLE}"),
             format!("ALTER TABLE {schema}.{table} ENABLE ROW LEVEL SECURITY"),
