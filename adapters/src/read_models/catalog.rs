@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use cqrs_es::Aggregate;
 use karvon_domain::product::{Product, ProductEvent, ProductStatus};
 use karvon_projections::catalog::{self, ProductRow};
 use karvon_projections::names;
@@ -11,7 +10,6 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::{PgConnection, Row};
 
-use super::decode;
 use crate::StorageError;
 use crate::feed::FeedEvent;
 use crate::runner::FeedHandler;
@@ -67,29 +65,29 @@ impl FeedHandler for CatalogProjection {
         conn: &mut PgConnection,
         events: &[FeedEvent],
     ) -> Result<(), StorageError> {
-        let mut product_events = Vec::new();
-        for event in events
-            .iter()
-            .filter(|event| event.aggregate_type == Product::TYPE)
-        {
-            let payload: ProductEvent = decode(event)?;
-            product_events.push((
-                event.metadata.tenant_id.clone(),
-                payload,
-                event.metadata.occurred_at,
-            ));
-        }
+        let product_events = super::events_of::<Product>(events)?;
         if product_events.is_empty() {
             return Ok(());
         }
         let keys: Vec<(String, String)> = product_events
             .iter()
-            .map(|(tenant, event, _)| (tenant.clone(), product_id(event).to_string()))
+            .map(|(event, payload)| {
+                (
+                    event.metadata.tenant_id.clone(),
+                    product_id(payload).to_string(),
+                )
+            })
             .collect();
         let mut rows = load_rows(conn, &keys).await?;
-        for ((tenant, event, at), key) in product_events.iter().zip(keys) {
+        for ((event, payload), key) in product_events.iter().zip(keys) {
             let current = rows.remove(&key).flatten();
-            rows.insert(key, catalog::apply(current, tenant, event, *at));
+            let row = catalog::apply(
+                current,
+                &event.metadata.tenant_id,
+                payload,
+                event.metadata.occurred_at,
+            );
+            rows.insert(key, row);
         }
         upsert(conn, rows.into_values().flatten().collect()).await
     }

@@ -97,6 +97,17 @@ pub async fn tenant_reader(
     Ok(tx)
 }
 
+/// The batch's events of aggregate `A`, decoded, in feed order.
+pub(crate) fn events_of<A: cqrs_es::Aggregate>(
+    events: &[FeedEvent],
+) -> Result<Vec<(&FeedEvent, A::Event)>, StorageError> {
+    events
+        .iter()
+        .filter(|event| event.aggregate_type == A::TYPE)
+        .map(|event| Ok((event, decode(event)?)))
+        .collect()
+}
+
 /// Decodes an event payload of a version this build understands. There is
 /// one version of each event so far; a future v2 adds an upcaster here.
 pub(crate) fn decode<E: DeserializeOwned>(event: &FeedEvent) -> Result<E, StorageError> {

@@ -4,15 +4,13 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use cqrs_es::Aggregate;
-use karvon_domain::stock::{Lot, Lots, StockEvent, StockItem};
+use karvon_domain::stock::{Lot, Lots, StockItem};
 use karvon_projections::{Position, names, stock};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use super::decode;
 use crate::StorageError;
 use crate::feed::FeedEvent;
 use crate::runner::FeedHandler;
@@ -113,14 +111,7 @@ impl FeedHandler for StockProjection {
         conn: &mut PgConnection,
         events: &[FeedEvent],
     ) -> Result<(), StorageError> {
-        let mut stock_events = Vec::new();
-        for event in events
-            .iter()
-            .filter(|event| event.aggregate_type == StockItem::TYPE)
-        {
-            let payload: StockEvent = decode(event)?;
-            stock_events.push((event, payload));
-        }
+        let stock_events = super::events_of::<StockItem>(events)?;
         if stock_events.is_empty() {
             return Ok(());
         }
