@@ -15,7 +15,7 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::StorageError;
-use crate::store::parse_txid;
+use crate::store::row_position;
 
 #[derive(Debug, Clone)]
 pub struct FeedEvent {
@@ -65,10 +65,7 @@ pub async fn settled_head(conn: &mut PgConnection) -> Result<Position, StorageEr
     .fetch_optional(conn)
     .await?;
     match row {
-        Some(row) => Ok(Position::new(
-            parse_txid(&row.get::<String, _>("txid"))?,
-            row.get("global_position"),
-        )),
+        Some(row) => Ok(row_position(&row, "global_position")?),
         None => Ok(Position::START),
     }
 }
@@ -79,10 +76,7 @@ fn decode(row: &PgRow) -> Result<FeedEvent, StorageError> {
     let map: HashMap<String, String> = serde_json::from_value(metadata_json)
         .map_err(|error| StorageError::Corrupt(format!("event metadata: {error}")))?;
     Ok(FeedEvent {
-        position: Position::new(
-            parse_txid(&row.try_get::<String, _>("txid")?)?,
-            row.try_get("global_position")?,
-        ),
+        position: row_position(row, "global_position")?,
         aggregate_type: row.try_get("aggregate_type")?,
         aggregate_id: row.try_get("aggregate_id")?,
         sequence: row.try_get("sequence")?,
@@ -117,11 +111,6 @@ pub async fn resolve(
     .bind(sequence)
     .fetch_optional(pool)
     .await?;
-    row.map(|row| {
-        Ok(Position::new(
-            parse_txid(&row.try_get::<String, _>("txid")?)?,
-            row.try_get("global_position")?,
-        ))
-    })
-    .transpose()
+    row.map(|row| row_position(&row, "global_position"))
+        .transpose()
 }

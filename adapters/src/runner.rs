@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use crate::StorageError;
 use crate::feed::{self, FeedEvent};
-use crate::store::parse_txid;
+use crate::store::row_position;
 
 /// The channel the events table notifies on append.
 pub const EVENTS_CHANNEL: &str = "karvon_events";
@@ -304,10 +304,7 @@ async fn step_within(
     .bind(checkpoint)
     .fetch_one(&mut *tx)
     .await?;
-    let after = Position::new(
-        parse_txid(&row.get::<String, _>("txid"))?,
-        row.get("position"),
-    );
+    let after = row_position(&row, "position")?;
     let generation: i64 = row.get("generation");
     if memory.last_committed != Some((after, generation)) {
         handler.reset();
@@ -443,10 +440,7 @@ pub async fn rebuild(
         }
     };
     events += swapped_events;
-    let position = Position::new(
-        parse_txid(&row.get::<String, _>("txid"))?,
-        row.get("position"),
-    );
+    let position = row_position(&row, "position")?;
     Ok(RebuildReport {
         events,
         position,
@@ -569,10 +563,7 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, StorageError
     .await?;
     rows.iter()
         .map(|row| {
-            let position = Position::new(
-                parse_txid(&row.get::<String, _>("txid"))?,
-                row.get("position"),
-            );
+            let position = row_position(row, "position")?;
             Ok(ProjectionStatus {
                 name: row.get("name"),
                 position: position.to_string(),

@@ -15,7 +15,7 @@ use std::time::Duration;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
-use karvon_projections::{EventMetadata, PositionToken};
+use karvon_projections::{EventMetadata, Position, PositionToken};
 use postgres_es::PostgresEventRepository;
 use sqlx::{PgPool, Row};
 
@@ -188,7 +188,16 @@ fn stream_token<A: Aggregate>(aggregate_id: &str, sequence: usize) -> PositionTo
     }
 }
 
-pub(crate) fn parse_txid(text: &str) -> Result<u64, StorageError> {
+/// A feed position read from a row's `txid` (text) and `column` columns.
+pub(crate) fn row_position(
+    row: &sqlx::postgres::PgRow,
+    column: &str,
+) -> Result<Position, StorageError> {
+    let txid: String = row.try_get("txid")?;
+    Ok(Position::new(parse_txid(&txid)?, row.try_get(column)?))
+}
+
+fn parse_txid(text: &str) -> Result<u64, StorageError> {
     text.parse()
         .map_err(|_| StorageError::Corrupt(format!("transaction id {text:?}")))
 }
