@@ -3,10 +3,34 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::StorageError;
+use crate::db::{Db, Portable, json_list};
+
+/// Runs `$body` with `$pool` bound to the pool for the job: PostgreSQL's
+/// pool, or SQLite's writer (`write`) or readers (`read`). For statements
+/// whose text and parameters are the same on both backends.
+macro_rules! on_pool {
+    ($db:expr, write, $pool:ident => $body:expr) => {
+        match $db {
+            Db::Postgres($pool) => $body,
+            Db::Sqlite(sqlite) => {
+                let $pool = &sqlite.writer;
+                $body
+            }
+        }
+    };
+    ($db:expr, read, $pool:ident => $body:expr) => {
+        match $db {
+            Db::Postgres($pool) => $body,
+            Db::Sqlite(sqlite) => {
+                let $pool = &sqlite.readers;
+                $body
+            }
+        }
+    };
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
@@ -16,30 +40,34 @@ pub struct Tenant {
 
 /// Creates a tenant; `false` when it already exists (time zone unchanged).
 pub async fn create_tenant(
-    pool: &PgPool,
+    db: &Db,
     tenant_id: &str,
     time_zone: &str,
 ) -> Result<bool, StorageError> {
-    let inserted = sqlx::query(
+    let inserted = on_pool!(db, write, pool => sqlx::query(
         "INSERT INTO tenants (tenant_id, time_zone) VALUES ($1, $2) ON CONFLICT DO NOTHING",
     )
     .bind(tenant_id)
     .bind(time_zone)
     .execute(pool)
     .await?
-    .rows_affected();
+    .rows_affected());
     Ok(inserted == 1)
 }
 
-pub async fn tenant(pool: &PgPool, tenant_id: &str) -> Result<Option<Tenant>, StorageError> {
-    let row = sqlx::query("SELECT tenant_id, time_zone FROM tenants WHERE tenant_id = $1")
+pub async fn tenant(db: &Db, tenant_id: &str) -> Result<Option<Tenant>, StorageError> {
+    const SELECT: &str = "SELECT tenant_id, time_zone FROM tenants WHERE tenant_id = $1";
+    on_pool!(db, read, pool => sqlx::query(SELECT)
         .bind(tenant_id)
         .fetch_optional(pool)
-        .await?;
-    Ok(row.map(|row| Tenant {
-        tenant_id: row.get("tenant_id"),
-        time_zone: row.get("time_zone"),
-    }))
+        .await?
+        .map(|row| {
+            Ok(Tenant {
+                tenant_id: row.text("tenant_id")?,
+                time_zone: row.text("time_zone")?,
+            })
+        })
+        .transpose())
 }
 
 pub struct NewUser<'a> {
@@ -50,18 +78,31 @@ pub struct NewUser<'a> {
 }
 
 /// Creates or replaces a user (a new password hash and scopes).
-pub async fn upsert_user(pool: &PgPool, user: &NewUser<'_>) -> Result<(), StorageError> {
-    sqlx::query(
-        "INSERT INTO users (username, tenant_id, password_hash, scopes) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (username) DO UPDATE SET tenant_id = EXCLUDED.tenant_id,
-             password_hash = EXCLUDED.password_hash, scopes = EXCLUDED.scopes",
-    )
-    .bind(user.username)
-    .bind(user.tenant_id)
-    .bind(user.password_hash)
-    .bind(user.scopes)
-    .execute(pool)
-    .await?;
+pub async fn upsert_user(db: &Db, user: &NewUser<'_>) -> Result<(), StorageError> {
+    const UPSERT: &str = "INSERT INTO users (username, tenant_id, password_hash, scopes)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (username) DO UPDATE SET tenant_id = excluded.tenant_id,
+             password_hash = excluded.password_hash, scopes = excluded.scopes";
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::query(UPSERT)
+                .bind(user.username)
+                .bind(user.tenant_id)
+                .bind(user.password_hash)
+                .bind(user.scopes)
+                .execute(pool)
+                .await?;
+        }
+        Db::Sqlite(sqlite) => {
+            sqlx::query(UPSERT)
+                .bind(user.username)
+                .bind(user.tenant_id)
+                .bind(user.password_hash)
+                .bind(json_list(user.scopes))
+                .execute(&sqlite.writer)
+                .await?;
+        }
+    }
     Ok(())
 }
 
@@ -73,19 +114,22 @@ pub struct StoredUser {
     pub scopes: Vec<String>,
 }
 
-pub async fn user(pool: &PgPool, username: &str) -> Result<Option<StoredUser>, StorageError> {
-    let row = sqlx::query(
-        "SELECT username, tenant_id, password_hash, scopes FROM users WHERE username = $1",
-    )
-    .bind(username)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|row| StoredUser {
-        username: row.get("username"),
-        tenant_id: row.get("tenant_id"),
-        password_hash: row.get("password_hash"),
-        scopes: row.get("scopes"),
-    }))
+pub async fn user(db: &Db, username: &str) -> Result<Option<StoredUser>, StorageError> {
+    const SELECT: &str =
+        "SELECT username, tenant_id, password_hash, scopes FROM users WHERE username = $1";
+    on_pool!(db, read, pool => sqlx::query(SELECT)
+        .bind(username)
+        .fetch_optional(pool)
+        .await?
+        .map(|row| {
+            Ok(StoredUser {
+                username: row.text("username")?,
+                tenant_id: row.text("tenant_id")?,
+                password_hash: row.text("password_hash")?,
+                scopes: row.strings("scopes")?,
+            })
+        })
+        .transpose())
 }
 
 pub struct NewApiKey<'a> {
@@ -99,21 +143,39 @@ pub struct NewApiKey<'a> {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-pub async fn insert_api_key(pool: &PgPool, key: &NewApiKey<'_>) -> Result<(), StorageError> {
-    sqlx::query(
-        "INSERT INTO api_keys (key_id, tenant_id, prefix, secret_hash, name, scopes, rate_limit_per_minute, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(key.key_id)
-    .bind(key.tenant_id)
-    .bind(key.prefix)
-    .bind(key.secret_hash)
-    .bind(key.name)
-    .bind(key.scopes)
-    .bind(key.rate_limit_per_minute)
-    .bind(key.expires_at)
-    .execute(pool)
-    .await?;
+pub async fn insert_api_key(db: &Db, key: &NewApiKey<'_>) -> Result<(), StorageError> {
+    const INSERT: &str =
+        "INSERT INTO api_keys (key_id, tenant_id, prefix, secret_hash, name, scopes,
+                                   rate_limit_per_minute, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::query(INSERT)
+                .bind(key.key_id)
+                .bind(key.tenant_id)
+                .bind(key.prefix)
+                .bind(key.secret_hash)
+                .bind(key.name)
+                .bind(key.scopes)
+                .bind(key.rate_limit_per_minute)
+                .bind(key.expires_at)
+                .execute(pool)
+                .await?;
+        }
+        Db::Sqlite(sqlite) => {
+            sqlx::query(INSERT)
+                .bind(key.key_id.to_string())
+                .bind(key.tenant_id)
+                .bind(key.prefix)
+                .bind(key.secret_hash)
+                .bind(key.name)
+                .bind(json_list(key.scopes))
+                .bind(key.rate_limit_per_minute)
+                .bind(key.expires_at)
+                .execute(&sqlite.writer)
+                .await?;
+        }
+    }
     Ok(())
 }
 
@@ -131,28 +193,35 @@ pub struct StoredApiKey {
 }
 
 pub async fn api_key_by_prefix(
-    pool: &PgPool,
+    db: &Db,
     prefix: &str,
 ) -> Result<Option<StoredApiKey>, StorageError> {
-    let row = sqlx::query(
-        "SELECT k.key_id, k.tenant_id, t.time_zone, k.secret_hash, k.scopes, k.rate_limit_per_minute,
-                k.expires_at, k.revoked_at
+    const SELECT: &str = "SELECT k.key_id, k.tenant_id, t.time_zone, k.secret_hash, k.scopes,
+                k.rate_limit_per_minute, k.expires_at, k.revoked_at
            FROM api_keys k JOIN tenants t USING (tenant_id)
-          WHERE k.prefix = $1",
-    )
-    .bind(prefix)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|row| StoredApiKey {
-        key_id: row.get("key_id"),
-        tenant_id: row.get("tenant_id"),
-        time_zone: row.get("time_zone"),
-        secret_hash: row.get("secret_hash"),
-        scopes: row.get("scopes"),
-        rate_limit_per_minute: row.get("rate_limit_per_minute"),
-        expires_at: row.get("expires_at"),
-        revoked_at: row.get("revoked_at"),
-    }))
+          WHERE k.prefix = $1";
+    on_pool!(db, read, pool => sqlx::query(SELECT)
+        .bind(prefix)
+        .fetch_optional(pool)
+        .await?
+        .map(|row| {
+            Ok(StoredApiKey {
+                key_id: row.uuid("key_id")?,
+                tenant_id: row.text("tenant_id")?,
+                time_zone: row.text("time_zone")?,
+                secret_hash: row.bytes("secret_hash")?,
+                scopes: row.strings("scopes")?,
+                rate_limit_per_minute: rate_limit(&row)?,
+                expires_at: row.opt_time("expires_at")?,
+                revoked_at: row.opt_time("revoked_at")?,
+            })
+        })
+        .transpose())
+}
+
+fn rate_limit(row: &impl Portable) -> Result<i32, StorageError> {
+    i32::try_from(row.int("rate_limit_per_minute")?)
+        .map_err(|_| StorageError::Corrupt("rate limit out of range".to_string()))
 }
 
 /// A key as its tenant's admins list it: never the secret or its hash.
@@ -169,81 +238,122 @@ pub struct ApiKeyView {
     pub created_at: DateTime<Utc>,
 }
 
-pub async fn list_api_keys(
-    pool: &PgPool,
-    tenant_id: &str,
-) -> Result<Vec<ApiKeyView>, StorageError> {
-    let rows = sqlx::query(
-        "SELECT key_id, prefix, name, scopes, rate_limit_per_minute, expires_at, revoked_at, last_used_at, created_at
-           FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, key_id",
-    )
-    .bind(tenant_id)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
+pub async fn list_api_keys(db: &Db, tenant_id: &str) -> Result<Vec<ApiKeyView>, StorageError> {
+    const SELECT: &str = "SELECT key_id, prefix, name, scopes, rate_limit_per_minute, expires_at,
+                revoked_at, last_used_at, created_at
+           FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, key_id";
+    on_pool!(db, read, pool => sqlx::query(SELECT)
+        .bind(tenant_id)
+        .fetch_all(pool)
+        .await?
         .iter()
-        .map(|row| ApiKeyView {
-            id: row.get("key_id"),
-            prefix: row.get("prefix"),
-            name: row.get("name"),
-            scopes: row.get("scopes"),
-            rate_limit: row.get("rate_limit_per_minute"),
-            expires_at: row.get("expires_at"),
-            revoked_at: row.get("revoked_at"),
-            last_used_at: row.get("last_used_at"),
-            created_at: row.get("created_at"),
+        .map(|row| {
+            Ok(ApiKeyView {
+                id: row.uuid("key_id")?,
+                prefix: row.text("prefix")?,
+                name: row.opt_text("name")?,
+                scopes: row.strings("scopes")?,
+                rate_limit: rate_limit(row)?,
+                expires_at: row.opt_time("expires_at")?,
+                revoked_at: row.opt_time("revoked_at")?,
+                last_used_at: row.opt_time("last_used_at")?,
+                created_at: row.time("created_at")?,
+            })
         })
         .collect())
 }
 
 /// Revokes a key of this tenant; `false` when there is no such key here.
-pub async fn revoke_api_key(
-    pool: &PgPool,
-    tenant_id: &str,
-    key_id: Uuid,
-) -> Result<bool, StorageError> {
-    let updated = sqlx::query(
-        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE tenant_id = $1 AND key_id = $2",
-    )
-    .bind(tenant_id)
-    .bind(key_id)
-    .execute(pool)
-    .await?
-    .rows_affected();
+pub async fn revoke_api_key(db: &Db, tenant_id: &str, key_id: Uuid) -> Result<bool, StorageError> {
+    const REVOKE: &str = "UPDATE api_keys SET revoked_at = coalesce(revoked_at, $3)
+          WHERE tenant_id = $1 AND key_id = $2";
+    let updated = match db {
+        Db::Postgres(pool) => sqlx::query(REVOKE)
+            .bind(tenant_id)
+            .bind(key_id)
+            .bind(Utc::now())
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        Db::Sqlite(sqlite) => sqlx::query(REVOKE)
+            .bind(tenant_id)
+            .bind(key_id.to_string())
+            .bind(Utc::now())
+            .execute(&sqlite.writer)
+            .await?
+            .rows_affected(),
+    };
     Ok(updated == 1)
 }
 
 /// Counts a hit for `subject` in the current one-minute window and, for a
 /// key, notes its use (at most once a minute). Returns the hits so far and
 /// the seconds until the window ends.
-pub async fn hit(
-    pool: &PgPool,
-    subject: &str,
-    key_id: Option<Uuid>,
-) -> Result<(i32, i64), StorageError> {
-    let row = sqlx::query(
-        "WITH touched AS (
-             UPDATE api_keys SET last_used_at = now()
-              WHERE key_id = $2 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
-          RETURNING 1)
-         INSERT INTO rate_limit_windows (subject, window_start, hits)
-         VALUES ($1, date_trunc('minute', now()), 1)
-         ON CONFLICT (subject, window_start) DO UPDATE SET hits = rate_limit_windows.hits + 1
-         RETURNING hits, ceil(extract(epoch FROM (window_start + interval '1 minute' - now())))::bigint AS retry_after",
-    )
-    .bind(subject)
-    .bind(key_id)
-    .fetch_one(pool)
-    .await?;
-    Ok((row.get("hits"), row.get::<i64, _>("retry_after").max(1)))
+pub async fn hit(db: &Db, subject: &str, key_id: Option<Uuid>) -> Result<(i32, i64), StorageError> {
+    match db {
+        Db::Postgres(pool) => {
+            let row = sqlx::query(
+                "WITH touched AS (
+                     UPDATE api_keys SET last_used_at = now()
+                      WHERE key_id = $2 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
+                  RETURNING 1)
+                 INSERT INTO rate_limit_windows (subject, window_start, hits)
+                 VALUES ($1, date_trunc('minute', now()), 1)
+                 ON CONFLICT (subject, window_start) DO UPDATE SET hits = rate_limit_windows.hits + 1
+                 RETURNING hits, ceil(extract(epoch FROM (window_start + interval '1 minute' - now())))::bigint AS retry_after",
+            )
+            .bind(subject)
+            .bind(key_id)
+            .fetch_one(pool)
+            .await?;
+            Ok((row.int("hits")? as i32, row.int("retry_after")?.max(1)))
+        }
+        Db::Sqlite(sqlite) => {
+            // SQLite has no clock arithmetic worth using: the window is
+            // computed here. One instance owns the file, so one clock.
+            let now = Utc::now();
+            let seconds = now.timestamp();
+            let window_start = seconds - seconds.rem_euclid(60);
+            let mut tx = sqlite.writer.begin().await?;
+            if let Some(key_id) = key_id {
+                sqlx::query(
+                    "UPDATE api_keys SET last_used_at = $2
+                      WHERE key_id = $1 AND (last_used_at IS NULL OR last_used_at < $3)",
+                )
+                .bind(key_id.to_string())
+                .bind(now)
+                .bind(now - chrono::Duration::minutes(1))
+                .execute(&mut *tx)
+                .await?;
+            }
+            let hits: i64 = sqlx::query_scalar(
+                "INSERT INTO rate_limit_windows (subject, window_start, hits) VALUES ($1, $2, 1)
+                 ON CONFLICT (subject, window_start) DO UPDATE SET hits = hits + 1
+                 RETURNING hits",
+            )
+            .bind(subject)
+            .bind(window_start)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok((hits as i32, (window_start + 60 - seconds).max(1)))
+        }
+    }
 }
 
 /// Drops windows that ended more than a minute ago.
-pub async fn prune_rate_limits(pool: &PgPool) -> Result<u64, StorageError> {
-    Ok(sqlx::query(
-        "DELETE FROM rate_limit_windows WHERE window_start < now() - interval '2 minutes'",
-    )
-    .execute(pool)
-    .await?
-    .rows_affected())
+pub async fn prune_rate_limits(db: &Db) -> Result<u64, StorageError> {
+    Ok(match db {
+        Db::Postgres(pool) => sqlx::query(
+            "DELETE FROM rate_limit_windows WHERE window_start < now() - interval '2 minutes'",
+        )
+        .execute(pool)
+        .await?
+        .rows_affected(),
+        Db::Sqlite(sqlite) => sqlx::query("DELETE FROM rate_limit_windows WHERE window_start < $1")
+            .bind(Utc::now().timestamp() - 120)
+            .execute(&sqlite.writer)
+            .await?
+            .rows_affected(),
+    })
 }

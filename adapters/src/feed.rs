@@ -5,16 +5,17 @@
 //! only returns events whose transaction is below the snapshot's `xmin`
 //! (every such transaction has committed or rolled back) and orders by
 //! `(transaction_id, global_position)`; checkpoints store that pair.
+//! On SQLite, where writes are serialised, the order is `global_position`
+//! and `transaction_id` is always 0.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use karvon_projections::{EventMetadata, Position, PositionToken};
-use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::StorageError;
+use crate::db::{Conn, Db, Portable};
 use crate::store::row_position;
 
 #[derive(Debug, Clone)]
@@ -31,7 +32,7 @@ pub struct FeedEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
-const SELECT_BATCH: &str = "
+const SELECT_BATCH_POSTGRES: &str = "
 SELECT transaction_id::text AS txid, global_position, aggregate_type, aggregate_id, sequence,
        event_type, event_version, payload, metadata, event_id, recorded_at
   FROM public.events
@@ -40,60 +41,64 @@ SELECT transaction_id::text AS txid, global_position, aggregate_type, aggregate_
  ORDER BY transaction_id, global_position
  LIMIT $3";
 
+/// SQLite commits one writer at a time, so `global_position` order is
+/// commit order and every visible event is settled.
+const SELECT_BATCH_SQLITE: &str = "
+SELECT '0' AS txid, global_position, aggregate_type, aggregate_id, sequence,
+       event_type, event_version, payload, metadata, event_id, recorded_at
+  FROM events
+ WHERE global_position > $2
+ ORDER BY global_position
+ LIMIT $3";
+
 /// Up to `limit` settled events after `after`, in feed order.
 pub async fn read_batch(
-    conn: &mut PgConnection,
+    conn: &mut Conn<'_>,
     after: Position,
     limit: i64,
 ) -> Result<Vec<FeedEvent>, StorageError> {
-    let rows = sqlx::query(SELECT_BATCH)
-        .bind(after.transaction_id.to_string())
-        .bind(after.global_position)
-        .bind(limit)
-        .fetch_all(conn)
-        .await?;
-    rows.iter().map(decode).collect()
-}
-
-/// The last settled position in the feed (what a caught-up reader reaches).
-pub async fn settled_head(conn: &mut PgConnection) -> Result<Position, StorageError> {
-    let row = sqlx::query(
-        "SELECT transaction_id::text AS txid, global_position FROM public.events
-          WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-          ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
-    )
-    .fetch_optional(conn)
-    .await?;
-    match row {
-        Some(row) => Ok(row_position(&row, "global_position")?),
-        None => Ok(Position::START),
+    match conn {
+        Conn::Postgres(conn) => sqlx::query(SELECT_BATCH_POSTGRES)
+            .bind(after.transaction_id.to_string())
+            .bind(after.global_position)
+            .bind(limit)
+            .fetch_all(&mut **conn)
+            .await?
+            .iter()
+            .map(decode)
+            .collect(),
+        Conn::Sqlite(conn) => sqlx::query(SELECT_BATCH_SQLITE)
+            .bind(after.transaction_id.to_string())
+            .bind(after.global_position)
+            .bind(limit)
+            .fetch_all(&mut **conn)
+            .await?
+            .iter()
+            .map(decode)
+            .collect(),
     }
 }
 
-fn decode(row: &PgRow) -> Result<FeedEvent, StorageError> {
-    let recorded_at: DateTime<Utc> = row.try_get("recorded_at")?;
-    let metadata_json: serde_json::Value = row.try_get("metadata")?;
-    let map: HashMap<String, String> = serde_json::from_value(metadata_json)
+fn decode(row: &impl Portable) -> Result<FeedEvent, StorageError> {
+    let recorded_at = row.time("recorded_at")?;
+    let map: HashMap<String, String> = serde_json::from_value(row.json("metadata")?)
         .map_err(|error| StorageError::Corrupt(format!("event metadata: {error}")))?;
     Ok(FeedEvent {
         position: row_position(row, "global_position")?,
-        aggregate_type: row.try_get("aggregate_type")?,
-        aggregate_id: row.try_get("aggregate_id")?,
-        sequence: row.try_get("sequence")?,
-        event_type: row.try_get("event_type")?,
-        event_version: row.try_get("event_version")?,
-        payload: row.try_get("payload")?,
+        aggregate_type: row.text("aggregate_type")?,
+        aggregate_id: row.text("aggregate_id")?,
+        sequence: row.int("sequence")?,
+        event_type: row.text("event_type")?,
+        event_version: row.text("event_version")?,
+        payload: row.json("payload")?,
         metadata: EventMetadata::from_map(&map, recorded_at),
-        event_id: row.try_get("event_id")?,
+        event_id: row.uuid("event_id")?,
         recorded_at,
     })
 }
 
 /// The feed position of a token's event, once it is committed.
-pub async fn resolve(
-    pool: &sqlx::PgPool,
-    token: &PositionToken,
-) -> Result<Option<Position>, StorageError> {
+pub async fn resolve(db: &Db, token: &PositionToken) -> Result<Option<Position>, StorageError> {
     let (aggregate_type, sequence, aggregate_id) = match token {
         PositionToken::Feed(position) => return Ok(Some(*position)),
         PositionToken::Stream {
@@ -102,15 +107,28 @@ pub async fn resolve(
             aggregate_id,
         } => (aggregate_type, sequence, aggregate_id),
     };
-    let row = sqlx::query(
-        "SELECT transaction_id::text AS txid, global_position FROM public.events
-          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
-    )
-    .bind(aggregate_type)
-    .bind(aggregate_id)
-    .bind(sequence)
-    .fetch_optional(pool)
-    .await?;
-    row.map(|row| row_position(&row, "global_position"))
-        .transpose()
+    match db {
+        Db::Postgres(pool) => sqlx::query(
+            "SELECT transaction_id::text AS txid, global_position FROM public.events
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(sequence)
+        .fetch_optional(pool)
+        .await?
+        .map(|row| row_position(&row, "global_position"))
+        .transpose(),
+        Db::Sqlite(sqlite) => sqlx::query(
+            "SELECT '0' AS txid, global_position FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(sequence)
+        .fetch_optional(&sqlite.readers)
+        .await?
+        .map(|row| row_position(&row, "global_position"))
+        .transpose(),
+    }
 }

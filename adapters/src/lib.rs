@@ -1,6 +1,7 @@
 //! Everything in Karvon that touches the outside world.
 //!
-//! - [`postgres`]: pools, database creation, migrations;
+//! - [`db`]: the storage seam over PostgreSQL and SQLite ([`db::Db`]);
+//! - [`postgres`]: PostgreSQL pools, database creation, migrations;
 //! - [`store`]: the cqrs-es/postgres-es event store behind one command
 //!   executor that adds metadata, idempotency keys and feed positions;
 //! - [`feed`]: the global event feed in commit-safe order;
@@ -12,6 +13,7 @@
 //!   stock transfer.
 
 pub mod auth_store;
+pub mod db;
 pub mod feed;
 pub mod postgres;
 pub mod read_models;
@@ -30,4 +32,6 @@ pub enum StorageError {
     Corrupt(String),
     #[error("event store: {0}")]
     EventStore(String),
+    #[error("configuration: {0}")]
+    Config(String),
 }

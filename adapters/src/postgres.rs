@@ -63,14 +63,3 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StorageError> {
     MIGRATOR.run(pool).await?;
     Ok(())
 }
-
-/// True when every embedded migration has been applied (for `/ready`).
-pub async fn migrations_applied(pool: &PgPool) -> Result<bool, StorageError> {
-    let applied: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(pool)
-            .await?;
-    Ok(MIGRATOR
-        .iter()
-        .all(|migration| applied.contains(&migration.version)))
-}

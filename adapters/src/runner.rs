@@ -15,16 +15,26 @@
 //! Rebuild replays from position zero into a fresh schema beside the live
 //! one, then, in one transaction holding the live checkpoint row, catches
 //! up and swaps the schemas; queries answer from the old tables until then.
+//!
+//! On SQLite the same steps run on the single writer connection inside
+//! `BEGIN IMMEDIATE`: writes are serialised, so no leadership lock is
+//! needed, and an in-process notification replaces LISTEN/NOTIFY. A
+//! handler without a read model (a process manager, whose commands need
+//! that writer themselves) reads its batch, reacts, then moves its
+//! checkpoint in a second transaction; its reactions are idempotent, so a
+//! crash in between repeats them harmlessly.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use karvon_projections::{Position, PositionToken};
 use sqlx::postgres::{PgConnectOptions, PgListener};
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
-use tokio::sync::watch;
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, SqlitePool};
+use tokio::sync::{Notify, watch};
 
 use crate::StorageError;
+use crate::db::{Backend, Conn, Db, Portable};
 use crate::feed::{self, FeedEvent};
 use crate::store::row_position;
 
@@ -42,12 +52,15 @@ pub trait FeedHandler: Send + Sync + 'static {
         None
     }
 
-    /// Creates the read model's tables in `schema` when missing.
-    async fn create_tables(
-        &self,
-        _conn: &mut PgConnection,
-        _schema: &str,
-    ) -> Result<(), StorageError> {
+    /// The read model's tables (unqualified), for backends that swap a
+    /// rebuild table by table.
+    fn tables(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Creates the read model's tables in `schema` when missing; name them
+    /// with [`Backend::table`] and [`Backend::index`].
+    async fn create_tables(&self, _conn: &mut Conn<'_>, _schema: &str) -> Result<(), StorageError> {
         Ok(())
     }
 
@@ -56,13 +69,13 @@ pub trait FeedHandler: Send + Sync + 'static {
     /// step, a restart, a rebuild that swapped the tables).
     fn reset(&self) {}
 
-    /// Applies a batch inside the step's transaction. `search_path` points
-    /// at the target schema, so table names are written unqualified.
-    /// State cached in memory is only valid once the step commits; the
-    /// runner resets it otherwise.
+    /// Applies a batch inside the step's transaction, to the tables of
+    /// `schema` (the live one or a rebuild's). State cached in memory is
+    /// only valid once the step commits; the runner resets it otherwise.
     async fn apply(
         &self,
-        conn: &mut PgConnection,
+        conn: &mut Conn<'_>,
+        schema: &str,
         events: &[FeedEvent],
     ) -> Result<(), StorageError>;
 }
@@ -104,15 +117,15 @@ impl Default for RunnerSettings {
 }
 
 pub struct Runner {
-    pool: PgPool,
+    db: Db,
     handler: Arc<dyn FeedHandler>,
     settings: RunnerSettings,
 }
 
 impl Runner {
-    pub fn new(pool: PgPool, handler: Arc<dyn FeedHandler>, settings: RunnerSettings) -> Self {
+    pub fn new(db: Db, handler: Arc<dyn FeedHandler>, settings: RunnerSettings) -> Self {
         Self {
-            pool,
+            db,
             handler,
             settings,
         }
@@ -138,47 +151,32 @@ impl Runner {
 
     async fn lead(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), StorageError> {
         let name = self.handler.name();
-        let application_name = format!("karvon-runner:{name}:{}", self.settings.instance);
-        let mut conn = connect(&self.pool, &application_name).await?;
-        while !try_lock(&mut conn, name).await? {
-            tokio::select! {
-                _ = tokio::time::sleep(self.settings.standby_interval) => {}
-                _ = shutdown.changed() => return Ok(()),
-            }
-            if *shutdown.borrow() {
-                return Ok(());
-            }
-        }
+        let Some(mut session) = Session::lead(&self.db, name, &self.settings, shutdown).await?
+        else {
+            return Ok(());
+        };
         tracing::info!(projection = name, "projection runner is active");
-        prepare(&mut conn, self.handler.as_ref()).await?;
+        session.prepare(self.handler.as_ref()).await?;
         let mut memory = StepMemory::default();
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(EVENTS_CHANNEL).await?;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
             let started = Instant::now();
-            let applied = step(
-                &mut conn,
-                self.handler.as_ref(),
-                name,
-                self.handler.schema(),
-                &self.settings,
-                &mut memory,
-            )
-            .await?;
+            let applied = session
+                .step(
+                    self.handler.as_ref(),
+                    name,
+                    self.handler.schema(),
+                    &self.settings,
+                    &mut memory,
+                )
+                .await?;
             if applied as i64 >= self.settings.batch_size {
                 continue;
             }
             tokio::select! {
-                notification = listener.recv() => {
-                    if let Err(error) = notification {
-                        tracing::debug!(projection = name, %error, "listener error; polling");
-                        tokio::time::sleep(self.settings.poll_interval).await;
-                    }
-                }
-                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                () = session.appended(self.settings.poll_interval) => {}
                 _ = shutdown.changed() => {}
             }
             // Under a stream of appends, wake at most once per interval so a
@@ -187,6 +185,131 @@ impl Runner {
             let since = started.elapsed();
             if since < self.settings.min_step_interval {
                 tokio::time::sleep(self.settings.min_step_interval - since).await;
+            }
+        }
+    }
+}
+
+/// An active runner's hold on its backend.
+enum Session {
+    /// A dedicated connection holding the advisory lock, and a listener.
+    Postgres {
+        conn: PgConnection,
+        listener: Box<PgListener>,
+    },
+    /// The writer pool (steps take its one connection) and the readers.
+    Sqlite {
+        writer: SqlitePool,
+        readers: SqlitePool,
+        appended: Arc<Notify>,
+    },
+}
+
+impl Session {
+    /// Waits for leadership; `None` when shut down first.
+    async fn lead(
+        db: &Db,
+        name: &str,
+        settings: &RunnerSettings,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Self>, StorageError> {
+        match db {
+            Db::Postgres(pool) => {
+                let application_name = format!("karvon-runner:{name}:{}", settings.instance);
+                let mut conn = connect(pool, &application_name).await?;
+                while !try_lock(&mut conn, name).await? {
+                    tokio::select! {
+                        _ = tokio::time::sleep(settings.standby_interval) => {}
+                        _ = shutdown.changed() => return Ok(None),
+                    }
+                    if *shutdown.borrow() {
+                        return Ok(None);
+                    }
+                }
+                let mut listener = PgListener::connect_with(pool).await?;
+                listener.listen(EVENTS_CHANNEL).await?;
+                Ok(Some(Session::Postgres {
+                    conn,
+                    listener: Box::new(listener),
+                }))
+            }
+            Db::Sqlite(sqlite) => Ok(Some(Session::Sqlite {
+                writer: sqlite.writer.clone(),
+                readers: sqlite.readers.clone(),
+                appended: db.appended().unwrap_or_default(),
+            })),
+        }
+    }
+
+    async fn prepare(&mut self, handler: &dyn FeedHandler) -> Result<(), StorageError> {
+        match self {
+            Session::Postgres { conn, .. } => prepare(&mut Conn::Postgres(conn), handler).await,
+            Session::Sqlite { writer, .. } => {
+                let mut conn = writer.acquire().await?;
+                prepare(&mut Conn::Sqlite(&mut conn), handler).await
+            }
+        }
+    }
+
+    /// Resolves on an append notification, or after `poll` at the latest.
+    async fn appended(&mut self, poll: Duration) {
+        match self {
+            Session::Postgres { listener, .. } => {
+                tokio::select! {
+                    notification = listener.recv() => {
+                        if let Err(error) = notification {
+                            tracing::debug!(%error, "listener error; polling");
+                            tokio::time::sleep(poll).await;
+                        }
+                    }
+                    _ = tokio::time::sleep(poll) => {}
+                }
+            }
+            Session::Sqlite { appended, .. } => {
+                tokio::select! {
+                    () = appended.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                }
+            }
+        }
+    }
+
+    async fn step(
+        &mut self,
+        handler: &dyn FeedHandler,
+        checkpoint: &str,
+        schema: Option<&str>,
+        settings: &RunnerSettings,
+        memory: &mut StepMemory,
+    ) -> Result<usize, StorageError> {
+        match self {
+            Session::Postgres { conn, .. } => {
+                step(
+                    &mut Conn::Postgres(conn),
+                    handler,
+                    checkpoint,
+                    schema,
+                    settings,
+                    memory,
+                )
+                .await
+            }
+            Session::Sqlite {
+                writer, readers, ..
+            } if schema.is_none() => {
+                react_step(writer, readers, handler, checkpoint, settings).await
+            }
+            Session::Sqlite { writer, .. } => {
+                let mut conn = writer.acquire().await?;
+                step(
+                    &mut Conn::Sqlite(&mut conn),
+                    handler,
+                    checkpoint,
+                    schema,
+                    settings,
+                    memory,
+                )
+                .await
             }
         }
     }
@@ -208,40 +331,151 @@ async fn try_lock(conn: &mut PgConnection, name: &str) -> Result<bool, StorageEr
     Ok(locked)
 }
 
-/// Creates the checkpoint row and the live tables if this is a first start.
 /// Creates a consumer's checkpoint row and live tables when missing; the
 /// application does this for every consumer before it serves queries.
-pub async fn prepare_consumer(
-    pool: &PgPool,
-    handler: &dyn FeedHandler,
-) -> Result<(), StorageError> {
-    let mut conn = pool.acquire().await?;
-    prepare(&mut conn, handler).await
+pub async fn prepare_consumer(db: &Db, handler: &dyn FeedHandler) -> Result<(), StorageError> {
+    match db {
+        Db::Postgres(pool) => {
+            let mut conn = pool.acquire().await?;
+            prepare(&mut Conn::Postgres(&mut conn), handler).await
+        }
+        Db::Sqlite(sqlite) => {
+            let mut conn = sqlite.writer.acquire().await?;
+            prepare(&mut Conn::Sqlite(&mut conn), handler).await
+        }
+    }
 }
 
-async fn prepare(conn: &mut PgConnection, handler: &dyn FeedHandler) -> Result<(), StorageError> {
+async fn prepare(conn: &mut Conn<'_>, handler: &dyn FeedHandler) -> Result<(), StorageError> {
     ensure_checkpoint(conn, handler.name()).await?;
-    if let Some(schema) = handler.schema() {
-        let mut tx = conn.begin().await?;
-        // Concurrent CREATE … IF NOT EXISTS can still collide in the
-        // catalogue; instances starting together take turns.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('karvon.prepare', 0))")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-            .execute(&mut *tx)
-            .await?;
-        handler.create_tables(&mut tx, schema).await?;
-        tx.commit().await?;
+    let Some(schema) = handler.schema() else {
+        return Ok(());
+    };
+    match conn {
+        Conn::Postgres(conn) => {
+            let mut tx = conn.begin().await?;
+            // Concurrent CREATE … IF NOT EXISTS can still collide in the
+            // catalogue; instances starting together take turns.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('karvon.prepare', 0))")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .execute(&mut *tx)
+                .await?;
+            handler
+                .create_tables(&mut Conn::Postgres(&mut tx), schema)
+                .await?;
+            tx.commit().await?;
+        }
+        Conn::Sqlite(conn) => {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            handler
+                .create_tables(&mut Conn::Sqlite(&mut tx), schema)
+                .await?;
+            tx.commit().await?;
+        }
     }
     Ok(())
 }
 
-async fn ensure_checkpoint(conn: &mut PgConnection, name: &str) -> Result<(), StorageError> {
-    sqlx::query("INSERT INTO public.projection_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
-        .bind(name)
-        .execute(conn)
-        .await?;
+const ENSURE_CHECKPOINT: &str =
+    "INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
+
+async fn ensure_checkpoint(conn: &mut Conn<'_>, name: &str) -> Result<(), StorageError> {
+    match conn {
+        Conn::Postgres(conn) => {
+            sqlx::query(ENSURE_CHECKPOINT)
+                .bind(name)
+                .execute(&mut **conn)
+                .await?;
+        }
+        Conn::Sqlite(conn) => {
+            sqlx::query(ENSURE_CHECKPOINT)
+                .bind(name)
+                .execute(&mut **conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn delete_checkpoint(conn: &mut Conn<'_>, name: &str) -> Result<(), StorageError> {
+    const DELETE: &str = "DELETE FROM projection_checkpoints WHERE name = $1";
+    match conn {
+        Conn::Postgres(conn) => {
+            sqlx::query(DELETE).bind(name).execute(&mut **conn).await?;
+        }
+        Conn::Sqlite(conn) => {
+            sqlx::query(DELETE).bind(name).execute(&mut **conn).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The stored checkpoint (position, generation), locked for this
+/// transaction on PostgreSQL (SQLite's write lock already covers it).
+async fn read_checkpoint(conn: &mut Conn<'_>, name: &str) -> Result<(Position, i64), StorageError> {
+    match conn {
+        Conn::Postgres(conn) => {
+            let row = sqlx::query(
+                "SELECT transaction_id::text AS txid, position, generation
+                   FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
+            )
+            .bind(name)
+            .fetch_one(&mut **conn)
+            .await?;
+            Ok((row_position(&row, "position")?, row.int("generation")?))
+        }
+        Conn::Sqlite(conn) => {
+            let row = sqlx::query(
+                "SELECT CAST(transaction_id AS TEXT) AS txid, position, generation
+                   FROM projection_checkpoints WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_one(&mut **conn)
+            .await?;
+            Ok((row_position(&row, "position")?, row.int("generation")?))
+        }
+    }
+}
+
+/// Moves a checkpoint to `position` after `seen` more events.
+async fn write_checkpoint(
+    conn: &mut Conn<'_>,
+    name: &str,
+    position: Position,
+    seen: usize,
+) -> Result<(), StorageError> {
+    match conn {
+        Conn::Postgres(conn) => {
+            sqlx::query(
+                "UPDATE projection_checkpoints
+                    SET transaction_id = $2::text::xid8, position = $3,
+                        events_seen = events_seen + $4, updated_at = now()
+                  WHERE name = $1",
+            )
+            .bind(name)
+            .bind(position.transaction_id.to_string())
+            .bind(position.global_position)
+            .bind(seen as i64)
+            .execute(&mut **conn)
+            .await?;
+        }
+        Conn::Sqlite(conn) => {
+            sqlx::query(
+                "UPDATE projection_checkpoints
+                    SET transaction_id = $2, position = $3, events_seen = events_seen + $4,
+                        updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                  WHERE name = $1",
+            )
+            .bind(name)
+            .bind(position.transaction_id as i64)
+            .bind(position.global_position)
+            .bind(seen as i64)
+            .execute(&mut **conn)
+            .await?;
+        }
+    }
     Ok(())
 }
 
@@ -256,20 +490,49 @@ pub struct StepMemory {
 
 /// One step in its own transaction; returns how many events it applied.
 pub async fn step(
-    conn: &mut PgConnection,
+    conn: &mut Conn<'_>,
     handler: &dyn FeedHandler,
     checkpoint: &str,
     schema: Option<&str>,
     settings: &RunnerSettings,
     memory: &mut StepMemory,
 ) -> Result<usize, StorageError> {
-    let outcome = async {
-        let mut tx = conn.begin().await?;
-        let stepped = step_within(&mut tx, handler, checkpoint, schema, settings, memory).await?;
-        tx.commit().await?;
-        Ok::<_, StorageError>(stepped)
-    }
-    .await;
+    let outcome = match conn {
+        Conn::Postgres(conn) => {
+            async {
+                let mut tx = conn.begin().await?;
+                let stepped = step_within(
+                    &mut Conn::Postgres(&mut tx),
+                    handler,
+                    checkpoint,
+                    schema,
+                    settings,
+                    memory,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok::<_, StorageError>(stepped)
+            }
+            .await
+        }
+        Conn::Sqlite(conn) => {
+            async {
+                let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                let stepped = step_within(
+                    &mut Conn::Sqlite(&mut tx),
+                    handler,
+                    checkpoint,
+                    schema,
+                    settings,
+                    memory,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok::<_, StorageError>(stepped)
+            }
+            .await
+        }
+    };
     match outcome {
         Ok((applied, position)) => {
             memory.last_committed = Some(position);
@@ -285,53 +548,72 @@ pub async fn step(
 
 /// One step inside a transaction the caller owns.
 async fn step_within(
-    tx: &mut PgConnection,
+    tx: &mut Conn<'_>,
     handler: &dyn FeedHandler,
     checkpoint: &str,
     schema: Option<&str>,
     settings: &RunnerSettings,
     memory: &StepMemory,
 ) -> Result<(usize, (Position, i64)), StorageError> {
-    if let Some(schema) = schema {
-        sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
-            .execute(&mut *tx)
-            .await?;
-    }
-    let row = sqlx::query(
-        "SELECT transaction_id::text AS txid, position, generation
-           FROM public.projection_checkpoints WHERE name = $1 FOR UPDATE",
-    )
-    .bind(checkpoint)
-    .fetch_one(&mut *tx)
-    .await?;
-    let after = row_position(&row, "position")?;
-    let generation: i64 = row.get("generation");
+    let (after, generation) = read_checkpoint(tx, checkpoint).await?;
     if memory.last_committed != Some((after, generation)) {
         handler.reset();
     }
-    let events = feed::read_batch(&mut *tx, after, settings.batch_size).await?;
+    let events = feed::read_batch(tx, after, settings.batch_size).await?;
     let Some(last) = events.last() else {
         return Ok((0, (after, generation)));
     };
-    handler.apply(&mut *tx, &events).await?;
+    handler
+        .apply(tx, schema.unwrap_or_default(), &events)
+        .await?;
     if !settings.pause_before_checkpoint.is_zero() {
         tokio::time::sleep(settings.pause_before_checkpoint).await;
     }
-    sqlx::query(
-        "UPDATE public.projection_checkpoints
-            SET transaction_id = $2::text::xid8, position = $3, events_seen = events_seen + $4,
-                updated_at = now()
-          WHERE name = $1",
-    )
-    .bind(checkpoint)
-    .bind(last.position.transaction_id.to_string())
-    .bind(last.position.global_position)
-    .bind(events.len() as i64)
-    .execute(&mut *tx)
-    .await?;
+    write_checkpoint(tx, checkpoint, last.position, events.len()).await?;
     metrics::counter!("karvon_projection_events_total", "projection" => handler.name().to_string())
         .increment(events.len() as u64);
     Ok((events.len(), (last.position, generation)))
+}
+
+/// A SQLite step of a handler whose effects are commands of its own (they
+/// need the writer): read the batch, react, then move the checkpoint.
+async fn react_step(
+    writer: &SqlitePool,
+    readers: &SqlitePool,
+    handler: &dyn FeedHandler,
+    checkpoint: &str,
+    settings: &RunnerSettings,
+) -> Result<usize, StorageError> {
+    let mut reader = readers.begin().await?;
+    let (after, _) = read_checkpoint(&mut Conn::Sqlite(&mut reader), checkpoint).await?;
+    let events =
+        feed::read_batch(&mut Conn::Sqlite(&mut reader), after, settings.batch_size).await?;
+    let Some(last) = events.last() else {
+        reader.rollback().await?;
+        return Ok(0);
+    };
+    handler
+        .apply(&mut Conn::Sqlite(&mut reader), "", &events)
+        .await?;
+    reader.rollback().await?;
+    if !settings.pause_before_checkpoint.is_zero() {
+        tokio::time::sleep(settings.pause_before_checkpoint).await;
+    }
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    let (now, _) = read_checkpoint(&mut Conn::Sqlite(&mut tx), checkpoint).await?;
+    if now != after {
+        // Another process moved it meanwhile; its reactions were the same.
+        return Ok(0);
+    }
+    write_checkpoint(
+        &mut Conn::Sqlite(&mut tx),
+        checkpoint,
+        last.position,
+        events.len(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(events.len())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,91 +623,137 @@ pub struct RebuildReport {
     pub elapsed: Duration,
 }
 
-/// Replays the feed from zero into a fresh copy of the handler's schema and
-/// swaps it in. Queries keep reading the old tables until the swap commits.
+/// Rebuilds running in this process (SQLite has no advisory locks; one
+/// process owns the file).
+static SQLITE_REBUILDS: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+/// Marks a SQLite rebuild as running until dropped.
+struct RebuildClaim(String);
+
+impl RebuildClaim {
+    fn take(name: &str) -> Option<Self> {
+        let mut running = SQLITE_REBUILDS.lock().ok()?;
+        running
+            .get_or_insert_with(HashSet::new)
+            .insert(name.to_string())
+            .then(|| Self(name.to_string()))
+    }
+
+    fn running(name: &str) -> bool {
+        SQLITE_REBUILDS
+            .lock()
+            .ok()
+            .and_then(|running| running.as_ref().map(|set| set.contains(name)))
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for RebuildClaim {
+    fn drop(&mut self) {
+        if let Ok(mut running) = SQLITE_REBUILDS.lock() {
+            if let Some(set) = running.as_mut() {
+                set.remove(&self.0);
+            }
+        }
+    }
+}
+
+/// Replays the feed from zero into a fresh copy of the handler's tables
+/// and swaps it in. Queries keep reading the old tables until the swap
+/// commits.
 pub async fn rebuild(
-    pool: &PgPool,
+    db: &Db,
     handler: &dyn FeedHandler,
     batch_size: i64,
 ) -> Result<RebuildReport, StorageError> {
     let started = Instant::now();
-    let mut memory = StepMemory::default();
-    handler.reset();
-    let settings = RunnerSettings {
-        batch_size,
-        ..RunnerSettings::default()
-    };
     let name = handler.name();
     let Some(live_schema) = handler.schema() else {
         return Err(StorageError::EventStore(format!(
             "{name} has no read model to rebuild"
         )));
     };
-    let shadow_schema = format!("{live_schema}__rebuild");
-    let shadow_checkpoint = format!("{name}__rebuild");
-    let mut conn = connect(pool, &format!("karvon-rebuild:{name}")).await?;
-    if !try_lock(&mut conn, &shadow_checkpoint).await? {
-        return Err(StorageError::EventStore(format!(
-            "a rebuild of {name} is already running"
-        )));
-    }
-    prepare(&mut conn, handler).await?;
+    let shadow = Shadow {
+        live_schema,
+        schema: format!("{live_schema}__rebuild"),
+        checkpoint: format!("{name}__rebuild"),
+    };
+    let busy = || StorageError::EventStore(format!("a rebuild of {name} is already running"));
+    let settings = RunnerSettings {
+        batch_size,
+        ..RunnerSettings::default()
+    };
+    handler.reset();
+    let (events, position) = match db {
+        Db::Postgres(pool) => {
+            let mut conn = connect(pool, &format!("karvon-rebuild:{name}")).await?;
+            if !try_lock(&mut conn, &shadow.checkpoint).await? {
+                return Err(busy());
+            }
+            rebuild_on(&mut Conn::Postgres(&mut conn), handler, &shadow, &settings).await?
+        }
+        Db::Sqlite(sqlite) => {
+            let _claim = RebuildClaim::take(&shadow.checkpoint).ok_or_else(busy)?;
+            // Steps take the writer for one batch at a time, so commands
+            // and the live runners go on in between.
+            let mut conn = sqlite.writer.acquire().await?;
+            rebuild_on(&mut Conn::Sqlite(&mut conn), handler, &shadow, &settings).await?
+        }
+    };
+    Ok(RebuildReport {
+        events,
+        position,
+        elapsed: started.elapsed(),
+    })
+}
 
-    let mut tx = conn.begin().await?;
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {shadow_schema} CASCADE"))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(&format!("CREATE SCHEMA {shadow_schema}"))
-        .execute(&mut *tx)
-        .await?;
-    handler.create_tables(&mut tx, &shadow_schema).await?;
-    sqlx::query("DELETE FROM public.projection_checkpoints WHERE name = $1")
-        .bind(&shadow_checkpoint)
-        .execute(&mut *tx)
-        .await?;
-    ensure_checkpoint(&mut tx, &shadow_checkpoint).await?;
-    tx.commit().await?;
+/// Where a rebuild writes.
+struct Shadow<'a> {
+    live_schema: &'a str,
+    schema: String,
+    checkpoint: String,
+}
 
+async fn rebuild_on(
+    conn: &mut Conn<'_>,
+    handler: &dyn FeedHandler,
+    shadow: &Shadow<'_>,
+    settings: &RunnerSettings,
+) -> Result<(u64, Position), StorageError> {
+    let name = handler.name();
+    let mut memory = StepMemory::default();
+    prepare(conn, handler).await?;
+    reset_shadow(conn, handler, shadow).await?;
     let mut events = 0u64;
     loop {
         let applied = step(
-            &mut conn,
+            conn,
             handler,
-            &shadow_checkpoint,
-            Some(&shadow_schema),
-            &settings,
+            &shadow.checkpoint,
+            Some(&shadow.schema),
+            settings,
             &mut memory,
         )
         .await?;
         events += applied as u64;
-        if (applied as i64) < batch_size {
+        if (applied as i64) < settings.batch_size {
             break;
         }
     }
 
     // Swap: hold the live checkpoint (the live runner waits), catch up the
-    // last events, exchange the schemas and hand the position over. Queries
-    // still reading the old tables can hold the swap up; it gives up after
-    // a bounded wait and tries again rather than queueing them all behind it.
+    // last events, exchange the tables and hand the position over. Queries
+    // still reading the old tables can hold the swap up on PostgreSQL; it
+    // gives up after a bounded wait and tries again rather than queueing
+    // them all behind it.
     let mut attempt = 0;
-    let (row, swapped_events) = loop {
+    loop {
         attempt += 1;
         let swap_memory = StepMemory {
             last_committed: memory.last_committed,
         };
-        match swap(
-            &mut conn,
-            handler,
-            name,
-            live_schema,
-            &shadow_schema,
-            &shadow_checkpoint,
-            &settings,
-            swap_memory,
-        )
-        .await
-        {
-            Ok(done) => break done,
+        match swap(conn, handler, shadow, settings, swap_memory).await {
+            Ok((position, swapped)) => return Ok((events + swapped, position)),
             Err(StorageError::Database(error)) if attempt < 10 && is_lock_conflict(&error) => {
                 handler.reset();
                 memory.last_committed = None;
@@ -438,14 +766,47 @@ pub async fn rebuild(
             }
             Err(error) => return Err(error),
         }
-    };
-    events += swapped_events;
-    let position = row_position(&row, "position")?;
-    Ok(RebuildReport {
-        events,
-        position,
-        elapsed: started.elapsed(),
-    })
+    }
+}
+
+/// Drops whatever an earlier rebuild left and creates empty shadow tables
+/// with a checkpoint at zero.
+async fn reset_shadow(
+    conn: &mut Conn<'_>,
+    handler: &dyn FeedHandler,
+    shadow: &Shadow<'_>,
+) -> Result<(), StorageError> {
+    match conn {
+        Conn::Postgres(conn) => {
+            let mut tx = conn.begin().await?;
+            for statement in [
+                format!("DROP SCHEMA IF EXISTS {} CASCADE", shadow.schema),
+                format!("CREATE SCHEMA {}", shadow.schema),
+            ] {
+                sqlx::query(&statement).execute(&mut *tx).await?;
+            }
+            let mut tx_conn = Conn::Postgres(&mut tx);
+            handler.create_tables(&mut tx_conn, &shadow.schema).await?;
+            delete_checkpoint(&mut tx_conn, &shadow.checkpoint).await?;
+            ensure_checkpoint(&mut tx_conn, &shadow.checkpoint).await?;
+            tx.commit().await?;
+        }
+        Conn::Sqlite(conn) => {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            for table in handler.tables() {
+                let table = Backend::Sqlite.table(&shadow.schema, table);
+                sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let mut tx_conn = Conn::Sqlite(&mut tx);
+            handler.create_tables(&mut tx_conn, &shadow.schema).await?;
+            delete_checkpoint(&mut tx_conn, &shadow.checkpoint).await?;
+            ensure_checkpoint(&mut tx_conn, &shadow.checkpoint).await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(())
 }
 
 fn is_lock_conflict(error: &sqlx::Error) -> bool {
@@ -459,34 +820,98 @@ fn is_lock_conflict(error: &sqlx::Error) -> bool {
     )
 }
 
-/// The swap transaction of a rebuild; returns the new live checkpoint row
-/// and the events it applied while catching up.
-#[allow(clippy::too_many_arguments)]
+/// The swap transaction of a rebuild; returns the new live position and
+/// the events it applied while catching up.
 async fn swap(
-    conn: &mut PgConnection,
+    conn: &mut Conn<'_>,
     handler: &dyn FeedHandler,
-    name: &str,
-    live_schema: &str,
-    shadow_schema: &str,
-    shadow_checkpoint: &str,
+    shadow: &Shadow<'_>,
+    settings: &RunnerSettings,
+    memory: StepMemory,
+) -> Result<(Position, u64), StorageError> {
+    match conn {
+        Conn::Postgres(conn) => {
+            let mut tx = conn.begin().await?;
+            sqlx::query("SET LOCAL lock_timeout = '5s'")
+                .execute(&mut *tx)
+                .await?;
+            let mut tx_conn = Conn::Postgres(&mut tx);
+            // Holds the live runner off until the swap commits.
+            read_checkpoint(&mut tx_conn, handler.name()).await?;
+            let events = catch_up(&mut tx_conn, handler, shadow, settings, memory).await?;
+            let (live, old) = (shadow.live_schema, format!("{}__old", shadow.live_schema));
+            for statement in [
+                format!("DROP SCHEMA IF EXISTS {old} CASCADE"),
+                format!("ALTER SCHEMA {live} RENAME TO {old}"),
+                format!("ALTER SCHEMA {} RENAME TO {live}", shadow.schema),
+                format!("DROP SCHEMA {old} CASCADE"),
+            ] {
+                sqlx::query(&statement).execute(&mut *tx).await?;
+            }
+            let position = hand_over(&mut Conn::Postgres(&mut tx), handler.name(), shadow).await?;
+            tx.commit().await?;
+            Ok((position, events))
+        }
+        Conn::Sqlite(conn) => {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            let events = catch_up(
+                &mut Conn::Sqlite(&mut tx),
+                handler,
+                shadow,
+                settings,
+                memory,
+            )
+            .await?;
+            for table in handler.tables() {
+                let live = Backend::Sqlite.table(shadow.live_schema, table);
+                let rebuilt = Backend::Sqlite.table(&shadow.schema, table);
+                sqlx::query(&format!("DROP TABLE IF EXISTS {live}"))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(&format!("ALTER TABLE {rebuilt} RENAME TO {live}"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            // Indexes keep the names they were built under: drop those and
+            // let the handler create the live ones.
+            let stale: Vec<String> = sqlx::query_scalar(
+                "SELECT name FROM sqlite_master
+                  WHERE type = 'index' AND sql IS NOT NULL AND substr(name, 1, length($1)) = $1",
+            )
+            .bind(format!("{}_", shadow.schema))
+            .fetch_all(&mut *tx)
+            .await?;
+            for index in stale {
+                sqlx::query(&format!("DROP INDEX {index}"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let mut tx_conn = Conn::Sqlite(&mut tx);
+            handler
+                .create_tables(&mut tx_conn, shadow.live_schema)
+                .await?;
+            let position = hand_over(&mut tx_conn, handler.name(), shadow).await?;
+            tx.commit().await?;
+            Ok((position, events))
+        }
+    }
+}
+
+/// Applies what was appended since the rebuild's last step.
+async fn catch_up(
+    tx: &mut Conn<'_>,
+    handler: &dyn FeedHandler,
+    shadow: &Shadow<'_>,
     settings: &RunnerSettings,
     mut memory: StepMemory,
-) -> Result<(sqlx::postgres::PgRow, u64), StorageError> {
+) -> Result<u64, StorageError> {
     let mut events = 0u64;
-    let mut tx = conn.begin().await?;
-    sqlx::query("SET LOCAL lock_timeout = '5s'")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SELECT 1 FROM public.projection_checkpoints WHERE name = $1 FOR UPDATE")
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
     loop {
         let (applied, position) = step_within(
-            &mut tx,
+            tx,
             handler,
-            shadow_checkpoint,
-            Some(shadow_schema),
+            &shadow.checkpoint,
+            Some(&shadow.schema),
             settings,
             &memory,
         )
@@ -494,38 +919,42 @@ async fn swap(
         memory.last_committed = Some(position);
         events += applied as u64;
         if (applied as i64) < settings.batch_size {
-            break;
+            return Ok(events);
         }
     }
-    let old_schema = format!("{live_schema}__old");
-    for statement in [
-        "SET LOCAL search_path TO public".to_string(),
-        format!("DROP SCHEMA IF EXISTS {old_schema} CASCADE"),
-        format!("ALTER SCHEMA {live_schema} RENAME TO {old_schema}"),
-        format!("ALTER SCHEMA {shadow_schema} RENAME TO {live_schema}"),
-        format!("DROP SCHEMA {old_schema} CASCADE"),
-    ] {
-        sqlx::query(&statement).execute(&mut *tx).await?;
+}
+
+/// Gives the live checkpoint the rebuild's position and a new generation
+/// (so the live runner drops what it cached), and removes the rebuild's.
+async fn hand_over(
+    tx: &mut Conn<'_>,
+    name: &str,
+    shadow: &Shadow<'_>,
+) -> Result<Position, StorageError> {
+    const HAND_OVER: &str = "UPDATE projection_checkpoints
+            SET transaction_id = (SELECT transaction_id FROM projection_checkpoints WHERE name = $2),
+                position = (SELECT position FROM projection_checkpoints WHERE name = $2),
+                events_seen = (SELECT events_seen FROM projection_checkpoints WHERE name = $2),
+                generation = generation + 1
+          WHERE name = $1";
+    match tx {
+        Conn::Postgres(conn) => {
+            sqlx::query(HAND_OVER)
+                .bind(name)
+                .bind(&shadow.checkpoint)
+                .execute(&mut **conn)
+                .await?;
+        }
+        Conn::Sqlite(conn) => {
+            sqlx::query(HAND_OVER)
+                .bind(name)
+                .bind(&shadow.checkpoint)
+                .execute(&mut **conn)
+                .await?;
+        }
     }
-    let row = sqlx::query(
-        "UPDATE public.projection_checkpoints AS live
-            SET transaction_id = shadow.transaction_id, position = shadow.position,
-                events_seen = shadow.events_seen, generation = live.generation + 1,
-                updated_at = now()
-           FROM public.projection_checkpoints AS shadow
-          WHERE live.name = $1 AND shadow.name = $2
-      RETURNING live.transaction_id::text AS txid, live.position",
-    )
-    .bind(name)
-    .bind(shadow_checkpoint)
-    .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query("DELETE FROM public.projection_checkpoints WHERE name = $1")
-        .bind(shadow_checkpoint)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok((row, events))
+    delete_checkpoint(tx, &shadow.checkpoint).await?;
+    Ok(read_checkpoint(tx, name).await?.0)
 }
 
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -543,63 +972,99 @@ pub struct ProjectionStatus {
 }
 
 /// Where every feed consumer stands.
-pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, StorageError> {
-    let rows = sqlx::query(
-        "SELECT c.name, c.transaction_id::text AS txid, c.position, c.events_seen, c.updated_at,
-                c.generation,
-                EXISTS (SELECT 1 FROM pg_locks l
-                         WHERE l.locktype = 'advisory' AND l.granted
-                           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                           AND ((l.classid::bigint << 32) | l.objid::bigint)
-                               = hashtextextended('karvon.feed.' || c.name || '__rebuild', 0)) AS rebuilding,
-                (SELECT count(*) FROM public.events e
-                  WHERE (e.transaction_id, e.global_position) > (c.transaction_id, c.position)
-                    AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())) AS lag
-           FROM public.projection_checkpoints c
-          WHERE c.name NOT LIKE '%\\_\\_rebuild'
-          ORDER BY c.name",
-    )
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let position = row_position(row, "position")?;
-            Ok(ProjectionStatus {
-                name: row.get("name"),
-                position: position.to_string(),
-                events_seen: row.get("events_seen"),
-                lag_events: row.get("lag"),
-                generation: row.get("generation"),
-                rebuilding: row.get("rebuilding"),
-                updated_at: row.get("updated_at"),
-            })
-        })
-        .collect()
+pub async fn status(db: &Db) -> Result<Vec<ProjectionStatus>, StorageError> {
+    match db {
+        Db::Postgres(pool) => {
+            let rows = sqlx::query(
+                "SELECT c.name, c.transaction_id::text AS txid, c.position, c.events_seen, c.updated_at,
+                        c.generation,
+                        EXISTS (SELECT 1 FROM pg_locks l
+                                 WHERE l.locktype = 'advisory' AND l.granted
+                                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                                   AND ((l.classid::bigint << 32) | l.objid::bigint)
+                                       = hashtextextended('karvon.feed.' || c.name || '__rebuild', 0)) AS rebuilding,
+                        (SELECT count(*) FROM public.events e
+                          WHERE (e.transaction_id, e.global_position) > (c.transaction_id, c.position)
+                            AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())) AS lag
+                   FROM public.projection_checkpoints c
+                  WHERE c.name NOT LIKE '%\\_\\_rebuild'
+                  ORDER BY c.name",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| status_row(row, row.flag("rebuilding")?))
+                .collect()
+        }
+        Db::Sqlite(sqlite) => {
+            let rows = sqlx::query(
+                "SELECT c.name, CAST(c.transaction_id AS TEXT) AS txid, c.position, c.events_seen,
+                        c.updated_at, c.generation,
+                        (SELECT count(*) FROM events e WHERE e.global_position > c.position) AS lag
+                   FROM projection_checkpoints c
+                  WHERE c.name NOT LIKE '%\\_\\_rebuild' ESCAPE '\\'
+                  ORDER BY c.name",
+            )
+            .fetch_all(&sqlite.readers)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    let rebuilding =
+                        RebuildClaim::running(&format!("{}__rebuild", row.text("name")?));
+                    status_row(row, rebuilding)
+                })
+                .collect()
+        }
+    }
+}
+
+fn status_row(row: &impl Portable, rebuilding: bool) -> Result<ProjectionStatus, StorageError> {
+    Ok(ProjectionStatus {
+        name: row.text("name")?,
+        position: row_position(row, "position")?.to_string(),
+        events_seen: row.int("events_seen")?,
+        lag_events: row.int("lag")?,
+        generation: row.int("generation")?,
+        rebuilding,
+        updated_at: row.time("updated_at")?,
+    })
 }
 
 /// True once every named consumer has applied `target`.
-pub async fn reached(
-    pool: &PgPool,
-    names: &[&str],
-    target: Position,
-) -> Result<bool, StorageError> {
+pub async fn reached(db: &Db, names: &[&str], target: Position) -> Result<bool, StorageError> {
     let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
-    let done: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM public.projection_checkpoints
-          WHERE name = ANY($1) AND (transaction_id, position) >= ($2::text::xid8, $3)",
-    )
-    .bind(&names)
-    .bind(target.transaction_id.to_string())
-    .bind(target.global_position)
-    .fetch_one(pool)
-    .await?;
+    let done: i64 = match db {
+        Db::Postgres(pool) => {
+            sqlx::query_scalar(
+                "SELECT count(*) FROM projection_checkpoints
+                  WHERE name = ANY($1) AND (transaction_id, position) >= ($2::text::xid8, $3)",
+            )
+            .bind(&names)
+            .bind(target.transaction_id.to_string())
+            .bind(target.global_position)
+            .fetch_one(pool)
+            .await?
+        }
+        Db::Sqlite(sqlite) => {
+            sqlx::query_scalar(
+                "SELECT count(*) FROM projection_checkpoints
+                  WHERE name IN (SELECT value FROM json_each($1))
+                    AND (transaction_id, position) >= ($2, $3)",
+            )
+            .bind(crate::db::json_list(&names))
+            .bind(target.transaction_id as i64)
+            .bind(target.global_position)
+            .fetch_one(&sqlite.readers)
+            .await?
+        }
+    };
     Ok(done as usize == names.len())
 }
 
 /// Waits up to `timeout` for every named consumer to apply the event the
 /// token names (resolving a stream token once its event is committed).
 pub async fn wait_until_applied(
-    pool: &PgPool,
+    db: &Db,
     names: &[&str],
     target: &PositionToken,
     timeout: Duration,
@@ -608,10 +1073,10 @@ pub async fn wait_until_applied(
     let mut resolved = None;
     loop {
         if resolved.is_none() {
-            resolved = feed::resolve(pool, target).await?;
+            resolved = feed::resolve(db, target).await?;
         }
         if let Some(position) = resolved {
-            if reached(pool, names, position).await? {
+            if reached(db, names, position).await? {
                 return Ok(true);
             }
         }

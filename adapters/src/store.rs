@@ -10,16 +10,18 @@
 //!   makes the commit fail; the command is re-run on fresh state);
 //! - a [`PositionToken`] naming the command's last event, for read-your-writes.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use karvon_projections::{EventMetadata, Position, PositionToken};
 use postgres_es::PostgresEventRepository;
-use sqlx::{PgPool, Row};
+use sqlite_es::SqliteEventRepository;
 
 use crate::StorageError;
+use crate::db::{Db, Portable};
 
 /// Attempts before a command gives up on a hot stream.
 const MAX_ATTEMPTS: u32 = 12;
@@ -48,8 +50,38 @@ pub enum CommandError<E: std::error::Error> {
 }
 
 pub struct CommandExecutor<A: Aggregate> {
-    store: PersistedEventStore<PostgresEventRepository, A>,
-    pool: PgPool,
+    store: Repository<A>,
+    db: Db,
+}
+
+/// postgres-es or sqlite-es underneath; both hand out the same context.
+enum Repository<A: Aggregate> {
+    Postgres(PersistedEventStore<PostgresEventRepository, A>),
+    Sqlite(PersistedEventStore<SqliteEventRepository, A>),
+}
+
+impl<A: Aggregate> Repository<A> {
+    async fn load(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<EventStoreAggregateContext<A>, AggregateError<A::Error>> {
+        match self {
+            Repository::Postgres(store) => store.load_aggregate(aggregate_id).await,
+            Repository::Sqlite(store) => store.load_aggregate(aggregate_id).await,
+        }
+    }
+
+    async fn commit(
+        &self,
+        events: Vec<A::Event>,
+        context: EventStoreAggregateContext<A>,
+        metadata: HashMap<String, String>,
+    ) -> Result<Vec<cqrs_es::EventEnvelope<A>>, AggregateError<A::Error>> {
+        match self {
+            Repository::Postgres(store) => store.commit(events, context, metadata).await,
+            Repository::Sqlite(store) => store.commit(events, context, metadata).await,
+        }
+    }
 }
 
 impl<A> CommandExecutor<A>
@@ -57,25 +89,25 @@ where
     A: Aggregate<Services = ()> + Clone,
     A::Command: Clone,
 {
-    pub fn new(pool: PgPool) -> Self {
-        let repository = PostgresEventRepository::new(pool.clone());
+    pub fn new(db: Db) -> Self {
         // The aggregate store keeps a snapshot of every stream, updated in
         // the same transaction as each append: loading is one indexed row
         // however long the stream. Events stay the source of truth for
         // projections; snapshots only serve command handling.
-        Self {
-            store: PersistedEventStore::new_aggregate_store(repository),
-            pool,
-        }
+        let store = match &db {
+            Db::Postgres(pool) => Repository::Postgres(PersistedEventStore::new_aggregate_store(
+                PostgresEventRepository::new(pool.clone()),
+            )),
+            Db::Sqlite(sqlite) => Repository::Sqlite(PersistedEventStore::new_aggregate_store(
+                SqliteEventRepository::new(sqlite.writer.clone()),
+            )),
+        };
+        Self { store, db }
     }
 
     /// Loads the aggregate's current state.
     pub async fn load(&self, aggregate_id: &str) -> Result<A, StorageError> {
-        let mut context = self
-            .store
-            .load_aggregate(aggregate_id)
-            .await
-            .map_err(storage_error)?;
+        let mut context = self.store.load(aggregate_id).await.map_err(storage_error)?;
         Ok(std::mem::take(context.aggregate()))
     }
 
@@ -90,11 +122,7 @@ where
         }
         let map = metadata.to_map();
         for attempt in 0..MAX_ATTEMPTS {
-            let context = self
-                .store
-                .load_aggregate(aggregate_id)
-                .await
-                .map_err(storage_error)?;
+            let context = self.store.load(aggregate_id).await.map_err(storage_error)?;
             // Handle on a copy: `EventSink::write` applies each event to the
             // aggregate it is given, and cqrs-es 0.5's snapshot stores apply
             // the committed events to the context's aggregate once more when
@@ -115,8 +143,15 @@ where
                     response_id: metadata.response_id.clone(),
                 });
             }
-            match self.store.commit(events, context, map.clone()).await {
+            let mut map = map.clone();
+            if metadata.idempotency_key.is_some() {
+                // Tells this commit's events from a concurrent twin's in the
+                // SQLite key trigger (PostgreSQL uses the transaction id).
+                map.insert("commit_id".to_string(), uuid::Uuid::new_v4().to_string());
+            }
+            match self.store.commit(events, context, map).await {
                 Ok(committed) => {
+                    self.db.notify_appended();
                     let position = committed
                         .last()
                         .map(|event| stream_token::<A>(aggregate_id, event.sequence));
@@ -128,7 +163,7 @@ where
                         response_id: metadata.response_id.clone(),
                     });
                 }
-                Err(AggregateError::AggregateConflict) => {
+                Err(error) if is_conflict(&error) => {
                     // Either our key was used by a concurrent twin, or another
                     // writer advanced the stream: answer from the log or retry.
                     if let Some(executed) = self.replay(metadata).await? {
@@ -151,32 +186,67 @@ where
         let Some(key) = &metadata.idempotency_key else {
             return Ok(None);
         };
-        let row = sqlx::query(
+        const SELECT_KEY: &str =
             "SELECT aggregate_type, aggregate_id, last_sequence, response_id, request_hash
-               FROM command_log WHERE tenant_id = $1 AND idempotency_key = $2",
-        )
-        .bind(&metadata.tenant_id)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StorageError::from)?;
-        let Some(row) = row else {
+               FROM command_log WHERE tenant_id = $1 AND idempotency_key = $2";
+        let found = match &self.db {
+            Db::Postgres(pool) => sqlx::query(SELECT_KEY)
+                .bind(&metadata.tenant_id)
+                .bind(key)
+                .fetch_optional(pool)
+                .await
+                .map_err(StorageError::from)?
+                .map(|row| logged(&row))
+                .transpose()?,
+            Db::Sqlite(sqlite) => sqlx::query(SELECT_KEY)
+                .bind(&metadata.tenant_id)
+                .bind(key)
+                .fetch_optional(&sqlite.writer)
+                .await
+                .map_err(StorageError::from)?
+                .map(|row| logged(&row))
+                .transpose()?,
+        };
+        let Some((executed, stored_hash)) = found else {
             return Ok(None);
         };
-        let stored_hash: Option<String> = row.get("request_hash");
         if stored_hash != metadata.request_hash {
             return Err(CommandError::KeyReused);
         }
-        let position = PositionToken::Stream {
-            aggregate_type: row.get("aggregate_type"),
-            sequence: row.get("last_sequence"),
-            aggregate_id: row.get("aggregate_id"),
-        };
-        Ok(Some(Executed {
+        Ok(Some(executed))
+    }
+}
+
+/// An earlier answer from a `command_log` row, and that request's hash.
+fn logged(row: &impl Portable) -> Result<(Executed, Option<String>), StorageError> {
+    let position = PositionToken::Stream {
+        aggregate_type: row.text("aggregate_type")?,
+        sequence: row.int("last_sequence")?,
+        aggregate_id: row.text("aggregate_id")?,
+    };
+    Ok((
+        Executed {
             position: Some(position),
             replayed: true,
-            response_id: row.get("response_id"),
-        }))
+            response_id: row.opt_text("response_id")?,
+        },
+        row.opt_text("request_hash")?,
+    ))
+}
+
+/// A concurrent writer got there first: the stream moved on, or the key
+/// trigger saw a twin's commit of the same idempotency key. postgres-es
+/// reports both as a conflict; sqlite-es only a primary-key clash, so the
+/// SQLite unique (2067) and trigger (1811) violations are recognised here.
+fn is_conflict<E: std::error::Error>(error: &AggregateError<E>) -> bool {
+    match error {
+        AggregateError::AggregateConflict => true,
+        AggregateError::UnexpectedError(error) => error
+            .downcast_ref::<sqlx::Error>()
+            .and_then(sqlx::Error::as_database_error)
+            .and_then(|error| error.code())
+            .is_some_and(|code| matches!(code.as_ref(), "2067" | "1811")),
+        _ => false,
     }
 }
 
@@ -189,12 +259,11 @@ fn stream_token<A: Aggregate>(aggregate_id: &str, sequence: usize) -> PositionTo
 }
 
 /// A feed position read from a row's `txid` (text) and `column` columns.
-pub(crate) fn row_position(
-    row: &sqlx::postgres::PgRow,
-    column: &str,
-) -> Result<Position, StorageError> {
-    let txid: String = row.try_get("txid")?;
-    Ok(Position::new(parse_txid(&txid)?, row.try_get(column)?))
+pub(crate) fn row_position(row: &impl Portable, column: &str) -> Result<Position, StorageError> {
+    Ok(Position::new(
+        parse_txid(&row.text("txid")?)?,
+        row.int(column)?,
+    ))
 }
 
 fn parse_txid(text: &str) -> Result<u64, StorageError> {

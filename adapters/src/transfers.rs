@@ -14,9 +14,9 @@ use karvon_domain::TenantId;
 use karvon_domain::ids::stock_stream_id;
 use karvon_domain::stock::{StockCommand, StockEvent, StockItem};
 use karvon_projections::{EventMetadata, Source, names};
-use sqlx::PgConnection;
 
 use crate::StorageError;
+use crate::db::Conn;
 use crate::feed::FeedEvent;
 use crate::read_models::decode;
 use crate::runner::FeedHandler;
@@ -40,7 +40,8 @@ impl FeedHandler for TransferProcess {
 
     async fn apply(
         &self,
-        _conn: &mut PgConnection,
+        _conn: &mut Conn<'_>,
+        _schema: &str,
         events: &[FeedEvent],
     ) -> Result<(), StorageError> {
         for event in events

@@ -24,10 +24,10 @@ use chrono::{DateTime, Duration, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use karvon_adapters::StorageError;
 use karvon_adapters::auth_store::{self, NewApiKey, NewUser};
+use karvon_adapters::db::Db;
 use karvon_domain::TenantId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -201,14 +201,14 @@ fn secret_hash(secret: &str) -> Vec<u8> {
 }
 
 pub async fn create_api_key(
-    pool: &PgPool,
+    db: &Db,
     tenant: &str,
     scopes: Vec<String>,
     rate_limit: Option<i32>,
     expires_at: Option<DateTime<Utc>>,
     name: Option<&str>,
 ) -> Result<CreatedKey, AuthError> {
-    if auth_store::tenant(pool, tenant).await?.is_none() {
+    if auth_store::tenant(db, tenant).await?.is_none() {
         return Err(AuthError::UnknownTenant(tenant.to_string()));
     }
     let rate_limit = rate_limit.unwrap_or(DEFAULT_RATE_LIMIT);
@@ -221,7 +221,7 @@ pub async fn create_api_key(
     let prefix = format!("kv{}", random_hex(6));
     let secret = random_hex(32);
     auth_store::insert_api_key(
-        pool,
+        db,
         &NewApiKey {
             key_id: id,
             tenant_id: tenant,
@@ -253,13 +253,13 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
 }
 
 pub async fn create_user(
-    pool: &PgPool,
+    db: &Db,
     tenant: &str,
     username: &str,
     password: &str,
     scopes: Vec<String>,
 ) -> Result<(), AuthError> {
-    if auth_store::tenant(pool, tenant).await?.is_none() {
+    if auth_store::tenant(db, tenant).await?.is_none() {
         return Err(AuthError::UnknownTenant(tenant.to_string()));
     }
     if username.trim().is_empty() || username.len() > 128 {
@@ -277,7 +277,7 @@ pub async fn create_user(
         .await
         .map_err(|error| AuthError::Invalid(error.to_string()))??;
     auth_store::upsert_user(
-        pool,
+        db,
         &NewUser {
             tenant_id: tenant,
             username,
@@ -368,12 +368,12 @@ fn rate_limited(retry_after: i64) -> ApiError {
 
 /// Counts a request for `subject`; refuses it beyond `limit` per minute.
 pub async fn count_request(
-    pool: &PgPool,
+    db: &Db,
     subject: &str,
     key_id: Option<Uuid>,
     limit: i32,
 ) -> Result<(), ApiError> {
-    let (hits, retry_after) = auth_store::hit(pool, subject, key_id).await?;
+    let (hits, retry_after) = auth_store::hit(db, subject, key_id).await?;
     if hits > limit {
         return Err(rate_limited(retry_after));
     }
@@ -427,7 +427,7 @@ async fn verify_key(state: &AppState, token: &str) -> Result<Verified, ApiError>
     let stored = match state.keys.get(prefix) {
         Some(stored) => stored,
         None => {
-            let Some(stored) = auth_store::api_key_by_prefix(&state.pool, prefix).await? else {
+            let Some(stored) = auth_store::api_key_by_prefix(&state.db, prefix).await? else {
                 return Ok(None);
             };
             state.keys.put(prefix, stored.clone());
@@ -457,7 +457,7 @@ async fn verify_token(state: &AppState, token: &str) -> Result<Verified, ApiErro
     let Some(claims) = state.tokens.verify(token) else {
         return Ok(None);
     };
-    let Some(tenant) = auth_store::tenant(&state.pool, &claims.tenant).await? else {
+    let Some(tenant) = auth_store::tenant(&state.db, &claims.tenant).await? else {
         return Ok(None);
     };
     let subject = format!("user:{}", claims.sub);

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::Deserialize;
 
 #[derive(Clone, Deserialize)]
@@ -17,6 +17,8 @@ pub struct Config {
     pub database_url: String,
     /// NATS server; publishing is off when unset (`KARVON_NATS_URL`).
     pub nats_url: Option<String>,
+    /// MQTT broker for meter telemetry; off when unset (`KARVON_MQTT_URL`).
+    pub mqtt_url: Option<String>,
     /// Key for signing login tokens (`KARVON_JWT_SECRET`).
     pub jwt_secret: Option<String>,
     /// tracing filter (`KARVON_LOG`).
@@ -44,6 +46,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".to_string(),
             database_url: "sqlite://./karvon-data/karvon.db".to_string(),
             nats_url: None,
+            mqtt_url: None,
             jwt_secret: None,
             log: "info".to_string(),
             run_migrations: true,
@@ -63,6 +66,7 @@ impl fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("database_url", &redact_url(&self.database_url))
             .field("nats_url", &self.nats_url.as_deref().map(redact_url))
+            .field("mqtt_url", &self.mqtt_url.as_deref().map(redact_url))
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<set>"))
             .field("log", &self.log)
             .field("run_migrations", &self.run_migrations)
@@ -126,6 +130,9 @@ impl Config {
         if let Some(value) = var("KARVON_NATS_URL") {
             self.nats_url = Some(value).filter(|value| !value.is_empty());
         }
+        if let Some(value) = var("KARVON_MQTT_URL") {
+            self.mqtt_url = Some(value).filter(|value| !value.is_empty());
+        }
         if let Some(value) = var("KARVON_JWT_SECRET") {
             self.jwt_secret = Some(value).filter(|value| !value.is_empty());
         }
@@ -154,24 +161,6 @@ impl Config {
             self.min_position_wait_ms = parsed("KARVON_MIN_POSITION_WAIT_MS", value)?;
         }
         Ok(())
-    }
-
-    /// The PostgreSQL URL, or a clear refusal for backends not built yet.
-    pub fn postgres_url(&self) -> anyhow::Result<&str> {
-        let url = self.database_url.as_str();
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(url);
-        }
-        if url.starts_with("sqlite:") {
-            bail!(
-                "the embedded SQLite backend is not available yet; set KARVON_DATABASE_URL to a \
-                 postgres:// URL (e.g. postgres://postgres@127.0.0.1:5432/karvon)"
-            );
-        }
-        bail!(
-            "KARVON_DATABASE_URL must start with postgres:// (got {})",
-            redact_url(url)
-        )
     }
 }
 

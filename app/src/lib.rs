@@ -13,13 +13,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use karvon_adapters::postgres::{self, PgSettings};
+use karvon_adapters::db::Db;
 use karvon_adapters::read_models::catalog::CatalogProjection;
 use karvon_adapters::read_models::stock::StockProjection;
 use karvon_adapters::runner::{self, FeedHandler, RebuildReport};
 use karvon_adapters::store::CommandExecutor;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -40,7 +39,7 @@ pub enum Role {
 pub struct Application {
     listener: Option<TcpListener>,
     router: axum::Router,
-    pool: PgPool,
+    db: Db,
     config: Config,
     role: Role,
 }
@@ -49,31 +48,27 @@ impl Application {
     /// Connects (creating the database if needed), migrates unless told not
     /// to, and binds the listener.
     pub async fn build(config: Config, role: Role) -> anyhow::Result<Self> {
-        let pool = open_store(&config).await?;
+        let db = open_store(&config).await?;
         if config.run_migrations {
-            postgres::migrate(&pool)
-                .await
-                .context("applying migrations")?;
+            db.migrate().await.context("applying migrations")?;
         }
-        for handler in workers::handlers(&pool) {
-            runner::prepare_consumer(&pool, handler.as_ref())
+        for handler in workers::handlers(&db) {
+            runner::prepare_consumer(&db, handler.as_ref())
                 .await
                 .with_context(|| format!("preparing {}", handler.name()))?;
         }
         let state = http::AppState {
-            pool: pool.clone(),
-            products: Arc::new(CommandExecutor::new(pool.clone())),
-            stock: Arc::new(CommandExecutor::new(pool.clone())),
+            db: db.clone(),
+            products: Arc::new(CommandExecutor::new(db.clone())),
+            stock: Arc::new(CommandExecutor::new(db.clone())),
             metrics: metrics_handle(),
             min_position_wait: Duration::from_millis(config.min_position_wait_ms),
             known_products: Arc::default(),
             tokens: auth::shared_tokens(config.jwt_secret.as_deref()),
-            bookkeeping: postgres::connect_bookkeeping(&PgSettings {
-                url: config.postgres_url()?.to_string(),
-                max_connections: config.db_max_connections,
-            })
-            .await
-            .context("connecting to PostgreSQL")?,
+            bookkeeping: db
+                .bookkeeping(&config.database_url, config.db_max_connections)
+                .await
+                .context("connecting the bookkeeping pool")?,
             keys: Arc::default(),
             rebuild_batch_size: config.rebuild_batch_size.max(1),
         };
@@ -93,7 +88,7 @@ impl Application {
         Ok(Self {
             listener,
             router,
-            pool,
+            db,
             config,
             role,
         })
@@ -105,8 +100,8 @@ impl Application {
             .and_then(|listener| listener.local_addr().ok())
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     /// Serves until `shutdown` completes, then stops taking requests, lets
@@ -119,13 +114,15 @@ impl Application {
         let workers = if self.role == Role::Api {
             Vec::new()
         } else {
-            workers::spawn(&self.pool, &self.config, stop_rx.clone())
+            workers::spawn(&self.db, &self.config, stop_rx.clone())
         };
         tracing::info!(
             role = ?self.role,
             listen = ?self.local_addr(),
-            backend = "postgres",
+            backend = self.db.backend().name(),
+            database = %config::redact_url(&self.config.database_url),
             nats = if self.config.nats_url.is_some() { "configured (publisher not built yet)" } else { "off" },
+            mqtt = if self.config.mqtt_url.is_some() { "configured (meter ingestion not built yet)" } else { "off" },
             "karvon started"
         );
         let mut http_stop = stop_rx.clone();
@@ -155,30 +152,32 @@ impl Application {
             let _ = worker.await;
         }
         http.await.context("HTTP task")??;
-        self.pool.close().await;
+        self.db.close().await;
         Ok(())
     }
 }
 
-async fn open_store(config: &Config) -> anyhow::Result<PgPool> {
-    let url = config.postgres_url()?;
-    postgres::ensure_database(url)
+async fn open_store(config: &Config) -> anyhow::Result<Db> {
+    Db::open(&config.database_url, config.db_max_connections)
         .await
-        .context("creating the database")?;
-    postgres::connect(&PgSettings {
-        url: url.to_string(),
-        max_connections: config.db_max_connections,
-    })
-    .await
-    .context("connecting to PostgreSQL")
+        .with_context(|| {
+            format!(
+                "opening the store at {}",
+                config::redact_url(&config.database_url)
+            )
+        })
+}
+
+/// Opens the store and applies the migrations (the CLI commands).
+async fn open_migrated(config: &Config) -> anyhow::Result<Db> {
+    let db = open_store(config).await?;
+    db.migrate().await.context("applying migrations")?;
+    Ok(db)
 }
 
 /// `karvon migrate`.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let pool = open_store(config).await?;
-    postgres::migrate(&pool)
-        .await
-        .context("applying migrations")?;
+    open_migrated(config).await?;
     Ok(())
 }
 
@@ -190,11 +189,8 @@ pub async fn rebuild_projection(config: &Config, name: &str) -> anyhow::Result<R
             READ_MODELS.join(", ")
         )
     })?;
-    let pool = open_store(config).await?;
-    postgres::migrate(&pool)
-        .await
-        .context("applying migrations")?;
-    runner::rebuild(&pool, handler.as_ref(), config.rebuild_batch_size.max(1))
+    let db = open_migrated(config).await?;
+    runner::rebuild(&db, handler.as_ref(), config.rebuild_batch_size.max(1))
         .await
         .context("rebuilding")
 }
@@ -207,11 +203,8 @@ pub async fn create_tenant(config: &Config, tenant: &str, time_zone: &str) -> an
     time_zone.parse::<chrono_tz::Tz>().map_err(|_| {
         anyhow::anyhow!("{time_zone:?} is not an IANA time zone (e.g. Asia/Tashkent)")
     })?;
-    let pool = open_store(config).await?;
-    postgres::migrate(&pool)
-        .await
-        .context("applying migrations")?;
-    Ok(karvon_adapters::auth_store::create_tenant(&pool, tenant.as_str(), time_zone).await?)
+    let db = open_migrated(config).await?;
+    Ok(karvon_adapters::auth_store::create_tenant(&db, tenant.as_str(), time_zone).await?)
 }
 
 /// `karvon api-key create --tenant <id> --scopes read,write [--rate-limit N]`.
@@ -223,11 +216,8 @@ pub async fn create_api_key(
     name: Option<&str>,
 ) -> anyhow::Result<auth::CreatedKey> {
     let scopes = auth::parse_scopes(scopes.split(','))?;
-    let pool = open_store(config).await?;
-    postgres::migrate(&pool)
-        .await
-        .context("applying migrations")?;
-    Ok(auth::create_api_key(&pool, tenant, scopes, rate_limit, None, name).await?)
+    let db = open_migrated(config).await?;
+    Ok(auth::create_api_key(&db, tenant, scopes, rate_limit, None, name).await?)
 }
 
 /// `karvon user create --tenant <id> --username <name>`.
@@ -239,17 +229,14 @@ pub async fn create_user(
     scopes: &str,
 ) -> anyhow::Result<()> {
     let scopes = auth::parse_scopes(scopes.split(','))?;
-    let pool = open_store(config).await?;
-    postgres::migrate(&pool)
-        .await
-        .context("applying migrations")?;
-    Ok(auth::create_user(&pool, tenant, username, password, scopes).await?)
+    let db = open_migrated(config).await?;
+    Ok(auth::create_user(&db, tenant, username, password, scopes).await?)
 }
 
 /// `karvon projections status`.
 pub async fn projection_status(config: &Config) -> anyhow::Result<Vec<runner::ProjectionStatus>> {
-    let pool = open_store(config).await?;
-    Ok(runner::status(&pool).await?)
+    let db = open_store(config).await?;
+    Ok(runner::status(&db).await?)
 }
 
 /// The read models that can be rebuilt, by name.

@@ -1,15 +1,17 @@
-//! `just bench`: Karvon's throughput, each number beside a baseline measured
-//! in the same run on the same machine.
+//! `just bench`: Karvon's throughput on each backend (PostgreSQL, then the
+//! embedded SQLite default), each number beside a baseline measured in the
+//! same run on the same machine.
 //!
 //! 1. HTTP commands/s: single stock receipts from 8 clients through the real
-//!    router, beside raw single-row PostgreSQL commits from 8 clients.
+//!    router, beside raw single-row commits from 8 tasks on the same store.
 //! 2. Projection catch-up: replaying >= 1,000,000 events into the stock read
 //!    model (the runner's step, batch + checkpoint per transaction), beside
-//!    the same events through cqrs-es's inline `GenericQuery` path
-//!    (postgres-es `PostgresViewRepository`, one load + save per event).
+//!    the same events through cqrs-es's inline `GenericQuery` path (the
+//!    postgres-es / sqlite-es view repository, one load + save per event).
 //!
 //! Knobs: `KARVON_BENCH_SECS` (default 10), `KARVON_BENCH_EVENTS`
-//! (default 1,000,000), `KARVON_BENCH_BASELINE_EVENTS` (default 20,000).
+//! (default 1,000,000), `KARVON_BENCH_BASELINE_EVENTS` (default 20,000),
+//! `KARVON_BENCH_BACKENDS` (default `postgres,sqlite`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,15 +20,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use cqrs_es::persist::GenericQuery;
 use cqrs_es::{EventEnvelope, Query, View};
-use karvon_adapters::postgres;
 use karvon_adapters::read_models::stock::StockProjection;
 use karvon_adapters::runner;
 use karvon_app::{Config, Role};
 use karvon_domain::stock::{Lots, StockEvent, StockItem};
-use karvon_tests::{TestDb, append_raw_receipts, product, spawn_app_with, test_config};
+use karvon_tests::{
+    Backend, Db, Portable, TestDb, append_raw_receipts, product, spawn_app_with, test_config,
+};
 use postgres_es::PostgresViewRepository;
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, Row};
+use sqlite_es::SqliteViewRepository;
 
 fn knob(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -44,10 +47,20 @@ async fn main() -> anyhow::Result<()> {
         "karvon bench: {seconds}s load phases, {events} events to replay (build: release expected)\n"
     );
 
-    let db = TestDb::create().await?;
-    commands(&db, seconds).await?;
-    if events > 0 {
-        catch_up(&db, events, baseline_events).await?;
+    let backends =
+        std::env::var("KARVON_BENCH_BACKENDS").unwrap_or_else(|_| "postgres,sqlite".to_string());
+    for name in backends.split(',') {
+        let backend = match name.trim() {
+            "postgres" => Backend::Postgres,
+            "sqlite" => Backend::Sqlite,
+            other => anyhow::bail!("unknown backend {other:?} in KARVON_BENCH_BACKENDS"),
+        };
+        println!("######## backend: {} ########\n", backend.name());
+        let db = TestDb::create_on(backend).await?;
+        commands(&db, seconds).await?;
+        if events > 0 {
+            catch_up(&db, events, baseline_events).await?;
+        }
     }
     Ok(())
 }
@@ -74,11 +87,6 @@ async fn commands(db: &TestDb, seconds: u64) -> anyhow::Result<()> {
         _ => Role::All,
     };
     let app = spawn_app_with(config, role).await?;
-    if std::env::var("EXP_NO_NOTIFY").is_ok() {
-        sqlx::query("DROP TRIGGER events_notify ON events")
-            .execute(&app.pool)
-            .await?;
-    }
     for index in 0..64 {
         app.post(
             "/api/v1/products",
@@ -129,7 +137,7 @@ async fn commands(db: &TestDb, seconds: u64) -> anyhow::Result<()> {
     let latencies = Latencies(all);
     let karvon_rate = latencies.0.len() as f64 / elapsed;
 
-    let baseline_rate = raw_commits(&app.pool, seconds).await?;
+    let baseline_rate = raw_commits(&app.db, seconds).await?;
     println!("== HTTP commands: POST /api/v1/stock/receipts, 8 clients, {seconds}s ==");
     println!(
         "karvon:   {karvon_rate:>9.0} commands/s  p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  ({} ok, {failures} failed)",
@@ -139,7 +147,7 @@ async fn commands(db: &TestDb, seconds: u64) -> anyhow::Result<()> {
         latencies.0.len()
     );
     println!(
-        "baseline: {baseline_rate:>9.0} single-row commits/s (raw INSERT + COMMIT, 8 connections)"
+        "baseline: {baseline_rate:>9.0} single-row commits/s (raw INSERT + COMMIT, 8 tasks, same store)"
     );
     println!(
         "ratio:    {:>9.2} of the raw commit rate\n",
@@ -149,22 +157,38 @@ async fn commands(db: &TestDb, seconds: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Raw PostgreSQL: one-row transactions from 8 connections.
-async fn raw_commits(pool: &PgPool, seconds: u64) -> anyhow::Result<f64> {
-    sqlx::query("CREATE TABLE IF NOT EXISTS bench_commits (id bigserial PRIMARY KEY, payload jsonb NOT NULL)").execute(pool).await?;
+/// Raw commits: one-row transactions from 8 tasks (on SQLite through the
+/// same single writer the application uses).
+async fn raw_commits(db: &Db, seconds: u64) -> anyhow::Result<f64> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::query("CREATE TABLE IF NOT EXISTS bench_commits (id bigserial PRIMARY KEY, payload jsonb NOT NULL)").execute(pool).await?;
+        }
+        Db::Sqlite(sqlite) => {
+            sqlx::query("CREATE TABLE IF NOT EXISTS bench_commits (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)").execute(&sqlite.writer).await?;
+        }
+    }
     for _ in 0..8 {
-        let (pool, stop) = (pool.clone(), stop.clone());
+        let (db, stop) = (db.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
+            let payload = serde_json::json!({"warehouse_id": "W1", "qty": "1"});
+            let insert = "INSERT INTO bench_commits (payload) VALUES ($1)";
             let mut count = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let mut tx = pool.begin().await?;
-                sqlx::query("INSERT INTO bench_commits (payload) VALUES ($1)")
-                    .bind(serde_json::json!({"warehouse_id": "W1", "qty": "1"}))
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
+                match &db {
+                    Db::Postgres(pool) => {
+                        let mut tx = pool.begin().await?;
+                        sqlx::query(insert).bind(&payload).execute(&mut *tx).await?;
+                        tx.commit().await?;
+                    }
+                    Db::Sqlite(sqlite) => {
+                        let mut tx = sqlite.writer.begin().await?;
+                        sqlx::query(insert).bind(&payload).execute(&mut *tx).await?;
+                        tx.commit().await?;
+                    }
+                }
                 count += 1;
             }
             Ok::<u64, sqlx::Error>(count)
@@ -181,16 +205,16 @@ async fn raw_commits(pool: &PgPool, seconds: u64) -> anyhow::Result<f64> {
 }
 
 async fn catch_up(db: &TestDb, events: i64, baseline_events: i64) -> anyhow::Result<()> {
-    let pool = db.pool().await?;
-    postgres::migrate(&pool).await?;
-    sqlx::query("DELETE FROM events").execute(&pool).await?;
+    let store = db.db().await?;
+    store.migrate().await?;
+    karvon_tests::execute(&store, "DELETE FROM events").await?;
     let chunk = 100_000i64;
     let started = Instant::now();
     let mut written = 0;
     let mut warehouse = 0;
     while written < events {
         let size = chunk.min(events - written);
-        append_raw_receipts(&pool, &format!("R{warehouse}"), size, 1_000).await?;
+        append_raw_receipts(&store, &format!("R{warehouse}"), size, 1_000).await?;
         written += size;
         warehouse += 1;
     }
@@ -198,7 +222,7 @@ async fn catch_up(db: &TestDb, events: i64, baseline_events: i64) -> anyhow::Res
 
     let mut results = Vec::new();
     for batch_size in [1000i64, 5000] {
-        let report = runner::rebuild(&pool, &StockProjection::default(), batch_size)
+        let report = runner::rebuild(&store, &StockProjection::default(), batch_size)
             .await
             .context("replay")?;
         anyhow::ensure!(
@@ -212,7 +236,7 @@ async fn catch_up(db: &TestDb, events: i64, baseline_events: i64) -> anyhow::Res
             report.elapsed,
         ));
     }
-    let baseline_rate = generic_query(&pool, baseline_events).await?;
+    let baseline_rate = generic_query(&store, baseline_events).await?;
 
     println!(
         "== Projection catch-up: {written} StockReceived events over {} stock items ==",
@@ -250,37 +274,71 @@ impl View<StockItem> for StockView {
     }
 }
 
-async fn generic_query(pool: &PgPool, limit: i64) -> anyhow::Result<f64> {
-    sqlx::query("CREATE TABLE IF NOT EXISTS stock_view (view_id text PRIMARY KEY, version bigint NOT NULL, payload json NOT NULL)")
-        .execute(pool)
-        .await?;
-    let rows = sqlx::query(
-        "SELECT aggregate_id, sequence, payload FROM events ORDER BY transaction_id, global_position LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    let mut envelopes = Vec::with_capacity(rows.len());
-    for row in rows {
-        let payload: StockEvent = serde_json::from_value(row.get("payload"))?;
-        let sequence: i64 = row.get("sequence");
-        envelopes.push(EventEnvelope::<StockItem> {
-            aggregate_id: row.get("aggregate_id"),
-            sequence: sequence as usize,
-            payload,
-            metadata: Default::default(),
-        });
-    }
-    let repository = Arc::new(PostgresViewRepository::<StockView, StockItem>::new(
-        "stock_view",
-        pool.clone(),
-    ));
-    let query = GenericQuery::new(repository);
+async fn generic_query(db: &Db, limit: i64) -> anyhow::Result<f64> {
+    const SELECT: &str =
+        "SELECT aggregate_id, sequence, payload FROM events ORDER BY global_position LIMIT $1";
+    let rows: Vec<EventEnvelope<StockItem>> = match db {
+        Db::Postgres(pool) => {
+            sqlx::query("CREATE TABLE IF NOT EXISTS stock_view (view_id text PRIMARY KEY, version bigint NOT NULL, payload json NOT NULL)")
+                .execute(pool)
+                .await?;
+            sqlx::query(SELECT)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(envelope)
+                .collect::<anyhow::Result<_>>()?
+        }
+        Db::Sqlite(sqlite) => {
+            sqlx::query("CREATE TABLE IF NOT EXISTS stock_view (view_id TEXT PRIMARY KEY, version INTEGER NOT NULL, payload TEXT NOT NULL)")
+                .execute(&sqlite.writer)
+                .await?;
+            sqlx::query(SELECT)
+                .bind(limit)
+                .fetch_all(&sqlite.readers)
+                .await?
+                .iter()
+                .map(envelope)
+                .collect::<anyhow::Result<_>>()?
+        }
+    };
     let started = Instant::now();
-    for envelope in &envelopes {
+    match db {
+        Db::Postgres(pool) => {
+            let repository =
+                PostgresViewRepository::<StockView, StockItem>::new("stock_view", pool.clone());
+            dispatch_all(GenericQuery::new(Arc::new(repository)), &rows).await;
+        }
+        Db::Sqlite(sqlite) => {
+            let repository = SqliteViewRepository::<StockView, StockItem>::new(
+                "stock_view",
+                sqlite.writer.clone(),
+            );
+            dispatch_all(GenericQuery::new(Arc::new(repository)), &rows).await;
+        }
+    }
+    Ok(rows.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+fn envelope(row: &impl Portable) -> anyhow::Result<EventEnvelope<StockItem>> {
+    Ok(EventEnvelope {
+        aggregate_id: row.text("aggregate_id")?,
+        sequence: row.int("sequence")? as usize,
+        payload: serde_json::from_value::<StockEvent>(row.json("payload")?)?,
+        metadata: Default::default(),
+    })
+}
+
+async fn dispatch_all<R>(
+    query: GenericQuery<R, StockView, StockItem>,
+    envelopes: &[EventEnvelope<StockItem>],
+) where
+    R: cqrs_es::persist::ViewRepository<StockView, StockItem>,
+{
+    for envelope in envelopes {
         query
             .dispatch(&envelope.aggregate_id, std::slice::from_ref(envelope))
             .await;
     }
-    Ok(envelopes.len() as f64 / started.elapsed().as_secs_f64())
 }

@@ -1,18 +1,20 @@
 //! Test support for Karvon's end-to-end tests (and the benchmarks): a fresh
-//! PostgreSQL database per test, the real application on a random port, and
-//! a full-replay oracle to compare read models against.
+//! database per test (PostgreSQL, or a SQLite file in its own directory),
+//! the real application on a random port, and a full-replay oracle to
+//! compare read models against.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+pub use karvon_adapters::db::{Backend, Db, Portable};
 use karvon_app::{Application, Config, Role};
 use karvon_domain::stock::{Lots, StockEvent};
 use karvon_projections::{Position, stock};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgConnection, PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -25,14 +27,34 @@ pub fn server_url() -> String {
 /// A database of its own, dropped (with its connections) when the test ends.
 pub struct TestDb {
     pub url: String,
+    pub backend: Backend,
     name: String,
     /// A login role made for this database (dropped with it).
     role: Option<String>,
+    /// The directory holding a SQLite database (removed with it).
+    dir: Option<std::path::PathBuf>,
 }
 
 impl TestDb {
+    /// A fresh PostgreSQL database.
     pub async fn create() -> anyhow::Result<Self> {
+        Self::create_on(Backend::Postgres).await
+    }
+
+    /// A fresh database on `backend`.
+    pub async fn create_on(backend: Backend) -> anyhow::Result<Self> {
         let name = format!("karvon_t_{}", uuid::Uuid::new_v4().simple());
+        if backend == Backend::Sqlite {
+            let dir = std::env::temp_dir().join(&name);
+            std::fs::create_dir_all(&dir)?;
+            return Ok(Self {
+                url: format!("sqlite://{}", dir.join("karvon.db").display()),
+                backend,
+                name,
+                role: None,
+                dir: Some(dir),
+            });
+        }
         let mut admin = PgConnection::connect(&format!("{}/postgres", server_url()))
             .await
             .context("connecting to PostgreSQL")?;
@@ -42,8 +64,10 @@ impl TestDb {
         admin.close().await?;
         Ok(Self {
             url: format!("{}/{name}", server_url()),
+            backend,
             name,
             role: None,
+            dir: None,
         })
     }
 
@@ -79,11 +103,20 @@ impl TestDb {
             .context("server url has no user")?;
         Ok(Self {
             url: format!("postgres://{role}@{host}/{name}"),
+            backend: Backend::Postgres,
             name,
             role: Some(role),
+            dir: None,
         })
     }
 
+    /// A connection of the application's own kind (migrations applied by
+    /// the application it belongs to).
+    pub async fn db(&self) -> anyhow::Result<Db> {
+        Ok(Db::open(&self.url, 4).await?)
+    }
+
+    /// A plain pool (PostgreSQL databases only).
     pub async fn pool(&self) -> anyhow::Result<PgPool> {
         Ok(PgPoolOptions::new()
             .max_connections(8)
@@ -94,6 +127,10 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+            return;
+        }
         let name = self.name.clone();
         let role = self.role.clone();
         // Drop runs outside async; use a private runtime on a plain thread.
@@ -139,7 +176,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// That key.
     pub token: String,
-    pub pool: PgPool,
+    pub db: Db,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -151,8 +188,8 @@ pub async fn spawn_app(db: &TestDb) -> anyhow::Result<TestApp> {
 pub async fn spawn_app_with(config: Config, role: Role) -> anyhow::Result<TestApp> {
     let app = Application::build(config, role).await?;
     let address = format!("http://{}", app.local_addr().context("no listener")?);
-    let pool = app.pool().clone();
-    let token = admin_key(&pool, "default").await?;
+    let db = app.db().clone();
+    let token = admin_key(&db, "default").await?;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run(async move {
         let _ = stopped.await;
@@ -161,13 +198,21 @@ pub async fn spawn_app_with(config: Config, role: Role) -> anyhow::Result<TestAp
         address,
         client: authorized_client(&token)?,
         token,
-        pool,
+        db,
         stop: Some(stop),
         task: Some(task),
     })
 }
 
 impl TestApp {
+    /// The PostgreSQL pool, for tests of PostgreSQL-only behaviour.
+    pub fn pg(&self) -> &PgPool {
+        match &self.db {
+            Db::Postgres(pool) => pool,
+            Db::Sqlite(_) => panic!("this test needs the PostgreSQL backend"),
+        }
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
         self.send(self.client.post(self.url(path)).json(body)).await
     }
@@ -234,9 +279,9 @@ impl Drop for TestApp {
 }
 
 /// A key with every scope and a limit no test reaches.
-pub async fn admin_key(pool: &PgPool, tenant: &str) -> anyhow::Result<String> {
+pub async fn admin_key(db: &Db, tenant: &str) -> anyhow::Result<String> {
     let key = karvon_app::auth::create_api_key(
-        pool,
+        db,
         tenant,
         vec!["admin".to_string()],
         Some(1_000_000),
@@ -271,35 +316,46 @@ pub fn product(id: &str, category: &str, reorder_level: Option<&str>) -> Value {
     body
 }
 
-pub async fn event_count(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(pool)
-        .await?)
+pub async fn event_count(db: &Db) -> anyhow::Result<i64> {
+    const COUNT: &str = "SELECT count(*) FROM events";
+    Ok(match db {
+        Db::Postgres(pool) => sqlx::query_scalar(COUNT).fetch_one(pool).await?,
+        Db::Sqlite(sqlite) => sqlx::query_scalar(COUNT).fetch_one(&sqlite.readers).await?,
+    })
 }
 
-/// Waits until every named consumer has applied every committed event.
-pub async fn wait_caught_up(
-    pool: &PgPool,
-    names: &[&str],
-    timeout: Duration,
-) -> anyhow::Result<()> {
+/// Waits until every named consumer has applied every committed event
+/// (settled or not: on PostgreSQL the horizon is cluster-wide, so another
+/// test's open transaction must not make this return early).
+pub async fn wait_caught_up(db: &Db, names: &[&str], timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
+    let wanted: Vec<String> = names.iter().map(|name| name.to_string()).collect();
     loop {
-        let behind: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM unnest($1::text[]) AS wanted(name)
-              LEFT JOIN projection_checkpoints c ON c.name = wanted.name
-              WHERE c.name IS NULL OR EXISTS (
-                    SELECT 1 FROM events e
-                     WHERE (e.transaction_id, e.global_position) > (c.transaction_id, c.position))",
-        )
-        .bind(
-            names
-                .iter()
-                .map(|name| name.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .fetch_one(pool)
-        .await?;
+        let behind: i64 = match db {
+            Db::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "SELECT count(*) FROM unnest($1::text[]) AS wanted(name)
+                      LEFT JOIN projection_checkpoints c ON c.name = wanted.name
+                      WHERE c.name IS NULL OR EXISTS (
+                            SELECT 1 FROM events e
+                             WHERE (e.transaction_id, e.global_position) > (c.transaction_id, c.position))",
+                )
+                .bind(&wanted)
+                .fetch_one(pool)
+                .await?
+            }
+            Db::Sqlite(sqlite) => {
+                sqlx::query_scalar(
+                    "SELECT count(*) FROM json_each($1) AS wanted
+                      LEFT JOIN projection_checkpoints c ON c.name = wanted.value
+                      WHERE c.name IS NULL OR EXISTS (
+                            SELECT 1 FROM events e WHERE e.global_position > c.position)",
+                )
+                .bind(serde_json::to_string(&wanted)?)
+                .fetch_one(&sqlite.readers)
+                .await?
+            }
+        };
         if behind == 0 {
             return Ok(());
         }
@@ -315,35 +371,54 @@ pub async fn wait_caught_up(
 pub type StockLevels = BTreeMap<(String, String, String), (String, Value)>;
 
 /// The oracle: folds every stored stock event from scratch, in feed order.
-pub async fn replayed_stock(pool: &PgPool) -> anyhow::Result<(StockLevels, i64)> {
-    replayed_stock_until(pool, None).await
+pub async fn replayed_stock(db: &Db) -> anyhow::Result<(StockLevels, i64)> {
+    replayed_stock_until(db, None).await
 }
+
+type ReplayRow = (String, Value, chrono::DateTime<chrono::Utc>);
 
 /// The oracle up to and including `until` (a checkpoint).
 pub async fn replayed_stock_until(
-    pool: &PgPool,
+    db: &Db,
     until: Option<Position>,
 ) -> anyhow::Result<(StockLevels, i64)> {
     let until = until.unwrap_or(Position::new(u64::MAX >> 1, i64::MAX));
-    let rows = sqlx::query(
-        "SELECT metadata ->> 'tenant_id' AS tenant, payload, recorded_at FROM events
-          WHERE aggregate_type = 'StockItem'
-            AND (transaction_id, global_position) <= ($1::text::xid8, $2)
-          ORDER BY transaction_id, global_position",
-    )
-    .bind(until.transaction_id.to_string())
-    .bind(until.global_position)
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<ReplayRow> = match db {
+        Db::Postgres(pool) => sqlx::query(
+            "SELECT metadata ->> 'tenant_id' AS tenant, payload, recorded_at FROM events
+              WHERE aggregate_type = 'StockItem'
+                AND (transaction_id, global_position) <= ($1::text::xid8, $2)
+              ORDER BY transaction_id, global_position",
+        )
+        .bind(until.transaction_id.to_string())
+        .bind(until.global_position)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(replay_row)
+        .collect::<anyhow::Result<_>>()?,
+        Db::Sqlite(sqlite) => sqlx::query(
+            "SELECT json_extract(metadata, '$.tenant_id') AS tenant, payload, recorded_at
+               FROM events
+              WHERE aggregate_type = 'StockItem' AND global_position <= $1
+              ORDER BY global_position",
+        )
+        .bind(until.global_position)
+        .fetch_all(&sqlite.readers)
+        .await?
+        .iter()
+        .map(replay_row)
+        .collect::<anyhow::Result<_>>()?,
+    };
     let mut lots: BTreeMap<(String, String, String), Lots> = BTreeMap::new();
-    for row in &rows {
-        let event: StockEvent = serde_json::from_value(row.get("payload"))?;
+    for (tenant, payload, recorded_at) in &rows {
+        let event: StockEvent = serde_json::from_value(payload.clone())?;
         let key = (
-            row.get::<String, _>("tenant"),
+            tenant.clone(),
             event.warehouse_id().to_string(),
             event.product_id().to_string(),
         );
-        stock::apply(lots.entry(key).or_default(), &event, row.get("recorded_at"));
+        stock::apply(lots.entry(key).or_default(), &event, *recorded_at);
     }
     let levels = lots
         .into_iter()
@@ -355,85 +430,166 @@ pub async fn replayed_stock_until(
     Ok((levels, rows.len() as i64))
 }
 
-/// What the stock projection holds, in the oracle's shape, plus its number
-/// of movement rows.
-pub async fn projected_stock(pool: &PgPool) -> anyhow::Result<(StockLevels, i64)> {
-    let rows = sqlx::query(
-        "SELECT tenant_id, warehouse_id, product_id, on_hand, batches FROM stock.levels",
-    )
-    .fetch_all(pool)
-    .await?;
-    let mut levels = StockLevels::new();
-    for row in rows {
-        let on_hand: rust_decimal::Decimal = row.get("on_hand");
-        levels.insert(
-            (
-                row.get("tenant_id"),
-                row.get("warehouse_id"),
-                row.get("product_id"),
-            ),
-            (on_hand.normalize().to_string(), row.get("batches")),
-        );
-    }
-    let movements: i64 = sqlx::query_scalar("SELECT count(*) FROM stock.movements")
-        .fetch_one(pool)
-        .await?;
-    Ok((levels, movements))
+fn replay_row(row: &impl Portable) -> anyhow::Result<ReplayRow> {
+    Ok((
+        row.text("tenant")?,
+        row.json("payload")?,
+        row.time("recorded_at")?,
+    ))
 }
 
-/// Every row of a table as JSON text, sorted: for exact comparisons.
-pub async fn table_dump(pool: &PgPool, table: &str) -> anyhow::Result<Vec<String>> {
-    let rows: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT row_to_json(t)::text FROM {table} t ORDER BY row_to_json(t)::text"
+/// What the stock projection holds, in the oracle's shape, plus its number
+/// of movement rows.
+pub async fn projected_stock(db: &Db) -> anyhow::Result<(StockLevels, i64)> {
+    let backend = db.backend();
+    let select = format!(
+        "SELECT tenant_id, warehouse_id, product_id, on_hand, batches FROM {}",
+        backend.table("stock", "levels")
+    );
+    let count = format!(
+        "SELECT count(*) FROM {}",
+        backend.table("stock", "movements")
+    );
+    let (rows, movements): (Vec<_>, i64) = match db {
+        Db::Postgres(pool) => (
+            sqlx::query(&select)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(level_row)
+                .collect::<anyhow::Result<_>>()?,
+            sqlx::query_scalar(&count).fetch_one(pool).await?,
+        ),
+        Db::Sqlite(sqlite) => (
+            sqlx::query(&select)
+                .fetch_all(&sqlite.readers)
+                .await?
+                .iter()
+                .map(level_row)
+                .collect::<anyhow::Result<_>>()?,
+            sqlx::query_scalar(&count)
+                .fetch_one(&sqlite.readers)
+                .await?,
+        ),
+    };
+    Ok((rows.into_iter().collect(), movements))
+}
+
+type LevelRow = ((String, String, String), (String, Value));
+
+fn level_row(row: &impl Portable) -> anyhow::Result<LevelRow> {
+    Ok((
+        (
+            row.text("tenant_id")?,
+            row.text("warehouse_id")?,
+            row.text("product_id")?,
+        ),
+        (
+            row.decimal("on_hand")?.normalize().to_string(),
+            row.json("batches")?,
+        ),
     ))
-    .fetch_all(pool)
-    .await?;
-    Ok(rows)
+}
+
+/// Every row of a read-model table (`schema`, `table`) as text, sorted:
+/// for exact comparisons.
+pub async fn table_dump(db: &Db, schema: &str, table: &str) -> anyhow::Result<Vec<String>> {
+    let name = db.backend().table(schema, table);
+    Ok(match db {
+        Db::Postgres(pool) => {
+            sqlx::query_scalar(&format!(
+                "SELECT row_to_json(t)::text FROM {name} t ORDER BY row_to_json(t)::text"
+            ))
+            .fetch_all(pool)
+            .await?
+        }
+        Db::Sqlite(sqlite) => {
+            let columns: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM pragma_table_info($1) ORDER BY cid")
+                    .bind(&name)
+                    .fetch_all(&sqlite.readers)
+                    .await?;
+            anyhow::ensure!(!columns.is_empty(), "no table {name}");
+            let row = columns
+                .iter()
+                .map(|column| format!("quote({column})"))
+                .collect::<Vec<_>>()
+                .join(" || ',' || ");
+            sqlx::query_scalar(&format!("SELECT {row} AS r FROM {name} ORDER BY r"))
+                .fetch_all(&sqlite.readers)
+                .await?
+        }
+    })
 }
 
 /// A projection's checkpoint as stored.
-pub async fn checkpoint(pool: &PgPool, name: &str) -> anyhow::Result<Option<Position>> {
-    let row = sqlx::query(
-        "SELECT transaction_id::text AS txid, position FROM projection_checkpoints WHERE name = $1",
-    )
-    .bind(name)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|row| {
-        Position::new(
-            row.get::<String, _>("txid").parse().unwrap_or(0),
-            row.get("position"),
-        )
-    }))
+pub async fn checkpoint(db: &Db, name: &str) -> anyhow::Result<Option<Position>> {
+    let statuses = karvon_adapters::runner::status(db).await?;
+    statuses
+        .iter()
+        .find(|status| status.name == name)
+        .map(|status| {
+            status
+                .position
+                .parse::<Position>()
+                .map_err(|error| anyhow::anyhow!("{error:?}"))
+        })
+        .transpose()
 }
 
-/// Appends `events` stock receipts straight into the events table (as
-/// postgres-es would write them) spread over `streams` stock items of
+/// Appends `events` stock receipts straight into the events table (as the
+/// event store would write them) spread over `streams` stock items of
 /// warehouse `warehouse`, in one transaction: a fast way to make a feed.
 pub async fn append_raw_receipts(
-    pool: &PgPool,
+    db: &Db,
     warehouse: &str,
     events: i64,
     streams: i64,
 ) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         SELECT 'StockItem', 'default/' || $1 || '/P' || (g % $3), g / $3 + 1, 'StockReceived', '1',
-                jsonb_build_object('StockReceived', jsonb_build_object(
-                    'warehouse_id', $1, 'product_id', 'P' || (g % $3), 'qty', ((g % 7) + 1)::text,
-                    'batch', CASE WHEN g % 3 = 0 THEN 'B' || (g % 5) END,
-                    'expiry_date', CASE WHEN g % 3 = 0 THEN (date '2027-01-01' + (g % 5)::int)::text END,
-                    'unit_cost', null, 'supplier_id', null, 'purchase_order_id', null)),
-                jsonb_build_object('tenant_id', 'default', 'source', 'system', 'actor', 'test',
-                    'correlation_id', 'bulk',
-                    'occurred_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))
-           FROM generate_series(0, $2 - 1) AS g",
-    )
-    .bind(warehouse)
-    .bind(events)
-    .bind(streams)
-    .execute(pool)
-    .await?;
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+                 SELECT 'StockItem', 'default/' || $1 || '/P' || (g % $3), g / $3 + 1, 'StockReceived', '1',
+                        jsonb_build_object('StockReceived', jsonb_build_object(
+                            'warehouse_id', $1, 'product_id', 'P' || (g % $3), 'qty', ((g % 7) + 1)::text,
+                            'batch', CASE WHEN g % 3 = 0 THEN 'B' || (g % 5) END,
+                            'expiry_date', CASE WHEN g % 3 = 0 THEN (date '2027-01-01' + (g % 5)::int)::text END,
+                            'unit_cost', null, 'supplier_id', null, 'purchase_order_id', null)),
+                        jsonb_build_object('tenant_id', 'default', 'source', 'system', 'actor', 'test',
+                            'correlation_id', 'bulk',
+                            'occurred_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))
+                   FROM generate_series(0, $2 - 1) AS g",
+            )
+            .bind(warehouse)
+            .bind(events)
+            .bind(streams)
+            .execute(pool)
+            .await?;
+        }
+        Db::Sqlite(sqlite) => {
+            sqlx::query(
+                "WITH RECURSIVE series(g) AS (SELECT 0 UNION ALL SELECT g + 1 FROM series WHERE g + 1 < $2)
+                 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+                 SELECT 'StockItem', 'default/' || $1 || '/P' || (g % $3), g / $3 + 1, 'StockReceived', '1',
+                        json_object('StockReceived', json_object(
+                            'warehouse_id', $1, 'product_id', 'P' || (g % $3), 'qty', CAST((g % 7) + 1 AS TEXT),
+                            'batch', CASE WHEN g % 3 = 0 THEN 'B' || (g % 5) END,
+                            'expiry_date', CASE WHEN g % 3 = 0 THEN date('2027-01-01', '+' || (g % 5) || ' days') END,
+                            'unit_cost', null, 'supplier_id', null, 'purchase_order_id', null)),
+                        json_object('tenant_id', 'default', 'source', 'system', 'actor', 'test',
+                            'correlation_id', 'bulk',
+                            'occurred_at', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+                   FROM series",
+            )
+            .bind(warehouse)
+            .bind(events)
+            .bind(streams)
+            .execute(&sqlite.writer)
+            .await?;
+            db.notify_appended();
+        }
+    }
     Ok(())
 }
 
@@ -452,4 +608,23 @@ pub fn karvon_binary() -> anyhow::Result<std::path::PathBuf> {
         binary.display()
     );
     Ok(binary)
+}
+
+/// Runs a statement without parameters on either backend.
+pub async fn execute(db: &Db, statement: &str) -> anyhow::Result<u64> {
+    Ok(match db {
+        Db::Postgres(pool) => sqlx::query(statement).execute(pool).await?.rows_affected(),
+        Db::Sqlite(sqlite) => sqlx::query(statement)
+            .execute(&sqlite.writer)
+            .await?
+            .rows_affected(),
+    })
+}
+
+/// The first column of every row of a query (text) on either backend.
+pub async fn fetch_strings(db: &Db, query: &str) -> anyhow::Result<Vec<String>> {
+    Ok(match db {
+        Db::Postgres(pool) => sqlx::query_scalar(query).fetch_all(pool).await?,
+        Db::Sqlite(sqlite) => sqlx::query_scalar(query).fetch_all(&sqlite.readers).await?,
+    })
 }

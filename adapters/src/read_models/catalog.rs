@@ -8,10 +8,11 @@ use karvon_projections::catalog::{self, ProductRow};
 use karvon_projections::names;
 use rust_decimal::Decimal;
 use serde::Serialize;
-use sqlx::{PgConnection, Row};
 
 use crate::StorageError;
+use crate::db::{Backend, Conn, Portable};
 use crate::feed::FeedEvent;
+use crate::read_models::Reader;
 use crate::runner::FeedHandler;
 
 pub struct CatalogProjection;
@@ -26,49 +27,59 @@ impl FeedHandler for CatalogProjection {
         Some("catalog")
     }
 
-    async fn create_tables(
-        &self,
-        conn: &mut PgConnection,
-        schema: &str,
-    ) -> Result<(), StorageError> {
-        sqlx::query(&format!(
-            "CREATE TABLE IF NOT EXISTS {schema}.products (
-                 tenant_id     text        NOT NULL,
-                 product_id    text        NOT NULL,
-                 sku           text        NOT NULL,
-                 name          text        NOT NULL,
-                 category      text        NOT NULL,
-                 unit          text        NOT NULL,
-                 barcode       text,
-                 price         numeric,
-                 reorder_level numeric,
-                 status        text        NOT NULL,
-                 external_refs jsonb       NOT NULL DEFAULT '{{}}',
-                 created_at    timestamptz NOT NULL,
-                 updated_at    timestamptz NOT NULL,
-                 PRIMARY KEY (tenant_id, product_id)
-             )"
-        ))
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(&format!(
-            "CREATE INDEX IF NOT EXISTS products_category_idx ON {schema}.products (tenant_id, category, product_id)"
-        ))
-        .execute(&mut *conn)
-        .await?;
+    fn tables(&self) -> &'static [&'static str] {
+        &["products"]
+    }
+
+    async fn create_tables(&self, conn: &mut Conn<'_>, schema: &str) -> Result<(), StorageError> {
+        let backend = conn.backend();
+        let products = backend.table(schema, "products");
+        let index = backend.index(schema, "products_category_idx");
+        // Same columns on both backends; SQLite keeps decimals as text.
+        let (decimal, json, time) = match backend {
+            Backend::Postgres => ("numeric", "jsonb", "timestamptz"),
+            Backend::Sqlite => ("text", "text", "text"),
+        };
+        for statement in [
+            format!(
+                "CREATE TABLE IF NOT EXISTS {products} (
+                     tenant_id     text    NOT NULL,
+                     product_id    text    NOT NULL,
+                     sku           text    NOT NULL,
+                     name          text    NOT NULL,
+                     category      text    NOT NULL,
+                     unit          text    NOT NULL,
+                     barcode       text,
+                     price         {decimal},
+                     reorder_level {decimal},
+                     status        text    NOT NULL,
+                     external_refs {json}  NOT NULL DEFAULT '{{}}',
+                     created_at    {time}  NOT NULL,
+                     updated_at    {time}  NOT NULL,
+                     PRIMARY KEY (tenant_id, product_id)
+                 )"
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS {index} ON {products} (tenant_id, category, product_id)"
+            ),
+        ] {
+            conn.execute(&statement).await?;
+        }
         super::secure_tables(conn, schema, &["products"]).await?;
         Ok(())
     }
 
     async fn apply(
         &self,
-        conn: &mut PgConnection,
+        conn: &mut Conn<'_>,
+        schema: &str,
         events: &[FeedEvent],
     ) -> Result<(), StorageError> {
         let product_events = super::events_of::<Product>(events)?;
         if product_events.is_empty() {
             return Ok(());
         }
+        let products = conn.backend().table(schema, "products");
         let keys: Vec<(String, String)> = product_events
             .iter()
             .map(|(event, payload)| {
@@ -78,7 +89,7 @@ impl FeedHandler for CatalogProjection {
                 )
             })
             .collect();
-        let mut rows = load_rows(conn, &keys).await?;
+        let mut rows = load_rows(conn, &products, &keys).await?;
         for ((event, payload), key) in product_events.iter().zip(keys) {
             let current = rows.remove(&key).flatten();
             let row = catalog::apply(
@@ -89,7 +100,7 @@ impl FeedHandler for CatalogProjection {
             );
             rows.insert(key, row);
         }
-        upsert(conn, rows.into_values().flatten().collect()).await
+        upsert(conn, &products, rows.into_values().flatten().collect()).await
     }
 }
 
@@ -106,44 +117,61 @@ type RowMap = HashMap<(String, String), Option<ProductRow>>;
 const COLUMNS: &str = "tenant_id, product_id, sku, name, category, unit, barcode, price, reorder_level, status, created_at, updated_at";
 
 async fn load_rows(
-    conn: &mut PgConnection,
+    conn: &mut Conn<'_>,
+    products: &str,
     keys: &[(String, String)],
 ) -> Result<RowMap, StorageError> {
     let (tenants, ids): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM products
-          WHERE (tenant_id, product_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"
-    ))
-    .bind(&tenants)
-    .bind(&ids)
-    .fetch_all(conn)
-    .await?;
-    let mut map = RowMap::new();
-    for row in rows {
-        let product = row_to_product(&row)?;
-        map.insert(
-            (product.tenant_id.clone(), product.product_id.clone()),
-            Some(product),
-        );
-    }
-    Ok(map)
+    let found = match conn {
+        Conn::Postgres(conn) => sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM {products}
+              WHERE (tenant_id, product_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"
+        ))
+        .bind(&tenants)
+        .bind(&ids)
+        .fetch_all(&mut **conn)
+        .await?
+        .iter()
+        .map(row_to_product)
+        .collect::<Result<Vec<_>, _>>()?,
+        Conn::Sqlite(conn) => sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM {products}
+              WHERE (tenant_id, product_id) IN
+                    (SELECT t.value, p.value FROM json_each($1) t JOIN json_each($2) p ON p.key = t.key)"
+        ))
+        .bind(crate::db::json_list(&tenants))
+        .bind(crate::db::json_list(&ids))
+        .fetch_all(&mut **conn)
+        .await?
+        .iter()
+        .map(row_to_product)
+        .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok(found
+        .into_iter()
+        .map(|product| {
+            (
+                (product.tenant_id.clone(), product.product_id.clone()),
+                Some(product),
+            )
+        })
+        .collect())
 }
 
-fn row_to_product(row: &sqlx::postgres::PgRow) -> Result<ProductRow, StorageError> {
-    let status: String = row.try_get("status")?;
+fn row_to_product(row: &impl Portable) -> Result<ProductRow, StorageError> {
     Ok(ProductRow {
-        tenant_id: row.try_get("tenant_id")?,
-        product_id: row.try_get("product_id")?,
-        sku: row.try_get("sku")?,
-        name: row.try_get("name")?,
-        category: row.try_get("category")?,
-        unit: row.try_get("unit")?,
-        barcode: row.try_get("barcode")?,
-        price: row.try_get("price")?,
-        reorder_level: row.try_get("reorder_level")?,
-        status: parse_status(&status)?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
+        tenant_id: row.text("tenant_id")?,
+        product_id: row.text("product_id")?,
+        sku: row.text("sku")?,
+        name: row.text("name")?,
+        category: row.text("category")?,
+        unit: row.text("unit")?,
+        barcode: row.opt_text("barcode")?,
+        price: row.opt_decimal("price")?,
+        reorder_level: row.opt_decimal("reorder_level")?,
+        status: parse_status(&row.text("status")?)?,
+        created_at: row.time("created_at")?,
+        updated_at: row.time("updated_at")?,
     })
 }
 
@@ -162,10 +190,47 @@ fn status_text(status: ProductStatus) -> &'static str {
     }
 }
 
-async fn upsert(conn: &mut PgConnection, rows: Vec<ProductRow>) -> Result<(), StorageError> {
+async fn upsert(
+    conn: &mut Conn<'_>,
+    products: &str,
+    rows: Vec<ProductRow>,
+) -> Result<(), StorageError> {
     if rows.is_empty() {
         return Ok(());
     }
+    const ON_CONFLICT: &str = "ON CONFLICT (tenant_id, product_id) DO UPDATE SET
+             sku = excluded.sku, name = excluded.name, category = excluded.category,
+             unit = excluded.unit, barcode = excluded.barcode, price = excluded.price,
+             reorder_level = excluded.reorder_level, status = excluded.status,
+             updated_at = excluded.updated_at";
+    let conn = match conn {
+        Conn::Postgres(conn) => conn,
+        Conn::Sqlite(conn) => {
+            // In-process: a prepared statement per row costs no round trip.
+            let statement = format!(
+                "INSERT INTO {products} ({COLUMNS})
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) {ON_CONFLICT}"
+            );
+            for row in rows {
+                sqlx::query(&statement)
+                    .bind(row.tenant_id)
+                    .bind(row.product_id)
+                    .bind(row.sku)
+                    .bind(row.name)
+                    .bind(row.category)
+                    .bind(row.unit)
+                    .bind(row.barcode)
+                    .bind(row.price.map(|price| price.to_string()))
+                    .bind(row.reorder_level.map(|level| level.to_string()))
+                    .bind(status_text(row.status))
+                    .bind(row.created_at)
+                    .bind(row.updated_at)
+                    .execute(&mut **conn)
+                    .await?;
+            }
+            return Ok(());
+        }
+    };
     let mut columns = UpsertColumns::default();
     for row in rows {
         columns.tenant_id.push(row.tenant_id);
@@ -182,15 +247,11 @@ async fn upsert(conn: &mut PgConnection, rows: Vec<ProductRow>) -> Result<(), St
         columns.updated_at.push(row.updated_at);
     }
     sqlx::query(&format!(
-        "INSERT INTO products ({COLUMNS})
+        "INSERT INTO {products} ({COLUMNS})
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                               $7::text[], $8::numeric[], $9::numeric[], $10::text[], $11::timestamptz[],
                               $12::timestamptz[])
-         ON CONFLICT (tenant_id, product_id) DO UPDATE SET
-             sku = EXCLUDED.sku, name = EXCLUDED.name, category = EXCLUDED.category,
-             unit = EXCLUDED.unit, barcode = EXCLUDED.barcode, price = EXCLUDED.price,
-             reorder_level = EXCLUDED.reorder_level, status = EXCLUDED.status,
-             updated_at = EXCLUDED.updated_at"
+         {ON_CONFLICT}"
     ))
     .bind(columns.tenant_id)
     .bind(columns.product_id)
@@ -204,7 +265,7 @@ async fn upsert(conn: &mut PgConnection, rows: Vec<ProductRow>) -> Result<(), St
     .bind(columns.status)
     .bind(columns.created_at)
     .bind(columns.updated_at)
-    .execute(conn)
+    .execute(&mut **conn)
     .await?;
     Ok(())
 }
@@ -256,7 +317,7 @@ pub struct ProductFilter {
 }
 
 pub async fn list_products(
-    conn: &mut PgConnection,
+    reader: &mut Reader,
     tenant: &str,
     filter: &ProductFilter,
 ) -> Result<Vec<ProductView>, StorageError> {
@@ -268,43 +329,88 @@ pub async fn list_products(
                 .replace('_', "\\_")
         )
     });
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS}, external_refs FROM catalog.products
+    // The same query; PostgreSQL wants the parameter types spelled out,
+    // SQLite's LIKE is case-insensitive (ASCII) and needs its escape named.
+    let (products, text, matches) = match reader.conn().backend() {
+        Backend::Postgres => (
+            "catalog.products",
+            "::text",
+            "name ILIKE $4 OR sku ILIKE $4 OR barcode ILIKE $4",
+        ),
+        Backend::Sqlite => (
+            "catalog_products",
+            "",
+            "name LIKE $4 ESCAPE '\\' OR sku LIKE $4 ESCAPE '\\' OR barcode LIKE $4 ESCAPE '\\'",
+        ),
+    };
+    let statement = format!(
+        "SELECT {COLUMNS}, external_refs FROM {products}
           WHERE tenant_id = $1
-            AND ($2::text IS NULL OR category = $2)
-            AND ($3::text IS NULL OR status = $3)
-            AND ($4::text IS NULL OR name ILIKE $4 OR sku ILIKE $4 OR barcode ILIKE $4)
-            AND ($5::text IS NULL OR product_id > $5)
+            AND ($2{text} IS NULL OR category = $2)
+            AND ($3{text} IS NULL OR status = $3)
+            AND ($4{text} IS NULL OR {matches})
+            AND ($5{text} IS NULL OR product_id > $5)
           ORDER BY product_id
           LIMIT $6"
-    ))
-    .bind(tenant)
-    .bind(&filter.category)
-    .bind(&filter.status)
-    .bind(pattern)
-    .bind(&filter.after)
-    .bind(filter.limit)
-    .fetch_all(conn)
-    .await?;
-    rows.iter().map(row_to_view).collect()
+    );
+    match reader.conn() {
+        Conn::Postgres(conn) => sqlx::query(&statement)
+            .bind(tenant)
+            .bind(&filter.category)
+            .bind(&filter.status)
+            .bind(pattern)
+            .bind(&filter.after)
+            .bind(filter.limit)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(row_to_view)
+            .collect(),
+        Conn::Sqlite(conn) => sqlx::query(&statement)
+            .bind(tenant)
+            .bind(&filter.category)
+            .bind(&filter.status)
+            .bind(pattern)
+            .bind(&filter.after)
+            .bind(filter.limit)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(row_to_view)
+            .collect(),
+    }
 }
 
 pub async fn get_product(
-    conn: &mut PgConnection,
+    reader: &mut Reader,
     tenant: &str,
     product_id: &str,
 ) -> Result<Option<ProductView>, StorageError> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS}, external_refs FROM catalog.products WHERE tenant_id = $1 AND product_id = $2"
-    ))
-    .bind(tenant)
-    .bind(product_id)
-    .fetch_optional(conn)
-    .await?;
-    row.as_ref().map(row_to_view).transpose()
+    let products = reader.conn().backend().table("catalog", "products");
+    let statement = format!(
+        "SELECT {COLUMNS}, external_refs FROM {products} WHERE tenant_id = $1 AND product_id = $2"
+    );
+    match reader.conn() {
+        Conn::Postgres(conn) => sqlx::query(&statement)
+            .bind(tenant)
+            .bind(product_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .as_ref()
+            .map(row_to_view)
+            .transpose(),
+        Conn::Sqlite(conn) => sqlx::query(&statement)
+            .bind(tenant)
+            .bind(product_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .as_ref()
+            .map(row_to_view)
+            .transpose(),
+    }
 }
 
-fn row_to_view(row: &sqlx::postgres::PgRow) -> Result<ProductView, StorageError> {
+fn row_to_view(row: &impl Portable) -> Result<ProductView, StorageError> {
     let product = row_to_product(row)?;
     Ok(ProductView {
         product_id: product.product_id,
@@ -316,7 +422,7 @@ fn row_to_view(row: &sqlx::postgres::PgRow) -> Result<ProductView, StorageError>
         price: product.price,
         reorder_level: product.reorder_level,
         status: status_text(product.status),
-        external_refs: row.try_get("external_refs")?,
+        external_refs: row.json("external_refs")?,
         created_at: product.created_at,
         updated_at: product.updated_at,
     })

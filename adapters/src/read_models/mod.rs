@@ -6,20 +6,34 @@ pub mod catalog;
 pub mod stock;
 
 use serde::de::DeserializeOwned;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, Postgres, Sqlite, Transaction};
 
 use crate::StorageError;
+use crate::db::{Conn, Db};
 use crate::feed::FeedEvent;
 
 /// The role read-model queries run as; see the `query_role` migration.
 pub const QUERY_ROLE: &str = "karvon_query";
 
-/// Row-level security as a second wall behind the `WHERE tenant_id = …`
+/// On PostgreSQL, row-level security as a second wall behind the `WHERE tenant_id = …`
 /// every query has: the query role sees only rows of the tenant its
 /// transaction names, and nothing when it names none. The projection
 /// writes as the tables' owner, which FORCE would bind too, so the owner
 /// gets a policy of its own.
+/// (SQLite has no roles: one process owns the file, and the
+/// `WHERE tenant_id = …` is the wall.)
 pub(crate) async fn secure_tables(
+    conn: &mut Conn<'_>,
+    schema: &str,
+    tables: &[&str],
+) -> Result<(), StorageError> {
+    match conn {
+        Conn::Postgres(conn) => secure_postgres_tables(conn, schema, tables).await,
+        Conn::Sqlite(_) => Ok(()),
+    }
+}
+
+async fn secure_postgres_tables(
     conn: &mut PgConnection,
     schema: &str,
     tables: &[&str],
@@ -80,21 +94,48 @@ pub(crate) async fn secure_tables(
     Ok(())
 }
 
-/// A read-only transaction acting as the query role for one tenant. Every
-/// read-model query runs inside one.
-pub async fn tenant_reader(
-    pool: &PgPool,
-    tenant: &str,
-) -> Result<Transaction<'static, Postgres>, StorageError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(&format!("SET LOCAL ROLE {QUERY_ROLE}"))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SELECT set_config('karvon.tenant', $1, true)")
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+/// A read transaction for one tenant; every read-model query runs inside
+/// one. On PostgreSQL it acts as the query role with the tenant set, so
+/// row-level security applies.
+pub enum Reader {
+    Postgres(Transaction<'static, Postgres>),
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+impl Reader {
+    pub fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Reader::Postgres(tx) => Conn::Postgres(tx),
+            Reader::Sqlite(tx) => Conn::Sqlite(tx),
+        }
+    }
+
+    /// Ends the transaction at once: a dropped one would only roll back when
+    /// its connection is next used, holding its locks meanwhile.
+    pub async fn finish(self) -> Result<(), StorageError> {
+        match self {
+            Reader::Postgres(tx) => tx.rollback().await?,
+            Reader::Sqlite(tx) => tx.rollback().await?,
+        }
+        Ok(())
+    }
+}
+
+pub async fn tenant_reader(db: &Db, tenant: &str) -> Result<Reader, StorageError> {
+    match db {
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(&format!("SET LOCAL ROLE {QUERY_ROLE}"))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("SELECT set_config('karvon.tenant', $1, true)")
+                .bind(tenant)
+                .execute(&mut *tx)
+                .await?;
+            Ok(Reader::Postgres(tx))
+        }
+        Db::Sqlite(sqlite) => Ok(Reader::Sqlite(sqlite.readers.begin().await?)),
+    }
 }
 
 /// The batch's events of aggregate `A`, decoded, in feed order.

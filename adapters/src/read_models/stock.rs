@@ -8,11 +8,12 @@ use karvon_domain::stock::{Lot, Lots, StockItem};
 use karvon_projections::{Position, names, stock};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::StorageError;
+use crate::db::{Backend, Conn, Portable, json_list};
 use crate::feed::FeedEvent;
+use crate::read_models::Reader;
 use crate::runner::FeedHandler;
 
 /// The stock read model. It keeps the levels it has written in memory so a
@@ -63,44 +64,51 @@ impl FeedHandler for StockProjection {
         drop(self.take_cache());
     }
 
-    async fn create_tables(
-        &self,
-        conn: &mut PgConnection,
-        schema: &str,
-    ) -> Result<(), StorageError> {
+    fn tables(&self) -> &'static [&'static str] {
+        &["levels", "movements"]
+    }
+
+    async fn create_tables(&self, conn: &mut Conn<'_>, schema: &str) -> Result<(), StorageError> {
+        let backend = conn.backend();
+        let levels = backend.table(schema, "levels");
+        let movements = backend.table(schema, "movements");
+        let index = backend.index(schema, "levels_product_idx");
+        // Same columns on both backends; SQLite keeps decimals as text.
+        let (decimal, json, time, uuid) = match backend {
+            Backend::Postgres => ("numeric", "jsonb", "timestamptz", "uuid"),
+            Backend::Sqlite => ("text", "text", "text", "text"),
+        };
         for statement in [
             format!(
-                "CREATE TABLE IF NOT EXISTS {schema}.levels (
-                     tenant_id    text        NOT NULL,
-                     warehouse_id text        NOT NULL,
-                     product_id   text        NOT NULL,
-                     on_hand      numeric     NOT NULL,
-                     batches      jsonb       NOT NULL,
-                     updated_at   timestamptz NOT NULL,
+                "CREATE TABLE IF NOT EXISTS {levels} (
+                     tenant_id    text      NOT NULL,
+                     warehouse_id text      NOT NULL,
+                     product_id   text      NOT NULL,
+                     on_hand      {decimal} NOT NULL,
+                     batches      {json}    NOT NULL,
+                     updated_at   {time}    NOT NULL,
                      PRIMARY KEY (tenant_id, warehouse_id, product_id)
                  )"
             ),
+            format!("CREATE INDEX IF NOT EXISTS {index} ON {levels} (tenant_id, product_id)"),
             format!(
-                "CREATE INDEX IF NOT EXISTS levels_product_idx ON {schema}.levels (tenant_id, product_id)"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {schema}.movements (
-                     tenant_id       text        NOT NULL,
-                     product_id      text        NOT NULL,
-                     warehouse_id    text        NOT NULL,
-                     transaction_id  bigint      NOT NULL,
-                     global_position bigint      NOT NULL,
-                     event_id        uuid        NOT NULL,
-                     at              timestamptz NOT NULL,
-                     kind            text        NOT NULL,
-                     qty             numeric     NOT NULL,
-                     balance_after   numeric     NOT NULL,
+                "CREATE TABLE IF NOT EXISTS {movements} (
+                     tenant_id       text      NOT NULL,
+                     product_id      text      NOT NULL,
+                     warehouse_id    text      NOT NULL,
+                     transaction_id  bigint    NOT NULL,
+                     global_position bigint    NOT NULL,
+                     event_id        {uuid}    NOT NULL,
+                     at              {time}    NOT NULL,
+                     kind            text      NOT NULL,
+                     qty             {decimal} NOT NULL,
+                     balance_after   {decimal} NOT NULL,
                      ref             text,
                      PRIMARY KEY (tenant_id, product_id, transaction_id, global_position)
                  )"
             ),
         ] {
-            sqlx::query(&statement).execute(&mut *conn).await?;
+            conn.execute(&statement).await?;
         }
         super::secure_tables(conn, schema, &["levels", "movements"]).await?;
         Ok(())
@@ -108,7 +116,8 @@ impl FeedHandler for StockProjection {
 
     async fn apply(
         &self,
-        conn: &mut PgConnection,
+        conn: &mut Conn<'_>,
+        schema: &str,
         events: &[FeedEvent],
     ) -> Result<(), StorageError> {
         let stock_events = super::events_of::<StockItem>(events)?;
@@ -134,8 +143,13 @@ impl FeedHandler for StockProjection {
             .collect();
         missing.sort();
         missing.dedup();
+        let backend = conn.backend();
+        let (levels_table, movements_table) = (
+            backend.table(schema, "levels"),
+            backend.table(schema, "movements"),
+        );
         if !missing.is_empty() {
-            levels.extend(load_levels(conn, &missing).await?);
+            levels.extend(load_levels(conn, &levels_table, &missing).await?);
         }
         let mut touched = Vec::new();
         let mut movements = Movements::default();
@@ -152,53 +166,85 @@ impl FeedHandler for StockProjection {
         touched.dedup();
         save_levels(
             conn,
+            &levels_table,
             touched.iter().filter_map(|key| levels.get_key_value(*key)),
         )
         .await?;
-        movements.insert(conn).await?;
+        movements.insert(conn, &movements_table).await?;
         self.keep_cache(levels);
         Ok(())
     }
 }
 
-async fn load_levels(conn: &mut PgConnection, keys: &[Key]) -> Result<Levels, StorageError> {
+async fn load_levels(
+    conn: &mut Conn<'_>,
+    table: &str,
+    keys: &[Key],
+) -> Result<Levels, StorageError> {
     let mut tenants = Vec::with_capacity(keys.len());
     let mut warehouses = Vec::with_capacity(keys.len());
     let mut products = Vec::with_capacity(keys.len());
     for (tenant, warehouse, product) in keys {
-        tenants.push(tenant.as_str());
-        warehouses.push(warehouse.as_str());
-        products.push(product.as_str());
+        tenants.push(tenant.clone());
+        warehouses.push(warehouse.clone());
+        products.push(product.clone());
     }
-    let rows = sqlx::query(
-        "SELECT tenant_id, warehouse_id, product_id, batches, updated_at FROM levels
-          WHERE (tenant_id, warehouse_id, product_id) IN
-                (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]))",
-    )
-    .bind(&tenants)
-    .bind(&warehouses)
-    .bind(&products)
-    .fetch_all(conn)
-    .await?;
-    let mut levels = HashMap::with_capacity(rows.len());
-    for row in rows {
-        let batches: serde_json::Value = row.try_get("batches")?;
-        let lots: Vec<Lot> = serde_json::from_value(batches)
-            .map_err(|error| StorageError::Corrupt(format!("stock batches: {error}")))?;
-        levels.insert(
-            (
-                row.try_get("tenant_id")?,
-                row.try_get("warehouse_id")?,
-                row.try_get("product_id")?,
-            ),
-            (Lots::new(lots), row.try_get("updated_at")?),
-        );
-    }
-    Ok(levels)
+    let rows = match conn {
+        Conn::Postgres(conn) => sqlx::query(&format!(
+            "SELECT tenant_id, warehouse_id, product_id, batches, updated_at FROM {table}
+              WHERE (tenant_id, warehouse_id, product_id) IN
+                    (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]))"
+        ))
+        .bind(&tenants)
+        .bind(&warehouses)
+        .bind(&products)
+        .fetch_all(&mut **conn)
+        .await?
+        .iter()
+        .map(level_from_row)
+        .collect::<Result<Vec<_>, _>>()?,
+        Conn::Sqlite(conn) => sqlx::query(&format!(
+            "SELECT tenant_id, warehouse_id, product_id, batches, updated_at FROM {table}
+              WHERE (tenant_id, warehouse_id, product_id) IN
+                    (SELECT t.value, w.value, p.value
+                       FROM json_each($1) t JOIN json_each($2) w ON w.key = t.key
+                                            JOIN json_each($3) p ON p.key = t.key)"
+        ))
+        .bind(json_list(&tenants))
+        .bind(json_list(&warehouses))
+        .bind(json_list(&products))
+        .fetch_all(&mut **conn)
+        .await?
+        .iter()
+        .map(level_from_row)
+        .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok(rows.into_iter().collect())
 }
 
+fn level_from_row(row: &impl Portable) -> Result<(Key, (Lots, DateTime<Utc>)), StorageError> {
+    Ok((
+        (
+            row.text("tenant_id")?,
+            row.text("warehouse_id")?,
+            row.text("product_id")?,
+        ),
+        (lots(row.json("batches")?)?, row.time("updated_at")?),
+    ))
+}
+
+fn lots(batches: serde_json::Value) -> Result<Lots, StorageError> {
+    let lots: Vec<Lot> = serde_json::from_value(batches)
+        .map_err(|error| StorageError::Corrupt(format!("stock batches: {error}")))?;
+    Ok(Lots::new(lots))
+}
+
+const LEVEL_CONFLICT: &str = "ON CONFLICT (tenant_id, warehouse_id, product_id) DO UPDATE SET
+             on_hand = excluded.on_hand, batches = excluded.batches, updated_at = excluded.updated_at";
+
 async fn save_levels<'a>(
-    conn: &mut PgConnection,
+    conn: &mut Conn<'_>,
+    table: &str,
     levels: impl Iterator<Item = (&'a Key, &'a (Lots, DateTime<Utc>))>,
 ) -> Result<(), StorageError> {
     let mut tenants = Vec::new();
@@ -218,20 +264,40 @@ async fn save_levels<'a>(
         );
         updated.push(*at);
     }
-    sqlx::query(
-        "INSERT INTO levels (tenant_id, warehouse_id, product_id, on_hand, batches, updated_at)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::numeric[], $5::jsonb[], $6::timestamptz[])
-         ON CONFLICT (tenant_id, warehouse_id, product_id) DO UPDATE SET
-             on_hand = EXCLUDED.on_hand, batches = EXCLUDED.batches, updated_at = EXCLUDED.updated_at",
-    )
-    .bind(tenants)
-    .bind(warehouses)
-    .bind(products)
-    .bind(on_hand)
-    .bind(batches)
-    .bind(updated)
-    .execute(conn)
-    .await?;
+    match conn {
+        Conn::Postgres(conn) => {
+            sqlx::query(&format!(
+                "INSERT INTO {table} (tenant_id, warehouse_id, product_id, on_hand, batches, updated_at)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::numeric[], $5::jsonb[], $6::timestamptz[])
+                 {LEVEL_CONFLICT}"
+            ))
+            .bind(tenants)
+            .bind(warehouses)
+            .bind(products)
+            .bind(on_hand)
+            .bind(batches)
+            .bind(updated)
+            .execute(&mut **conn)
+            .await?;
+        }
+        Conn::Sqlite(conn) => {
+            let statement = format!(
+                "INSERT INTO {table} (tenant_id, warehouse_id, product_id, on_hand, batches, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) {LEVEL_CONFLICT}"
+            );
+            for i in 0..tenants.len() {
+                sqlx::query(&statement)
+                    .bind(tenants[i])
+                    .bind(warehouses[i])
+                    .bind(products[i])
+                    .bind(on_hand[i].to_string())
+                    .bind(batches[i].to_string())
+                    .bind(updated[i])
+                    .execute(&mut **conn)
+                    .await?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -265,26 +331,54 @@ impl Movements {
         self.reference.push(movement.reference);
     }
 
-    async fn insert(self, conn: &mut PgConnection) -> Result<(), StorageError> {
-        sqlx::query(
-            "INSERT INTO movements (tenant_id, product_id, warehouse_id, transaction_id, global_position,
-                                   event_id, at, kind, qty, balance_after, ref)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::uuid[],
-                                  $7::timestamptz[], $8::text[], $9::numeric[], $10::numeric[], $11::text[])",
-        )
-        .bind(self.tenant)
-        .bind(self.product)
-        .bind(self.warehouse)
-        .bind(self.transaction)
-        .bind(self.position)
-        .bind(self.event_id)
-        .bind(self.at)
-        .bind(self.kind)
-        .bind(self.qty)
-        .bind(self.balance_after)
-        .bind(self.reference)
-        .execute(conn)
-        .await?;
+    async fn insert(self, conn: &mut Conn<'_>, table: &str) -> Result<(), StorageError> {
+        const COLUMNS: &str =
+            "tenant_id, product_id, warehouse_id, transaction_id, global_position,
+                               event_id, at, kind, qty, balance_after, ref";
+        match conn {
+            Conn::Postgres(conn) => {
+                sqlx::query(&format!(
+                    "INSERT INTO {table} ({COLUMNS})
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::uuid[],
+                                          $7::timestamptz[], $8::text[], $9::numeric[], $10::numeric[], $11::text[])"
+                ))
+                .bind(self.tenant)
+                .bind(self.product)
+                .bind(self.warehouse)
+                .bind(self.transaction)
+                .bind(self.position)
+                .bind(self.event_id)
+                .bind(self.at)
+                .bind(self.kind)
+                .bind(self.qty)
+                .bind(self.balance_after)
+                .bind(self.reference)
+                .execute(&mut **conn)
+                .await?;
+            }
+            Conn::Sqlite(conn) => {
+                let statement = format!(
+                    "INSERT INTO {table} ({COLUMNS})
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                );
+                for i in 0..self.tenant.len() {
+                    sqlx::query(&statement)
+                        .bind(&self.tenant[i])
+                        .bind(&self.product[i])
+                        .bind(&self.warehouse[i])
+                        .bind(self.transaction[i])
+                        .bind(self.position[i])
+                        .bind(self.event_id[i].to_string())
+                        .bind(self.at[i])
+                        .bind(self.kind[i])
+                        .bind(self.qty[i].to_string())
+                        .bind(self.balance_after[i].to_string())
+                        .bind(&self.reference[i])
+                        .execute(&mut **conn)
+                        .await?;
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -330,77 +424,112 @@ pub struct InventoryFilter {
 }
 
 pub async fn inventory_levels(
-    conn: &mut PgConnection,
+    reader: &mut Reader,
     tenant: &str,
     filter: &InventoryFilter,
 ) -> Result<Vec<InventoryLevel>, StorageError> {
     let near_until = filter.today + Duration::days(filter.near_expiry_days);
     let (after_warehouse, after_product) = filter.after.clone().unzip();
-    let rows = sqlx::query(
+    // One query; what differs is how each backend reads a batch out of the
+    // JSON array, compares decimals (SQLite keeps them as text) and types
+    // its parameters.
+    let (levels, products, text, batches, qty, expiry, low) = match reader.conn().backend() {
+        Backend::Postgres => (
+            "stock.levels",
+            "catalog.products",
+            "::text",
+            "jsonb_array_elements(l.batches) b",
+            "(b->>'qty')::numeric",
+            "(b->>'expiry_date')::date",
+            "l.on_hand <= p.reorder_level",
+        ),
+        Backend::Sqlite => (
+            "stock_levels",
+            "catalog_products",
+            "",
+            "json_each(l.batches) b",
+            "CAST(json_extract(b.value, '$.qty') AS REAL)",
+            "json_extract(b.value, '$.expiry_date')",
+            "CAST(l.on_hand AS REAL) <= CAST(p.reorder_level AS REAL)",
+        ),
+    };
+    let statement = format!(
         "SELECT l.product_id, p.sku, p.name, p.category, l.warehouse_id, l.on_hand, p.reorder_level,
                 l.batches, l.updated_at
-           FROM stock.levels l
-           LEFT JOIN catalog.products p ON p.tenant_id = l.tenant_id AND p.product_id = l.product_id
+           FROM {levels} l
+           LEFT JOIN {products} p ON p.tenant_id = l.tenant_id AND p.product_id = l.product_id
           WHERE l.tenant_id = $1
-            AND ($2::text IS NULL OR p.category = $2)
-            AND ($3::text IS NULL OR l.warehouse_id = $3)
-            AND ($4::text IS NULL OR l.product_id = $4)
-            AND (NOT $5 OR (p.reorder_level IS NOT NULL AND l.on_hand <= p.reorder_level))
-            AND (NOT $6 OR EXISTS (SELECT 1 FROM jsonb_array_elements(l.batches) b
-                                    WHERE (b->>'qty')::numeric > 0 AND (b->>'expiry_date')::date < $8))
-            AND (NOT $7 OR EXISTS (SELECT 1 FROM jsonb_array_elements(l.batches) b
-                                    WHERE (b->>'qty')::numeric > 0
-                                      AND (b->>'expiry_date')::date BETWEEN $8 AND $9))
-            AND ($10::text IS NULL OR (l.warehouse_id, l.product_id) > ($10, $11))
+            AND ($2{text} IS NULL OR p.category = $2)
+            AND ($3{text} IS NULL OR l.warehouse_id = $3)
+            AND ($4{text} IS NULL OR l.product_id = $4)
+            AND (NOT $5 OR (p.reorder_level IS NOT NULL AND {low}))
+            AND (NOT $6 OR EXISTS (SELECT 1 FROM {batches} WHERE {qty} > 0 AND {expiry} < $8))
+            AND (NOT $7 OR EXISTS (SELECT 1 FROM {batches}
+                                    WHERE {qty} > 0 AND {expiry} BETWEEN $8 AND $9))
+            AND ($10{text} IS NULL OR (l.warehouse_id, l.product_id) > ($10, $11))
           ORDER BY l.warehouse_id, l.product_id
-          LIMIT $12",
-    )
-    .bind(tenant)
-    .bind(&filter.category)
-    .bind(&filter.warehouse_id)
-    .bind(&filter.product_id)
-    .bind(filter.low_stock)
-    .bind(filter.expired)
-    .bind(filter.near_expiry)
-    .bind(filter.today)
-    .bind(near_until)
-    .bind(after_warehouse)
-    .bind(after_product)
-    .bind(filter.limit)
-    .fetch_all(conn)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let batches: serde_json::Value = row.try_get("batches")?;
-            let lots: Vec<Lot> = serde_json::from_value(batches)
-                .map_err(|error| StorageError::Corrupt(format!("stock batches: {error}")))?;
-            let on_hand: Decimal = row.try_get("on_hand")?;
-            let reorder_level: Option<Decimal> = row.try_get("reorder_level")?;
-            Ok(InventoryLevel {
-                product_id: row.try_get("product_id")?,
-                sku: row.try_get("sku")?,
-                name: row.try_get("name")?,
-                category: row.try_get("category")?,
-                warehouse_id: row.try_get("warehouse_id")?,
-                on_hand,
-                reorder_level,
-                low_stock: reorder_level.is_some_and(|level| on_hand <= level),
-                batches: lots
-                    .into_iter()
-                    .map(|lot| BatchView {
-                        expired: lot.expiry_date.is_some_and(|date| date < filter.today),
-                        near_expiry: lot
-                            .expiry_date
-                            .is_some_and(|date| date >= filter.today && date <= near_until),
-                        batch: lot.batch,
-                        qty: lot.qty,
-                        expiry_date: lot.expiry_date,
-                    })
-                    .collect(),
-                updated_at: row.try_get("updated_at")?,
+          LIMIT $12"
+    );
+    macro_rules! run {
+        ($conn:expr) => {
+            sqlx::query(&statement)
+                .bind(tenant)
+                .bind(&filter.category)
+                .bind(&filter.warehouse_id)
+                .bind(&filter.product_id)
+                .bind(filter.low_stock)
+                .bind(filter.expired)
+                .bind(filter.near_expiry)
+                .bind(filter.today)
+                .bind(near_until)
+                .bind(&after_warehouse)
+                .bind(&after_product)
+                .bind(filter.limit)
+                .fetch_all(&mut *$conn)
+                .await?
+                .iter()
+                .map(|row| inventory_level(row, filter.today, near_until))
+                .collect()
+        };
+    }
+    match reader.conn() {
+        Conn::Postgres(conn) => run!(conn),
+        Conn::Sqlite(conn) => run!(conn),
+    }
+}
+
+fn inventory_level(
+    row: &impl Portable,
+    today: NaiveDate,
+    near_until: NaiveDate,
+) -> Result<InventoryLevel, StorageError> {
+    let on_hand = row.decimal("on_hand")?;
+    let reorder_level = row.opt_decimal("reorder_level")?;
+    Ok(InventoryLevel {
+        product_id: row.text("product_id")?,
+        sku: row.opt_text("sku")?,
+        name: row.opt_text("name")?,
+        category: row.opt_text("category")?,
+        warehouse_id: row.text("warehouse_id")?,
+        on_hand,
+        reorder_level,
+        low_stock: reorder_level.is_some_and(|level| on_hand <= level),
+        batches: lots(row.json("batches")?)?
+            .as_slice()
+            .iter()
+            .cloned()
+            .map(|lot| BatchView {
+                expired: lot.expiry_date.is_some_and(|date| date < today),
+                near_expiry: lot
+                    .expiry_date
+                    .is_some_and(|date| date >= today && date <= near_until),
+                batch: lot.batch,
+                qty: lot.qty,
+                expiry_date: lot.expiry_date,
             })
-        })
-        .collect()
+            .collect(),
+        updated_at: row.time("updated_at")?,
+    })
 }
 
 /// One row of `GET /api/integrations/product-movement-history`.
@@ -419,7 +548,7 @@ pub struct MovementView {
 }
 
 pub async fn movement_history(
-    conn: &mut PgConnection,
+    reader: &mut Reader,
     tenant: &str,
     product_id: &str,
     warehouse_id: Option<&str>,
@@ -427,37 +556,51 @@ pub async fn movement_history(
     limit: i64,
 ) -> Result<Vec<MovementView>, StorageError> {
     let after = after.unwrap_or(Position::START);
-    let rows = sqlx::query(
+    let (movements, text) = match reader.conn().backend() {
+        Backend::Postgres => ("stock.movements", "::text"),
+        Backend::Sqlite => ("stock_movements", ""),
+    };
+    let statement = format!(
         "SELECT at, kind, warehouse_id, qty, balance_after, ref, event_id, transaction_id, global_position
-           FROM stock.movements
+           FROM {movements}
           WHERE tenant_id = $1 AND product_id = $2
-            AND ($3::text IS NULL OR warehouse_id = $3)
+            AND ($3{text} IS NULL OR warehouse_id = $3)
             AND (transaction_id, global_position) > ($4, $5)
           ORDER BY transaction_id, global_position
-          LIMIT $6",
-    )
-    .bind(tenant)
-    .bind(product_id)
-    .bind(warehouse_id)
-    .bind(after.transaction_id as i64)
-    .bind(after.global_position)
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let transaction: i64 = row.try_get("transaction_id")?;
-            Ok(MovementView {
-                at: row.try_get("at")?,
-                kind: row.try_get("kind")?,
-                warehouse_id: row.try_get("warehouse_id")?,
-                qty: row.try_get("qty")?,
-                balance_after: row.try_get("balance_after")?,
-                reference: row.try_get("ref")?,
-                event_id: row.try_get("event_id")?,
-                position: Position::new(transaction as u64, row.try_get("global_position")?)
-                    .to_string(),
-            })
-        })
-        .collect()
+          LIMIT $6"
+    );
+    macro_rules! run {
+        ($conn:expr) => {
+            sqlx::query(&statement)
+                .bind(tenant)
+                .bind(product_id)
+                .bind(warehouse_id)
+                .bind(after.transaction_id as i64)
+                .bind(after.global_position)
+                .bind(limit)
+                .fetch_all(&mut *$conn)
+                .await?
+                .iter()
+                .map(movement_view)
+                .collect()
+        };
+    }
+    match reader.conn() {
+        Conn::Postgres(conn) => run!(conn),
+        Conn::Sqlite(conn) => run!(conn),
+    }
+}
+
+fn movement_view(row: &impl Portable) -> Result<MovementView, StorageError> {
+    let transaction = row.int("transaction_id")?;
+    Ok(MovementView {
+        at: row.time("at")?,
+        kind: row.text("kind")?,
+        warehouse_id: row.text("warehouse_id")?,
+        qty: row.decimal("qty")?,
+        balance_after: row.decimal("balance_after")?,
+        reference: row.opt_text("ref")?,
+        event_id: row.uuid("event_id")?,
+        position: Position::new(transaction as u64, row.int("global_position")?).to_string(),
+    })
 }

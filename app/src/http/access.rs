@@ -48,7 +48,7 @@ pub async fn login(
 ) -> Result<Json<Value>, ApiError> {
     auth::count_request(&state.bookkeeping, &peer, None, DEFAULT_RATE_LIMIT).await?;
     let Login { username, password } = command.body;
-    let user = auth_store::user(&state.pool, &username).await?;
+    let user = auth_store::user(&state.db, &username).await?;
     let verified = auth::verify_password(
         user.as_ref().map(|user| user.password_hash.clone()),
         password,
@@ -109,7 +109,7 @@ pub async fn create_key(
         return Err(ApiError::validation("expires_at: must be in the future"));
     }
     let created = auth::create_api_key(
-        &state.pool,
+        &state.db,
         principal.tenant.as_str(),
         scopes,
         request.rate_limit,
@@ -134,7 +134,7 @@ pub async fn list_keys(
     State(state): State<AppState>,
     AdminAccess(principal): AdminAccess,
 ) -> Result<Json<Value>, ApiError> {
-    let keys = auth_store::list_api_keys(&state.pool, principal.tenant.as_str()).await?;
+    let keys = auth_store::list_api_keys(&state.db, principal.tenant.as_str()).await?;
     Ok(Json(json!({"success": true, "data": {"items": keys}})))
 }
 
@@ -153,7 +153,7 @@ pub async fn revoke_key(
 ) -> Result<Json<Value>, ApiError> {
     let not_found = || ApiError::not_found("API key not found");
     let id: Uuid = id.parse().map_err(|_| not_found())?;
-    if !auth_store::revoke_api_key(&state.pool, principal.tenant.as_str(), id).await? {
+    if !auth_store::revoke_api_key(&state.db, principal.tenant.as_str(), id).await? {
         return Err(not_found());
     }
     state.keys.forget(id);

@@ -20,11 +20,11 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use karvon_adapters::db::Db;
 use karvon_adapters::store::CommandExecutor;
 use karvon_domain::product::Product;
 use karvon_domain::stock::StockItem;
 use metrics_exporter_prometheus::PrometheusHandle;
-use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -37,7 +37,7 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: PgPool,
+    pub db: Db,
     pub products: Arc<CommandExecutor<Product>>,
     pub stock: Arc<CommandExecutor<StockItem>>,
     pub metrics: Option<PrometheusHandle>,
@@ -50,7 +50,7 @@ pub struct AppState {
     pub tokens: Arc<crate::auth::TokenKeys>,
     /// Rate-limit counters (asynchronous commit: a crash may forget a few
     /// hits, never a credential or an event).
-    pub bookkeeping: PgPool,
+    pub bookkeeping: Db,
     /// API keys looked up recently, by prefix.
     pub keys: Arc<crate::auth::KeyCache>,
     /// Events per step when rebuilding.

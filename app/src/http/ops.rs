@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use karvon_adapters::{postgres, runner};
+use karvon_adapters::runner;
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -24,7 +24,7 @@ pub async fn health() -> Json<Value> {
     responses((status = 200, description = "Ready", body = inline(StatusAnswer)),
         (status = 503, description = "Not ready", body = ErrorBody)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
-    match postgres::migrations_applied(&state.pool).await {
+    match state.db.migrations_applied().await {
         Ok(true) => {
             Json(json!({"success": true, "data": {"store": "ok", "migrations": "applied"}}))
                 .into_response()
@@ -50,7 +50,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    if let Ok(statuses) = runner::status(&state.pool).await {
+    if let Ok(statuses) = runner::status(&state.db).await {
         for status in statuses {
             metrics::gauge!("karvon_projection_lag_events", "projection" => status.name.clone())
                 .set(status.lag_events as f64);
@@ -77,7 +77,7 @@ pub async fn projections(
     State(state): State<AppState>,
     AdminAccess(_principal): AdminAccess,
 ) -> Result<Json<Value>, ApiError> {
-    let statuses = runner::status(&state.pool).await?;
+    let statuses = runner::status(&state.db).await?;
     Ok(Json(json!({"success": true, "data": {"items": statuses}})))
 }
 
@@ -97,7 +97,7 @@ pub async fn rebuild_projection(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let handler =
         crate::read_model(&name).ok_or_else(|| ApiError::not_found("no such read model"))?;
-    let pool = state.pool.clone();
+    let pool = state.db.clone();
     let batch_size = state.rebuild_batch_size;
     // Runs in the background; a second rebuild of the same read model while
     // one runs is refused by the rebuild's own lock and logged.

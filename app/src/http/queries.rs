@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use karvon_adapters::read_models::{self, catalog, stock};
+use karvon_adapters::read_models::{self, Reader, catalog, stock};
 use karvon_adapters::runner;
 use karvon_domain::Id;
 use karvon_projections::{Position, PositionToken, names};
@@ -199,22 +199,17 @@ pub async fn movement_history(
     ))
 }
 
-/// A transaction reading as the query role for the caller's tenant (the
-/// row-level-security wall); rolled back when dropped, as it writes nothing.
-async fn reader(
-    state: &AppState,
-    principal: &Principal,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ApiError> {
-    Ok(read_models::tenant_reader(&state.pool, principal.tenant.as_str()).await?)
+/// A read transaction for the caller's tenant (on PostgreSQL as the query
+/// role: the row-level-security wall).
+async fn reader(state: &AppState, principal: &Principal) -> Result<Reader, ApiError> {
+    Ok(read_models::tenant_reader(&state.db, principal.tenant.as_str()).await?)
 }
 
 /// Ends a reader at once: a dropped transaction would only roll back when
 /// its connection is next used, holding its table locks (and blocking a
 /// rebuild's swap) while it idles in the pool.
-async fn finish(tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<(), ApiError> {
-    tx.rollback()
-        .await
-        .map_err(|error| ApiError::from(karvon_adapters::StorageError::from(error)))
+async fn finish(reader: Reader) -> Result<(), ApiError> {
+    Ok(reader.finish().await?)
 }
 
 fn ok(data: Value) -> Json<Value> {
@@ -257,7 +252,7 @@ async fn wait_for_position(
             ApiError::validation("X-Min-Position is not a position a command answered with")
         })?;
     let wait = state.min_position_wait.min(Duration::from_secs(5));
-    if runner::wait_until_applied(&state.pool, projections, &target, wait).await? {
+    if runner::wait_until_applied(&state.db, projections, &target, wait).await? {
         Ok(())
     } else {
         Err(ApiError::new(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use karvon_app::Role;
 use karvon_projections::names;
 use karvon_tests::{
-    TestDb, event_count, product, spawn_app, spawn_app_with, test_config, wait_caught_up,
+    Backend, TestDb, event_count, product, spawn_app, spawn_app_with, test_config, wait_caught_up,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -23,9 +23,8 @@ fn assert_error(status: StatusCode, body: &Value, expected_status: StatusCode, c
     );
 }
 
-#[tokio::test]
-async fn products_are_registered_listed_updated_and_discontinued() {
-    let db = TestDb::create().await.expect("db");
+async fn products_are_registered_listed_updated_and_discontinued(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let app = spawn_app(&db).await.expect("app");
 
     let (status, body) = app
@@ -115,9 +114,8 @@ async fn products_are_registered_listed_updated_and_discontinued() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn stock_moves_by_fefo_and_history_shows_signed_balances() {
-    let db = TestDb::create().await.expect("db");
+async fn stock_moves_by_fefo_and_history_shows_signed_balances(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let app = spawn_app(&db).await.expect("app");
     app.post("/api/v1/products", &product("P1", "dairy", Some("5")))
         .await;
@@ -157,7 +155,7 @@ async fn stock_moves_by_fefo_and_history_shows_signed_balances() {
 
     // The receiving side is booked by the transfer process manager.
     wait_caught_up(
-        &app.pool,
+        &app.db,
         &[names::TRANSFERS, names::STOCK],
         Duration::from_secs(10),
     )
@@ -230,9 +228,8 @@ async fn stock_moves_by_fefo_and_history_shows_signed_balances() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn issues_and_transfers_beyond_stock_are_refused_and_append_nothing() {
-    let db = TestDb::create().await.expect("db");
+async fn issues_and_transfers_beyond_stock_are_refused_and_append_nothing(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let app = spawn_app(&db).await.expect("app");
     app.post("/api/v1/products", &product("P1", "dairy", None))
         .await;
@@ -241,7 +238,7 @@ async fn issues_and_transfers_beyond_stock_are_refused_and_append_nothing() {
         &json!({"warehouse_id": "W1", "product_id": "P1", "qty": 2}),
     )
     .await;
-    let before = event_count(&app.pool).await.expect("count");
+    let before = event_count(&app.db).await.expect("count");
 
     let (status, body) = app
         .post(
@@ -263,19 +260,18 @@ async fn issues_and_transfers_beyond_stock_are_refused_and_append_nothing() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "same_warehouse",
     );
-    assert_eq!(event_count(&app.pool).await.expect("count"), before);
+    assert_eq!(event_count(&app.db).await.expect("count"), before);
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn invalid_input_is_refused_in_the_envelope_and_appends_nothing() {
-    let db = TestDb::create().await.expect("db");
+async fn invalid_input_is_refused_in_the_envelope_and_appends_nothing(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let mut config = test_config(&db);
     config.max_body_bytes = 64 * 1024;
     let app = spawn_app_with(config, Role::All).await.expect("app");
     app.post("/api/v1/products", &product("P1", "dairy", None))
         .await;
-    let before = event_count(&app.pool).await.expect("count");
+    let before = event_count(&app.db).await.expect("count");
 
     let receipt = |patch: Value| {
         let mut body = json!({"warehouse_id": "W1", "product_id": "P1", "qty": "1"});
@@ -394,16 +390,15 @@ async fn invalid_input_is_refused_in_the_envelope_and_appends_nothing() {
     assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_error");
 
     assert_eq!(
-        event_count(&app.pool).await.expect("count"),
+        event_count(&app.db).await.expect("count"),
         before,
         "a refused command appended events"
     );
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn inventory_levels_filter_by_expiry_and_stock_and_page_with_cursors() {
-    let db = TestDb::create().await.expect("db");
+async fn inventory_levels_filter_by_expiry_and_stock_and_page_with_cursors(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let app = spawn_app(&db).await.expect("app");
     let today = chrono::Utc::now().date_naive();
     let yesterday = (today - chrono::Duration::days(1)).to_string();
@@ -496,9 +491,8 @@ async fn inventory_levels_filter_by_expiry_and_stock_and_page_with_cursors() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn read_your_writes_waits_for_the_position_and_refuses_garbage() {
-    let db = TestDb::create().await.expect("db");
+async fn read_your_writes_waits_for_the_position_and_refuses_garbage(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let mut config = test_config(&db);
     config.min_position_wait_ms = 300;
     let app = spawn_app_with(config, Role::All).await.expect("app");
@@ -530,9 +524,8 @@ async fn read_your_writes_waits_for_the_position_and_refuses_garbage() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn operational_endpoints_and_unknown_routes() {
-    let db = TestDb::create().await.expect("db");
+async fn operational_endpoints_and_unknown_routes(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let app = spawn_app(&db).await.expect("app");
     let (status, body) = app.get("/health").await;
     assert_eq!(
@@ -597,9 +590,8 @@ async fn operational_endpoints_and_unknown_routes() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn the_openapi_document_covers_every_route_with_its_auth_and_errors() {
-    let db = TestDb::create().await.expect("db");
+async fn the_openapi_document_covers_every_route_with_its_auth_and_errors(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let app = spawn_app(&db).await.expect("app");
     let plain = reqwest::Client::new();
     let document: Value = plain
@@ -669,11 +661,10 @@ async fn the_openapi_document_covers_every_route_with_its_auth_and_errors() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn a_ten_megabyte_body_is_refused_with_413_under_the_default_limit() {
-    let db = TestDb::create().await.expect("db");
+async fn a_ten_megabyte_body_is_refused_with_413_under_the_default_limit(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let app = spawn_app(&db).await.expect("app");
-    let before = event_count(&app.pool).await.expect("count");
+    let before = event_count(&app.db).await.expect("count");
     let huge = format!(
         "{{\"product_id\":\"P1\",\"sku\":\"{}\"}}",
         "x".repeat(10 * 1024 * 1024)
@@ -692,6 +683,18 @@ async fn a_ten_megabyte_body_is_refused_with_413_under_the_default_limit() {
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
     );
-    assert_eq!(event_count(&app.pool).await.expect("count"), before);
+    assert_eq!(event_count(&app.db).await.expect("count"), before);
     app.stop().await.expect("stop");
 }
+
+on_both_backends!(
+    products_are_registered_listed_updated_and_discontinued,
+    stock_moves_by_fefo_and_history_shows_signed_balances,
+    issues_and_transfers_beyond_stock_are_refused_and_append_nothing,
+    invalid_input_is_refused_in_the_envelope_and_appends_nothing,
+    inventory_levels_filter_by_expiry_and_stock_and_page_with_cursors,
+    read_your_writes_waits_for_the_position_and_refuses_garbage,
+    operational_endpoints_and_unknown_routes,
+    the_openapi_document_covers_every_route_with_its_auth_and_errors,
+    a_ten_megabyte_body_is_refused_with_413_under_the_default_limit,
+);

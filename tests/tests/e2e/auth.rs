@@ -9,8 +9,8 @@ use karvon_adapters::auth_store;
 use karvon_app::Role;
 use karvon_projections::names;
 use karvon_tests::{
-    TestApp, TestDb, authorized_client, event_count, karvon_binary, product, spawn_app,
-    spawn_app_with, test_config, wait_caught_up,
+    Backend, TestApp, TestDb, authorized_client, event_count, execute, fetch_strings,
+    karvon_binary, product, spawn_app, spawn_app_with, test_config, wait_caught_up,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -19,7 +19,7 @@ const JWT_SECRET: &str = "test-secret-0123456789-abcdefghijklmnop";
 
 async fn key(app: &TestApp, tenant: &str, scopes: &[&str], rate_limit: Option<i32>) -> String {
     let scopes = scopes.iter().map(|scope| scope.to_string()).collect();
-    karvon_app::auth::create_api_key(&app.pool, tenant, scopes, rate_limit, None, None)
+    karvon_app::auth::create_api_key(&app.db, tenant, scopes, rate_limit, None, None)
         .await
         .expect("key")
         .key
@@ -43,9 +43,8 @@ fn assert_refused(
     assert_eq!(answer.1["error"], code, "{}", answer.1);
 }
 
-#[tokio::test]
-async fn missing_wrong_revoked_and_expired_keys_are_refused() {
-    let db = TestDb::create().await.expect("db");
+async fn missing_wrong_revoked_and_expired_keys_are_refused(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let app = spawn_app(&db).await.expect("app");
     let plain = reqwest::Client::new();
     let url = app.url("/api/integrations/inventory-levels");
@@ -104,11 +103,14 @@ async fn missing_wrong_revoked_and_expired_keys_are_refused() {
 
     let expiring = key(&app, "default", &["read"], None).await;
     let (prefix, _) = expiring.split_once('_').expect("prefix");
-    sqlx::query("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE prefix = $1")
-        .bind(prefix)
-        .execute(&app.pool)
-        .await
-        .expect("expire");
+    execute(
+        &app.db,
+        &format!(
+            "UPDATE api_keys SET expires_at = '2000-01-01T00:00:00Z' WHERE prefix = '{prefix}'"
+        ),
+    )
+    .await
+    .expect("expire");
     assert_refused(
         &call(plain.get(&url).bearer_auth(&expiring)).await,
         StatusCode::UNAUTHORIZED,
@@ -117,15 +119,14 @@ async fn missing_wrong_revoked_and_expired_keys_are_refused() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn scopes_are_enforced_per_route() {
-    let db = TestDb::create().await.expect("db");
+async fn scopes_are_enforced_per_route(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let app = spawn_app(&db).await.expect("app");
     app.post("/api/v1/products", &product("P1", "dairy", None))
         .await;
     let reader = authorized_client(&key(&app, "default", &["read"], None).await).expect("client");
     let writer = authorized_client(&key(&app, "default", &["write"], None).await).expect("client");
-    let before = event_count(&app.pool).await.expect("count");
+    let before = event_count(&app.db).await.expect("count");
 
     let receipt = json!({"warehouse_id": "W1", "product_id": "P1", "qty": "1"});
     assert_eq!(
@@ -152,7 +153,7 @@ async fn scopes_are_enforced_per_route() {
         StatusCode::FORBIDDEN,
         "forbidden",
     );
-    assert_eq!(event_count(&app.pool).await.expect("count"), before);
+    assert_eq!(event_count(&app.db).await.expect("count"), before);
 
     assert_eq!(
         call(
@@ -183,11 +184,10 @@ async fn scopes_are_enforced_per_route() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn tenants_cannot_read_touch_or_detect_each_other() {
-    let db = TestDb::create().await.expect("db");
+async fn tenants_cannot_read_touch_or_detect_each_other(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let app = spawn_app(&db).await.expect("app");
-    auth_store::create_tenant(&app.pool, "acme", "Asia/Tashkent")
+    auth_store::create_tenant(&app.db, "acme", "Asia/Tashkent")
         .await
         .expect("tenant");
     let acme =
@@ -248,7 +248,7 @@ async fn tenants_cannot_read_touch_or_detect_each_other() {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    wait_caught_up(&app.pool, &[names::CATALOG], Duration::from_secs(10))
+    wait_caught_up(&app.db, &[names::CATALOG], Duration::from_secs(10))
         .await
         .expect("caught up");
     let (_, mine) = app.get("/api/v1/products/P1").await;
@@ -267,11 +267,12 @@ async fn tenants_cannot_read_touch_or_detect_each_other() {
     let revoke =
         call(acme.post(app.url(&format!("/api/v1/api-keys/{default_key_id}/revoke")))).await;
     assert_refused(&revoke, StatusCode::NOT_FOUND, "not_found");
-    let tenants: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT metadata ->> 'tenant_id' FROM events ORDER BY 1")
-            .fetch_all(&app.pool)
-            .await
-            .expect("tenants");
+    let tenants: Vec<String> = fetch_strings(
+        &app.db,
+        "SELECT DISTINCT metadata ->> 'tenant_id' FROM events ORDER BY 1",
+    )
+    .await
+    .expect("tenants");
     assert_eq!(tenants, ["acme", "default"], "every event names its tenant");
     app.stop().await.expect("stop");
 }
@@ -297,14 +298,13 @@ fn forge(header: &Value, claims: &Value, secret: Option<&str>) -> String {
     }
 }
 
-#[tokio::test]
-async fn login_tokens_work_and_forged_or_stale_ones_do_not() {
-    let db = TestDb::create().await.expect("db");
+async fn login_tokens_work_and_forged_or_stale_ones_do_not(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let mut config = test_config(&db);
     config.jwt_secret = Some(JWT_SECRET.to_string());
     let app = spawn_app_with(config, Role::All).await.expect("app");
     karvon_app::auth::create_user(
-        &app.pool,
+        &app.db,
         "default",
         "dilnoza",
         "correct horse battery",
@@ -415,9 +415,8 @@ async fn login_tokens_work_and_forged_or_stale_ones_do_not() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn the_61st_request_in_a_minute_is_refused_whatever_the_headers_say() {
-    let db = TestDb::create().await.expect("db");
+async fn the_61st_request_in_a_minute_is_refused_whatever_the_headers_say(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let app = spawn_app(&db).await.expect("app");
     let limited = authorized_client(&key(&app, "default", &["read"], None).await).expect("client");
     let url = app.url("/api/v1/products");
@@ -467,21 +466,21 @@ async fn the_database_holds_no_plaintext_key_or_password() {
     let app = spawn_app(&db).await.expect("app");
     let secret_key = key(&app, "default", &["read"], None).await;
     let password = "a-very-memorable-passphrase";
-    karvon_app::auth::create_user(&app.pool, "default", "aziz", password, vec!["read".into()])
+    karvon_app::auth::create_user(&app.db, "default", "aziz", password, vec!["read".into()])
         .await
         .expect("user");
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT quote_ident(table_schema) || '.' || quote_ident(table_name) FROM information_schema.tables
           WHERE table_schema NOT IN ('pg_catalog', 'information_schema') AND table_type = 'BASE TABLE'",
     )
-    .fetch_all(&app.pool)
+    .fetch_all(app.pg())
     .await
     .expect("tables");
     let (_, secret) = secret_key.split_once('_').expect("secret");
     for table in tables {
         let dump: Option<String> =
             sqlx::query_scalar(&format!("SELECT string_agg(t::text, '\n') FROM {table} t"))
-                .fetch_one(&app.pool)
+                .fetch_one(app.pg())
                 .await
                 .expect("dump");
         let dump = dump.unwrap_or_default();
@@ -491,9 +490,8 @@ async fn the_database_holds_no_plaintext_key_or_password() {
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn the_cli_creates_tenants_and_prints_a_working_key_on_its_last_line() {
-    let db = TestDb::create().await.expect("db");
+async fn the_cli_creates_tenants_and_prints_a_working_key_on_its_last_line(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let app = spawn_app(&db).await.expect("app");
     let karvon = |args: &[&str]| {
         std::process::Command::new(karvon_binary().expect("binary"))
@@ -547,13 +545,13 @@ async fn the_cli_creates_tenants_and_prints_a_working_key_on_its_last_line() {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let limit: i32 = sqlx::query_scalar(
-        "SELECT rate_limit_per_minute FROM api_keys WHERE tenant_id = 'samarkand'",
+    let limit = fetch_strings(
+        &app.db,
+        "SELECT CAST(rate_limit_per_minute AS TEXT) FROM api_keys WHERE tenant_id = 'samarkand'",
     )
-    .fetch_one(&app.pool)
     .await
     .expect("limit");
-    assert_eq!(limit, 120);
+    assert_eq!(limit, ["120"]);
     let output = karvon(&[
         "api-key", "create", "--tenant", "nowhere", "--scopes", "read",
     ]);
@@ -568,7 +566,7 @@ async fn the_cli_creates_tenants_and_prints_a_working_key_on_its_last_line() {
 async fn row_level_security_hides_rows_from_the_query_role_without_a_tenant() {
     let db = TestDb::create().await.expect("db");
     let app = spawn_app(&db).await.expect("app");
-    auth_store::create_tenant(&app.pool, "acme", "UTC")
+    auth_store::create_tenant(&app.db, "acme", "UTC")
         .await
         .expect("tenant");
     let acme =
@@ -591,7 +589,7 @@ async fn row_level_security_hides_rows_from_the_query_role_without_a_tenant() {
     )
     .await;
     wait_caught_up(
-        &app.pool,
+        &app.db,
         &[names::CATALOG, names::STOCK],
         Duration::from_secs(10),
     )
@@ -599,7 +597,7 @@ async fn row_level_security_hides_rows_from_the_query_role_without_a_tenant() {
     .expect("caught up");
 
     let count_as = |tenant: Option<&'static str>, table: &'static str| {
-        let pool = app.pool.clone();
+        let pool = app.pg().clone();
         async move {
             let mut tx = pool.begin().await.expect("begin");
             sqlx::query("SET LOCAL ROLE karvon_query")
@@ -639,7 +637,7 @@ async fn row_level_security_hides_rows_from_the_query_role_without_a_tenant() {
         assert_eq!(foreign, 0, "{table}: acme sees another tenant's rows");
     }
     let owner_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM stock.levels")
-        .fetch_one(&app.pool)
+        .fetch_one(app.pg())
         .await
         .expect("count");
     assert_eq!(
@@ -678,9 +676,18 @@ async fn an_unprivileged_owner_role_runs_everything_under_forced_rls() {
     let superuser: bool = sqlx::query_scalar(
         "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user",
     )
-    .fetch_one(&app.pool)
+    .fetch_one(app.pg())
     .await
     .expect("role");
     assert!(!superuser, "the test must run as an unprivileged role");
     app.stop().await.expect("stop");
 }
+
+on_both_backends!(
+    missing_wrong_revoked_and_expired_keys_are_refused,
+    scopes_are_enforced_per_route,
+    tenants_cannot_read_touch_or_detect_each_other,
+    login_tokens_work_and_forged_or_stale_ones_do_not,
+    the_61st_request_in_a_minute_is_refused_whatever_the_headers_say,
+    the_cli_creates_tenants_and_prints_a_working_key_on_its_last_line,
+);

@@ -6,16 +6,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use karvon_adapters::postgres;
 use karvon_adapters::read_models::stock::StockProjection;
+use karvon_adapters::runner;
 use karvon_adapters::runner::{Runner, RunnerSettings};
 use karvon_adapters::store::{CommandError, CommandExecutor};
 use karvon_domain::stock::{StockCommand, StockEvent, StockItem};
 use karvon_domain::{Id, Money, Quantity};
 use karvon_projections::{EventMetadata, names};
 use karvon_tests::{
-    TestDb, append_raw_receipts, checkpoint, projected_stock, replayed_stock, replayed_stock_until,
-    spawn_app, wait_caught_up,
+    Backend, Db, TestDb, append_raw_receipts, checkpoint, projected_stock, replayed_stock,
+    replayed_stock_until, spawn_app, wait_caught_up,
 };
 use rust_decimal::Decimal;
 use sqlx::{Connection, PgConnection};
@@ -51,7 +51,8 @@ async fn eight_writers_and_a_held_transaction_end_equal_to_a_full_replay() {
     let db = TestDb::create().await.expect("db");
     let app = spawn_app(&db).await.expect("app");
     let pool = db.pool().await.expect("pool");
-    let stock = Arc::new(CommandExecutor::<StockItem>::new(pool.clone()));
+    let store = Db::Postgres(pool.clone());
+    let stock = Arc::new(CommandExecutor::<StockItem>::new(store.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let appended = Arc::new(AtomicU64::new(0));
 
@@ -121,7 +122,7 @@ async fn eight_writers_and_a_held_transaction_end_equal_to_a_full_replay() {
     let held_txid: u64 = held_txid.parse().expect("txid");
     let hold_until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < hold_until {
-        if let Some(at) = checkpoint(&pool, names::STOCK).await.expect("checkpoint") {
+        if let Some(at) = checkpoint(&store, names::STOCK).await.expect("checkpoint") {
             assert!(
                 at.transaction_id < held_txid,
                 "the projection passed an open transaction: {at} vs {held_txid}"
@@ -146,12 +147,12 @@ async fn eight_writers_and_a_held_transaction_end_equal_to_a_full_replay() {
     for writer in writers {
         writer.await.expect("writer");
     }
-    wait_caught_up(&pool, &[names::STOCK], Duration::from_secs(60))
+    wait_caught_up(&store, &[names::STOCK], Duration::from_secs(60))
         .await
         .expect("caught up");
 
-    let (expected, stock_events) = replayed_stock(&pool).await.expect("replay");
-    let (actual, movements) = projected_stock(&pool).await.expect("projection");
+    let (expected, stock_events) = replayed_stock(&store).await.expect("replay");
+    let (actual, movements) = projected_stock(&store).await.expect("projection");
     assert_eq!(stock_events as u64, appended.load(Ordering::Relaxed) + 1);
     assert_eq!(movements, stock_events, "one movement row per stock event");
     assert_eq!(
@@ -187,21 +188,21 @@ async fn eight_writers_and_a_held_transaction_end_equal_to_a_full_replay() {
     app.stop().await.expect("stop");
 }
 
-async fn prepared_feed(db: &TestDb) -> sqlx::PgPool {
-    let pool = db.pool().await.expect("pool");
-    postgres::migrate(&pool).await.expect("migrate");
-    append_raw_receipts(&pool, "BULK", 4000, 37)
+async fn prepared_feed(db: &TestDb) -> Db {
+    let store = db.db().await.expect("store");
+    store.migrate().await.expect("migrate");
+    append_raw_receipts(&store, "BULK", 4000, 37)
         .await
         .expect("append");
-    append_raw_receipts(&pool, "MORE", 1000, 11)
+    append_raw_receipts(&store, "MORE", 1000, 11)
         .await
         .expect("append");
-    pool
+    store
 }
 
 /// A stock runner that stalls between applying a batch and writing its
 /// checkpoint: the window a crash must not leave half-applied.
-fn slow_runner(pool: &sqlx::PgPool, instance: &str) -> Runner {
+fn slow_runner(store: &Db, instance: &str) -> Runner {
     let settings = RunnerSettings {
         batch_size: 300,
         instance: instance.into(),
@@ -209,19 +210,23 @@ fn slow_runner(pool: &sqlx::PgPool, instance: &str) -> Runner {
         pause_before_checkpoint: Duration::from_millis(400),
         ..RunnerSettings::default()
     };
-    Runner::new(pool.clone(), Arc::new(StockProjection::default()), settings)
+    Runner::new(
+        store.clone(),
+        Arc::new(StockProjection::default()),
+        settings,
+    )
 }
 
-async fn wait_for_progress(pool: &sqlx::PgPool, events: i64) {
+async fn wait_for_progress(store: &Db, events: i64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let seen: Option<i64> = sqlx::query_scalar(
-            "SELECT events_seen FROM projection_checkpoints WHERE name = 'stock'",
-        )
-        .fetch_optional(pool)
-        .await
-        .expect("seen");
-        if seen.unwrap_or(0) >= events {
+        let seen = runner::status(store)
+            .await
+            .expect("status")
+            .iter()
+            .find(|status| status.name == names::STOCK)
+            .map_or(0, |status| status.events_seen);
+        if seen >= events {
             return;
         }
         assert!(Instant::now() < deadline, "runner made no progress");
@@ -229,20 +234,19 @@ async fn wait_for_progress(pool: &sqlx::PgPool, events: i64) {
     }
 }
 
-async fn assert_matches_replay(pool: &sqlx::PgPool) {
-    let (expected, events) = replayed_stock(pool).await.expect("replay");
-    let (actual, movements) = projected_stock(pool).await.expect("projection");
+async fn assert_matches_replay(store: &Db) {
+    let (expected, events) = replayed_stock(store).await.expect("replay");
+    let (actual, movements) = projected_stock(store).await.expect("projection");
     assert_eq!(movements, events, "events applied twice or skipped");
     assert_eq!(actual, expected);
 }
 
-#[tokio::test]
-async fn aborting_the_runner_mid_batch_rolls_the_batch_back() {
-    let db = TestDb::create().await.expect("db");
-    let pool = prepared_feed(&db).await;
+async fn aborting_the_runner_mid_batch_rolls_the_batch_back(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let store = prepared_feed(&db).await;
     let (_stop_tx, stop) = watch::channel(false);
-    let task = tokio::spawn(slow_runner(&pool, "doomed").run(stop.clone()));
-    wait_for_progress(&pool, 600).await;
+    let task = tokio::spawn(slow_runner(&store, "doomed").run(stop.clone()));
+    wait_for_progress(&store, 600).await;
     // Land inside a batch: its rows are written, its checkpoint is not.
     tokio::time::sleep(Duration::from_millis(200)).await;
     task.abort();
@@ -250,38 +254,41 @@ async fn aborting_the_runner_mid_batch_rolls_the_batch_back() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // What survived is exactly the events up to the checkpoint.
-    let at = checkpoint(&pool, names::STOCK)
+    let at = checkpoint(&store, names::STOCK)
         .await
         .expect("checkpoint")
         .expect("row");
-    let (expected, events) = replayed_stock_until(&pool, Some(at)).await.expect("replay");
-    let (actual, movements) = projected_stock(&pool).await.expect("projection");
+    let (expected, events) = replayed_stock_until(&store, Some(at))
+        .await
+        .expect("replay");
+    let (actual, movements) = projected_stock(&store).await.expect("projection");
     assert_eq!(movements, events);
     assert_eq!(actual, expected, "a half-applied batch survived the crash");
     assert!(events < 5000, "the runner finished before it was killed");
 
     let task = tokio::spawn(
         Runner::new(
-            pool.clone(),
+            store.clone(),
             Arc::new(StockProjection::default()),
             RunnerSettings::default(),
         )
         .run(stop),
     );
-    wait_caught_up(&pool, &[names::STOCK], Duration::from_secs(30))
+    wait_caught_up(&store, &[names::STOCK], Duration::from_secs(30))
         .await
         .expect("caught up");
-    assert_matches_replay(&pool).await;
+    assert_matches_replay(&store).await;
     task.abort();
 }
 
 #[tokio::test]
 async fn dropping_the_runner_connection_mid_batch_neither_doubles_nor_skips() {
     let db = TestDb::create().await.expect("db");
-    let pool = prepared_feed(&db).await;
+    let store = prepared_feed(&db).await;
+    let pool = db.pool().await.expect("pool");
     let (_stop_tx, stop) = watch::channel(false);
-    let task = tokio::spawn(slow_runner(&pool, "cut").run(stop));
-    wait_for_progress(&pool, 600).await;
+    let task = tokio::spawn(slow_runner(&store, "cut").run(stop));
+    wait_for_progress(&store, 600).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let killed: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'karvon-runner:stock:cut'",
@@ -291,10 +298,10 @@ async fn dropping_the_runner_connection_mid_batch_neither_doubles_nor_skips() {
     .expect("terminate");
     assert_eq!(killed, [true]);
     // The runner reconnects by itself and carries on from its checkpoint.
-    wait_caught_up(&pool, &[names::STOCK], Duration::from_secs(60))
+    wait_caught_up(&store, &[names::STOCK], Duration::from_secs(60))
         .await
         .expect("caught up");
-    assert_matches_replay(&pool).await;
+    assert_matches_replay(&store).await;
     task.abort();
 }
 
@@ -305,3 +312,5 @@ fn stock_events_used_here_are_the_domain_ones() {
         "expiry_date": null, "unit_cost": null, "supplier_id": null, "purchase_order_id": null}});
     assert!(serde_json::from_value::<StockEvent>(raw).is_ok());
 }
+
+on_both_backends!(aborting_the_runner_mid_batch_rolls_the_batch_back);

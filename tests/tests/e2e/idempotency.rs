@@ -7,20 +7,20 @@ use std::time::{Duration, Instant};
 
 use karvon_projections::names;
 use karvon_tests::{
-    TestDb, admin_key, event_count, karvon_binary, product, spawn_app, wait_caught_up,
+    Backend, TestDb, admin_key, event_count, fetch_strings, karvon_binary, product,
+    projected_stock, spawn_app, wait_caught_up,
 };
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-#[tokio::test]
-async fn the_same_key_twice_appends_once_and_answers_identically() {
-    let db = TestDb::create().await.expect("db");
+async fn the_same_key_twice_appends_once_and_answers_identically(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let app = spawn_app(&db).await.expect("app");
     app.post("/api/v1/products", &product("P1", "dairy", None))
         .await;
     let receipt = json!({"warehouse_id": "W1", "product_id": "P1", "qty": "3"});
-    let before = event_count(&app.pool).await.expect("count");
+    let before = event_count(&app.db).await.expect("count");
 
     let first = app
         .post_keyed("/api/v1/stock/receipts", "rcpt-1", &receipt)
@@ -33,7 +33,7 @@ async fn the_same_key_twice_appends_once_and_answers_identically() {
         first, second,
         "a retried key must answer exactly as the first time"
     );
-    assert_eq!(event_count(&app.pool).await.expect("count"), before + 1);
+    assert_eq!(event_count(&app.db).await.expect("count"), before + 1);
 
     // Ten concurrent twins: still one append, one answer.
     let mut twins = Vec::new();
@@ -63,7 +63,7 @@ async fn the_same_key_twice_appends_once_and_answers_identically() {
         answers.iter().all(|answer| *answer == answers[0]),
         "{answers:?}"
     );
-    assert_eq!(event_count(&app.pool).await.expect("count"), before + 2);
+    assert_eq!(event_count(&app.db).await.expect("count"), before + 2);
 
     // The same key with another body is a client error, not a silent replay.
     let other = json!({"warehouse_id": "W1", "product_id": "P1", "qty": "4"});
@@ -72,7 +72,7 @@ async fn the_same_key_twice_appends_once_and_answers_identically() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"], "idempotency_key_reused");
-    assert_eq!(event_count(&app.pool).await.expect("count"), before + 2);
+    assert_eq!(event_count(&app.db).await.expect("count"), before + 2);
 
     let (_, body) = app
         .get_after(
@@ -80,7 +80,7 @@ async fn the_same_key_twice_appends_once_and_answers_identically() {
             &second.1["data"]["position"],
         )
         .await;
-    wait_caught_up(&app.pool, &[names::STOCK], Duration::from_secs(10))
+    wait_caught_up(&app.db, &[names::STOCK], Duration::from_secs(10))
         .await
         .expect("caught up");
     let (_, body2) = app.get("/api/integrations/inventory-levels").await;
@@ -123,9 +123,9 @@ async fn start_server(db: &TestDb) -> Server {
         assert!(Instant::now() < deadline, "server did not become ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let pool = db.pool().await.expect("pool");
-    let token = admin_key(&pool, "default").await.expect("key");
-    pool.close().await;
+    let store = db.db().await.expect("store");
+    let token = admin_key(&store, "default").await.expect("key");
+    store.close().await;
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
@@ -143,10 +143,11 @@ async fn start_server(db: &TestDb) -> Server {
     }
 }
 
-#[tokio::test]
-async fn kill_9_during_keyed_load_then_retrying_unacknowledged_commands_applies_each_once() {
+async fn kill_9_during_keyed_load_then_retrying_unacknowledged_commands_applies_each_once(
+    backend: Backend,
+) {
     const COMMANDS: usize = 600;
-    let db = TestDb::create().await.expect("db");
+    let db = TestDb::create_on(backend).await.expect("db");
     let mut server = start_server(&db).await;
     let client = server.client.clone();
     let response = client
@@ -231,38 +232,34 @@ async fn kill_9_during_keyed_load_then_retrying_unacknowledged_commands_applies_
     }
     assert!(replayed >= flags.iter().step_by(50).filter(|ack| **ack).count());
 
-    let pool = db.pool().await.expect("pool");
-    let receipts: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'StockReceived'")
-            .fetch_one(&pool)
-            .await
-            .expect("count");
+    let store = db.db().await.expect("store");
+    let counts = fetch_strings(
+        &store,
+        "SELECT CAST(count(*) AS TEXT) FROM events WHERE event_type = 'StockReceived'
+         UNION ALL SELECT CAST(count(*) AS TEXT) FROM command_log",
+    )
+    .await
+    .expect("count");
+    let expected = COMMANDS.to_string();
     assert_eq!(
-        receipts, COMMANDS as i64,
-        "every command applied exactly once"
+        counts,
+        [expected.as_str(), expected.as_str()],
+        "every command applied exactly once, every key logged once"
     );
-    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM command_log")
-        .fetch_one(&pool)
-        .await
-        .expect("keys");
-    assert_eq!(keys, COMMANDS as i64);
-    wait_caught_up(&pool, &[names::STOCK], Duration::from_secs(20))
+    wait_caught_up(&store, &[names::STOCK], Duration::from_secs(20))
         .await
         .expect("caught up");
-    let on_hand: rust_decimal::Decimal =
-        sqlx::query_scalar("SELECT on_hand FROM stock.levels WHERE product_id = 'P1'")
-            .fetch_one(&pool)
-            .await
-            .expect("level");
-    assert_eq!(on_hand, rust_decimal::Decimal::from(COMMANDS as i64));
+    let (levels, movements) = projected_stock(&store).await.expect("levels");
+    let key = ("default".to_string(), "W1".to_string(), "P1".to_string());
+    assert_eq!(levels[&key].0, expected, "the projection counted each once");
+    assert_eq!(movements, COMMANDS as i64);
     server.child.kill().expect("stop");
     server.child.wait().expect("reaped");
-    pool.close().await;
+    store.close().await;
 }
 
-#[tokio::test]
-async fn sigterm_stops_the_server_cleanly() {
-    let db = TestDb::create().await.expect("db");
+async fn sigterm_stops_the_server_cleanly(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let mut server = start_server(&db).await;
     let response = server
         .client
@@ -309,3 +306,9 @@ fn stop_server(mut server: Server) {
     let _ = server.child.kill();
     let _ = server.child.wait();
 }
+
+on_both_backends!(
+    the_same_key_twice_appends_once_and_answers_identically,
+    kill_9_during_keyed_load_then_retrying_unacknowledged_commands_applies_each_once,
+    sigterm_stops_the_server_cleanly,
+);

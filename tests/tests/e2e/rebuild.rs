@@ -7,15 +7,14 @@ use std::time::Duration;
 
 use karvon_projections::names;
 use karvon_tests::{
-    TestDb, append_raw_receipts, product, projected_stock, replayed_stock, spawn_app, table_dump,
-    test_config, wait_caught_up,
+    Backend, TestDb, append_raw_receipts, fetch_strings, product, projected_stock, replayed_stock,
+    spawn_app, table_dump, test_config, wait_caught_up,
 };
 use reqwest::StatusCode;
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn rebuild_equals_the_live_model_and_queries_keep_answering() {
-    let db = TestDb::create().await.expect("db");
+async fn rebuild_equals_the_live_model_and_queries_keep_answering(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let app = spawn_app(&db).await.expect("app");
     for index in 0..20 {
         app.post(
@@ -24,7 +23,7 @@ async fn rebuild_equals_the_live_model_and_queries_keep_answering() {
         )
         .await;
     }
-    append_raw_receipts(&app.pool, "BULK", 20_000, 20)
+    append_raw_receipts(&app.db, "BULK", 20_000, 20)
         .await
         .expect("append");
     app.post(
@@ -42,16 +41,20 @@ async fn rebuild_equals_the_live_model_and_queries_keep_answering() {
     app.post("/api/v1/products/P7/discontinue", &json!({}))
         .await;
     wait_caught_up(
-        &app.pool,
+        &app.db,
         &[names::CATALOG, names::STOCK, names::TRANSFERS],
         Duration::from_secs(60),
     )
     .await
     .expect("caught up");
-    let tables = ["catalog.products", "stock.levels", "stock.movements"];
+    let tables = [
+        ("catalog", "products"),
+        ("stock", "levels"),
+        ("stock", "movements"),
+    ];
     let mut before = Vec::new();
-    for table in tables {
-        before.push(table_dump(&app.pool, table).await.expect("dump"));
+    for (schema, table) in tables {
+        before.push(table_dump(&app.db, schema, table).await.expect("dump"));
     }
 
     // Queries run all through both rebuilds.
@@ -84,11 +87,11 @@ async fn rebuild_equals_the_live_model_and_queries_keep_answering() {
         .expect("rebuild catalog");
     let during = answered.load(Ordering::Relaxed);
 
-    for (table, expected) in tables.iter().zip(&before) {
+    for ((schema, table), expected) in tables.iter().zip(&before) {
         assert_eq!(
-            &table_dump(&app.pool, table).await.expect("dump"),
+            &table_dump(&app.db, schema, table).await.expect("dump"),
             expected,
-            "{table} differs after rebuild"
+            "{schema}.{table} differs after rebuild"
         );
     }
 
@@ -118,25 +121,35 @@ async fn rebuild_equals_the_live_model_and_queries_keep_answering() {
     querying.await.expect("queries never failed");
     assert!(during > 0, "no query ran during the rebuild");
 
-    wait_caught_up(&app.pool, &[names::STOCK], Duration::from_secs(30))
+    wait_caught_up(&app.db, &[names::STOCK], Duration::from_secs(30))
         .await
         .expect("caught up");
-    let (expected, events) = replayed_stock(&app.pool).await.expect("replay");
-    let (actual, movements) = projected_stock(&app.pool).await.expect("projection");
+    let (expected, events) = replayed_stock(&app.db).await.expect("replay");
+    let (actual, movements) = projected_stock(&app.db).await.expect("projection");
     assert_eq!(movements, events);
     assert_eq!(actual, expected);
-    let leftovers: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname LIKE '%\\_\\_%'")
-            .fetch_one(&app.pool)
-            .await
-            .expect("schemas");
-    assert_eq!(leftovers, 0, "shadow schemas left behind");
+    let leftovers = fetch_strings(
+        &app.db,
+        match backend {
+            Backend::Postgres => {
+                "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE '%\\_\\_%'"
+            }
+            Backend::Sqlite => {
+                "SELECT name FROM sqlite_master WHERE name LIKE '%\\_\\_rebuild%' ESCAPE '\\'"
+            }
+        },
+    )
+    .await
+    .expect("leftovers");
+    assert!(
+        leftovers.is_empty(),
+        "shadow tables left behind: {leftovers:?}"
+    );
     app.stop().await.expect("stop");
 }
 
-#[tokio::test]
-async fn an_admin_can_rebuild_through_the_api_and_watch_it_swap() {
-    let db = TestDb::create().await.expect("db");
+async fn an_admin_can_rebuild_through_the_api_and_watch_it_swap(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
     let app = spawn_app(&db).await.expect("app");
     app.post("/api/v1/products", &product("P1", "general", Some("5")))
         .await;
@@ -151,7 +164,7 @@ async fn an_admin_can_rebuild_through_the_api_and_watch_it_swap() {
         &body["data"]["position"],
     )
     .await;
-    let before = table_dump(&app.pool, "stock.levels").await.expect("dump");
+    let before = table_dump(&app.db, "stock", "levels").await.expect("dump");
 
     let (status, body) = app
         .post("/api/v1/admin/projections/stock/rebuild", &json!({}))
@@ -178,8 +191,13 @@ async fn an_admin_can_rebuild_through_the_api_and_watch_it_swap() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        table_dump(&app.pool, "stock.levels").await.expect("dump"),
+        table_dump(&app.db, "stock", "levels").await.expect("dump"),
         before
     );
     app.stop().await.expect("stop");
 }
+
+on_both_backends!(
+    rebuild_equals_the_live_model_and_queries_keep_answering,
+    an_admin_can_rebuild_through_the_api_and_watch_it_swap,
+);

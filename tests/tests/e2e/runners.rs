@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use karvon_adapters::postgres;
 use karvon_adapters::read_models::stock::StockProjection;
 use karvon_adapters::runner::{Runner, RunnerSettings};
 use karvon_projections::names;
-use karvon_tests::{TestDb, append_raw_receipts, projected_stock, replayed_stock, wait_caught_up};
+use karvon_tests::{
+    Db, TestDb, append_raw_receipts, projected_stock, replayed_stock, wait_caught_up,
+};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -42,7 +43,8 @@ async fn wait_for_single_leader(pool: &PgPool) -> String {
 async fn only_one_runner_is_active_and_the_standby_takes_over() {
     let db = TestDb::create().await.expect("db");
     let pool = db.pool().await.expect("pool");
-    postgres::migrate(&pool).await.expect("migrate");
+    let store = Db::Postgres(pool.clone());
+    store.migrate().await.expect("migrate");
     let (_stop_tx, stop) = watch::channel(false);
     let mut tasks = HashMap::new();
     for instance in ["a", "b"] {
@@ -51,7 +53,11 @@ async fn only_one_runner_is_active_and_the_standby_takes_over() {
             standby_interval: Duration::from_millis(100),
             ..RunnerSettings::default()
         };
-        let runner = Runner::new(pool.clone(), Arc::new(StockProjection::default()), settings);
+        let runner = Runner::new(
+            store.clone(),
+            Arc::new(StockProjection::default()),
+            settings,
+        );
         tasks.insert(
             format!("karvon-runner:stock:{instance}"),
             tokio::spawn(runner.run(stop.clone())),
@@ -59,10 +65,10 @@ async fn only_one_runner_is_active_and_the_standby_takes_over() {
     }
 
     let leader = wait_for_single_leader(&pool).await;
-    append_raw_receipts(&pool, "FIRST", 2000, 13)
+    append_raw_receipts(&store, "FIRST", 2000, 13)
         .await
         .expect("append");
-    wait_caught_up(&pool, &[names::STOCK], Duration::from_secs(20))
+    wait_caught_up(&store, &[names::STOCK], Duration::from_secs(20))
         .await
         .expect("caught up");
     assert_eq!(
@@ -72,17 +78,17 @@ async fn only_one_runner_is_active_and_the_standby_takes_over() {
     );
 
     tasks.remove(&leader).expect("leader task").abort();
-    append_raw_receipts(&pool, "SECOND", 2000, 17)
+    append_raw_receipts(&store, "SECOND", 2000, 17)
         .await
         .expect("append");
-    wait_caught_up(&pool, &[names::STOCK], Duration::from_secs(20))
+    wait_caught_up(&store, &[names::STOCK], Duration::from_secs(20))
         .await
         .expect("the standby took over");
     let new_leader = wait_for_single_leader(&pool).await;
     assert_ne!(new_leader, leader);
 
-    let (expected, events) = replayed_stock(&pool).await.expect("replay");
-    let (actual, movements) = projected_stock(&pool).await.expect("projection");
+    let (expected, events) = replayed_stock(&store).await.expect("replay");
+    let (actual, movements) = projected_stock(&store).await.expect("projection");
     assert_eq!((movements, actual), (events, expected));
     for task in tasks.into_values() {
         task.abort();

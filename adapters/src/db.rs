@@ -1,0 +1,372 @@
+//! The storage seam: one handle, [`Db`], over the two event-store backends.
+//!
+//! Everything above this module (the command executor, the feed, the
+//! projection runner, the read models and their queries) is written once
+//! against `Db`, [`Conn`] and [`Portable`]. Where the SQL itself differs, the
+//! two statements sit side by side in a `match` on the backend, right where
+//! they are used; the logic around them is shared.
+//!
+//! - **PostgreSQL** (`postgres://…`): many instances, advisory-lock
+//!   leadership, LISTEN/NOTIFY, row-level security.
+//! - **SQLite** (`sqlite://…`, the zero-configuration default): one file in
+//!   WAL mode. All writes go through a single writer connection, so they are
+//!   serialised and the feed is simply `global_position` (rowid) order;
+//!   reads use a pool of read-only connections. `synchronous = FULL`: a
+//!   command is acknowledged only once its commit is on disk.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{PgConnection, PgPool, Row, SqliteConnection, SqlitePool};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::StorageError;
+use crate::postgres::{self, PgSettings};
+
+/// The SQLite schema, embedded in the binary.
+pub static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// Which event store a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+
+    /// The name of a read-model table: PostgreSQL gives each read model a
+    /// schema, SQLite (one namespace) a name prefix.
+    pub fn table(self, schema: &str, table: &str) -> String {
+        match self {
+            Backend::Postgres => format!("{schema}.{table}"),
+            Backend::Sqlite => format!("{schema}_{table}"),
+        }
+    }
+
+    /// The name of an index on a read-model table: PostgreSQL places it in
+    /// its table's schema, SQLite needs it unique in the file.
+    pub fn index(self, schema: &str, index: &str) -> String {
+        match self {
+            Backend::Postgres => index.to_string(),
+            Backend::Sqlite => format!("{schema}_{index}"),
+        }
+    }
+}
+
+/// A connection to the event store and read models.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Postgres(PgPool),
+    Sqlite(SqliteDb),
+}
+
+#[derive(Clone, Debug)]
+pub struct SqliteDb {
+    /// The one connection every write goes through.
+    pub writer: SqlitePool,
+    /// Read-only connections for queries.
+    pub readers: SqlitePool,
+    /// Wakes this process's feed readers after an append (SQLite has no
+    /// NOTIFY; other processes are found by polling).
+    appended: Arc<Notify>,
+}
+
+impl Db {
+    /// Opens the store named by `url` (`postgres://…` or `sqlite://path`),
+    /// creating the database or file when missing.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self, StorageError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            postgres::ensure_database(url).await?;
+            let pool = postgres::connect(&PgSettings {
+                url: url.to_string(),
+                max_connections,
+            })
+            .await?;
+            Ok(Db::Postgres(pool))
+        } else if url.starts_with("sqlite:") {
+            Ok(Db::Sqlite(open_sqlite(url, max_connections).await?))
+        } else {
+            Err(StorageError::Config(format!(
+                "database URL must start with postgres:// or sqlite:// (got {:?})",
+                url.split(':').next().unwrap_or_default()
+            )))
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Db::Postgres(_) => Backend::Postgres,
+            Db::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Applies the backend's embedded migrations.
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        match self {
+            Db::Postgres(pool) => postgres::migrate(pool).await,
+            Db::Sqlite(db) => Ok(SQLITE_MIGRATOR.run(&db.writer).await?),
+        }
+    }
+
+    /// True when every embedded migration has been applied (for `/ready`).
+    pub async fn migrations_applied(&self) -> Result<bool, StorageError> {
+        let (applied, migrator): (Vec<i64>, &Migrator) = match self {
+            Db::Postgres(pool) => (
+                sqlx::query_scalar(APPLIED_MIGRATIONS)
+                    .fetch_all(pool)
+                    .await?,
+                &postgres::MIGRATOR,
+            ),
+            Db::Sqlite(db) => (
+                sqlx::query_scalar(APPLIED_MIGRATIONS)
+                    .fetch_all(&db.readers)
+                    .await?,
+                &SQLITE_MIGRATOR,
+            ),
+        };
+        Ok(migrator
+            .iter()
+            .all(|migration| applied.contains(&migration.version)))
+    }
+
+    /// A handle for bookkeeping whose loss in a crash is harmless
+    /// (rate-limit counters): on PostgreSQL a small pool whose commits do
+    /// not wait for the WAL flush; on SQLite the same writer.
+    pub async fn bookkeeping(&self, url: &str, max_connections: u32) -> Result<Db, StorageError> {
+        match self {
+            Db::Postgres(_) => Ok(Db::Postgres(
+                postgres::connect_bookkeeping(&PgSettings {
+                    url: url.to_string(),
+                    max_connections,
+                })
+                .await?,
+            )),
+            Db::Sqlite(_) => Ok(self.clone()),
+        }
+    }
+
+    /// Tells this process's feed readers that events were appended.
+    pub fn notify_appended(&self) {
+        if let Db::Sqlite(db) = self {
+            db.appended.notify_waiters();
+        }
+    }
+
+    pub(crate) fn appended(&self) -> Option<Arc<Notify>> {
+        match self {
+            Db::Postgres(_) => None,
+            Db::Sqlite(db) => Some(db.appended.clone()),
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Db::Postgres(pool) => pool.close().await,
+            Db::Sqlite(db) => {
+                db.readers.close().await;
+                db.writer.close().await;
+            }
+        }
+    }
+}
+
+const APPLIED_MIGRATIONS: &str =
+    "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version";
+
+async fn open_sqlite(url: &str, max_connections: u32) -> Result<SqliteDb, StorageError> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true);
+    if let Some(parent) = Path::new(options.get_filename()).parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent).map_err(|error| {
+                StorageError::Config(format!("creating {}: {error}", parent.display()))
+            })?;
+        }
+    }
+    let writer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options.clone())
+        .await?;
+    let readers = SqlitePoolOptions::new()
+        .max_connections(max_connections.clamp(1, 8))
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options.read_only(true))
+        .await?;
+    Ok(SqliteDb {
+        writer,
+        readers,
+        appended: Arc::default(),
+    })
+}
+
+/// A connection (usually inside a transaction) of either backend.
+pub enum Conn<'c> {
+    Postgres(&'c mut PgConnection),
+    Sqlite(&'c mut SqliteConnection),
+}
+
+impl Conn<'_> {
+    /// Runs a statement without parameters (DDL and the like).
+    pub async fn execute(&mut self, statement: &str) -> Result<(), StorageError> {
+        match self {
+            Conn::Postgres(conn) => {
+                sqlx::query(statement).execute(&mut **conn).await?;
+            }
+            Conn::Sqlite(conn) => {
+                sqlx::query(statement).execute(&mut **conn).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Conn::Postgres(_) => Backend::Postgres,
+            Conn::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+}
+
+/// Reads a column the same way from either backend's row, whatever type
+/// the backend stores it as (SQLite keeps decimals, JSON and ids as text).
+pub trait Portable {
+    fn text(&self, column: &str) -> Result<String, StorageError>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StorageError>;
+    fn int(&self, column: &str) -> Result<i64, StorageError>;
+    fn flag(&self, column: &str) -> Result<bool, StorageError>;
+    fn decimal(&self, column: &str) -> Result<Decimal, StorageError>;
+    fn opt_decimal(&self, column: &str) -> Result<Option<Decimal>, StorageError>;
+    fn time(&self, column: &str) -> Result<DateTime<Utc>, StorageError>;
+    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, StorageError>;
+    fn json(&self, column: &str) -> Result<serde_json::Value, StorageError>;
+    fn uuid(&self, column: &str) -> Result<Uuid, StorageError>;
+    fn bytes(&self, column: &str) -> Result<Vec<u8>, StorageError>;
+    /// A list of strings (`text[]` in PostgreSQL, a JSON array in SQLite).
+    fn strings(&self, column: &str) -> Result<Vec<String>, StorageError>;
+}
+
+impl Portable for PgRow {
+    fn text(&self, column: &str) -> Result<String, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64, StorageError> {
+        // bigint or integer columns alike.
+        match self.try_get::<i64, _>(column) {
+            Ok(value) => Ok(value),
+            Err(error @ sqlx::Error::ColumnDecode { .. }) => self
+                .try_get::<i32, _>(column)
+                .map(i64::from)
+                .map_err(|_| error.into()),
+            Err(error) => Err(error.into()),
+        }
+    }
+    fn flag(&self, column: &str) -> Result<bool, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn decimal(&self, column: &str) -> Result<Decimal, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_decimal(&self, column: &str) -> Result<Option<Decimal>, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn time(&self, column: &str) -> Result<DateTime<Utc>, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn json(&self, column: &str) -> Result<serde_json::Value, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn uuid(&self, column: &str) -> Result<Uuid, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn bytes(&self, column: &str) -> Result<Vec<u8>, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn strings(&self, column: &str) -> Result<Vec<String>, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+}
+
+impl Portable for SqliteRow {
+    fn text(&self, column: &str) -> Result<String, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn flag(&self, column: &str) -> Result<bool, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn decimal(&self, column: &str) -> Result<Decimal, StorageError> {
+        parse_decimal(column, &self.text(column)?)
+    }
+    fn opt_decimal(&self, column: &str) -> Result<Option<Decimal>, StorageError> {
+        self.opt_text(column)?
+            .map(|text| parse_decimal(column, &text))
+            .transpose()
+    }
+    fn time(&self, column: &str) -> Result<DateTime<Utc>, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn json(&self, column: &str) -> Result<serde_json::Value, StorageError> {
+        let text = self.text(column)?;
+        serde_json::from_str(&text)
+            .map_err(|error| StorageError::Corrupt(format!("{column} is not JSON: {error}")))
+    }
+    fn uuid(&self, column: &str) -> Result<Uuid, StorageError> {
+        let text = self.text(column)?;
+        Uuid::parse_str(&text)
+            .map_err(|_| StorageError::Corrupt(format!("{column} {text:?} is not a UUID")))
+    }
+    fn bytes(&self, column: &str) -> Result<Vec<u8>, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn strings(&self, column: &str) -> Result<Vec<String>, StorageError> {
+        serde_json::from_value(self.json(column)?)
+            .map_err(|error| StorageError::Corrupt(format!("{column}: {error}")))
+    }
+}
+
+fn parse_decimal(column: &str, text: &str) -> Result<Decimal, StorageError> {
+    Decimal::from_str_exact(text)
+        .or_else(|_| Decimal::from_scientific(text))
+        .map_err(|_| StorageError::Corrupt(format!("{column} {text:?} is not a decimal")))
+}
+
+/// A list of strings as SQLite stores it (a JSON array).
+pub(crate) fn json_list(items: &[String]) -> String {
+    serde_json::Value::from(items.to_vec()).to_string()
+}
