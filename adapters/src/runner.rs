@@ -694,10 +694,14 @@ pub async fn rebuild(
         }
         Db::Sqlite(sqlite) => {
             let _claim = RebuildClaim::take(&shadow.checkpoint).ok_or_else(busy)?;
-            // Steps take the writer for one batch at a time, so commands
-            // and the live runners go on in between.
-            let mut conn = sqlite.writer.acquire().await?;
-            rebuild_on(&mut Conn::Sqlite(&mut conn), handler, &shadow, &settings).await?
+            // A connection of its own, not the pool's one writer: between
+            // two of its batches SQLite's write lock passes to commands and
+            // the live runners (who wait for it up to the busy timeout).
+            let mut conn = sqlite.writer.connect_options().connect().await?;
+            let rebuilt =
+                rebuild_on(&mut Conn::Sqlite(&mut conn), handler, &shadow, &settings).await;
+            conn.close().await?;
+            rebuilt?
         }
     };
     Ok(RebuildReport {
