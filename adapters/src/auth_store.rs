@@ -6,31 +6,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::StorageError;
-use crate::db::{Db, Portable, json_list};
-
-/// Runs `$body` with `$pool` bound to the pool for the job: PostgreSQL's
-/// pool, or SQLite's writer (`write`) or readers (`read`). For statements
-/// whose text and parameters are the same on both backends.
-macro_rules! on_pool {
-    ($db:expr, write, $pool:ident => $body:expr) => {
-        match $db {
-            Db::Postgres($pool) => $body,
-            Db::Sqlite(sqlite) => {
-                let $pool = &sqlite.writer;
-                $body
-            }
-        }
-    };
-    ($db:expr, read, $pool:ident => $body:expr) => {
-        match $db {
-            Db::Postgres($pool) => $body,
-            Db::Sqlite(sqlite) => {
-                let $pool = &sqlite.readers;
-                $body
-            }
-        }
-    };
-}
+use crate::db::{Db, Portable, json_list, on_pool};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {

@@ -221,6 +221,66 @@ async fn open_sqlite(url: &str, max_connections: u32) -> Result<SqliteDb, Storag
     })
 }
 
+/// Runs one expression for whichever backend a `&mut Conn` holds, with
+/// `$c` bound to that backend's `&mut &mut …Connection`. sqlx query
+/// builders are typed per backend; where the text and the binds are the
+/// same, this writes them once.
+macro_rules! on_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::db::Conn::Postgres($c) => $body,
+            $crate::db::Conn::Sqlite($c) => $body,
+        }
+    };
+}
+pub(crate) use on_conn;
+
+/// Runs one expression with `$pool` bound to the pool for the job:
+/// PostgreSQL's pool, or SQLite's writer (`write`) or readers (`read`).
+macro_rules! on_pool {
+    ($db:expr, write, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Postgres($pool) => $body,
+            $crate::db::Db::Sqlite(sqlite) => {
+                let $pool = &sqlite.writer;
+                $body
+            }
+        }
+    };
+    ($db:expr, read, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Postgres($pool) => $body,
+            $crate::db::Db::Sqlite(sqlite) => {
+                let $pool = &sqlite.readers;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// A backend connection seen as a [`Conn`].
+pub trait AsConn {
+    fn as_conn(&mut self) -> Conn<'_>;
+    /// What opens a write transaction: SQLite takes its write lock at once,
+    /// so a transaction that reads first cannot fail to upgrade later.
+    const BEGIN_WRITE: &'static str;
+}
+
+impl AsConn for PgConnection {
+    fn as_conn(&mut self) -> Conn<'_> {
+        Conn::Postgres(self)
+    }
+    const BEGIN_WRITE: &'static str = "BEGIN";
+}
+
+impl AsConn for SqliteConnection {
+    fn as_conn(&mut self) -> Conn<'_> {
+        Conn::Sqlite(self)
+    }
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+}
+
 /// A connection (usually inside a transaction) of either backend.
 pub enum Conn<'c> {
     Postgres(&'c mut PgConnection),
@@ -230,14 +290,9 @@ pub enum Conn<'c> {
 impl Conn<'_> {
     /// Runs a statement without parameters (DDL and the like).
     pub async fn execute(&mut self, statement: &str) -> Result<(), StorageError> {
-        match self {
-            Conn::Postgres(conn) => {
-                sqlx::query(statement).execute(&mut **conn).await?;
-            }
-            Conn::Sqlite(conn) => {
-                sqlx::query(statement).execute(&mut **conn).await?;
-            }
-        }
+        on_conn!(self, c => {
+            sqlx::query(statement).execute(&mut **c).await?;
+        });
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use karvon_projections::{EventMetadata, Position, PositionToken};
 use uuid::Uuid;
 
 use crate::StorageError;
-use crate::db::{Conn, Db, Portable};
+use crate::db::{Backend, Conn, Db, Portable, on_conn, on_pool};
 use crate::store::row_position;
 
 #[derive(Debug, Clone)]
@@ -57,26 +57,19 @@ pub async fn read_batch(
     after: Position,
     limit: i64,
 ) -> Result<Vec<FeedEvent>, StorageError> {
-    match conn {
-        Conn::Postgres(conn) => sqlx::query(SELECT_BATCH_POSTGRES)
-            .bind(after.transaction_id.to_string())
-            .bind(after.global_position)
-            .bind(limit)
-            .fetch_all(&mut **conn)
-            .await?
-            .iter()
-            .map(decode)
-            .collect(),
-        Conn::Sqlite(conn) => sqlx::query(SELECT_BATCH_SQLITE)
-            .bind(after.transaction_id.to_string())
-            .bind(after.global_position)
-            .bind(limit)
-            .fetch_all(&mut **conn)
-            .await?
-            .iter()
-            .map(decode)
-            .collect(),
-    }
+    let select = match conn.backend() {
+        Backend::Postgres => SELECT_BATCH_POSTGRES,
+        Backend::Sqlite => SELECT_BATCH_SQLITE,
+    };
+    on_conn!(conn, c => sqlx::query(select)
+        .bind(after.transaction_id.to_string())
+        .bind(after.global_position)
+        .bind(limit)
+        .fetch_all(&mut **c)
+        .await?
+        .iter()
+        .map(decode)
+        .collect())
 }
 
 fn decode(row: &impl Portable) -> Result<FeedEvent, StorageError> {
@@ -107,28 +100,22 @@ pub async fn resolve(db: &Db, token: &PositionToken) -> Result<Option<Position>,
             aggregate_id,
         } => (aggregate_type, sequence, aggregate_id),
     };
-    match db {
-        Db::Postgres(pool) => sqlx::query(
+    let select = match db.backend() {
+        Backend::Postgres => {
             "SELECT transaction_id::text AS txid, global_position FROM public.events
-              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
-        )
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3"
+        }
+        Backend::Sqlite => {
+            "SELECT '0' AS txid, global_position FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3"
+        }
+    };
+    on_pool!(db, read, pool => sqlx::query(select)
         .bind(aggregate_type)
         .bind(aggregate_id)
         .bind(sequence)
         .fetch_optional(pool)
         .await?
         .map(|row| row_position(&row, "global_position"))
-        .transpose(),
-        Db::Sqlite(sqlite) => sqlx::query(
-            "SELECT '0' AS txid, global_position FROM events
-              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
-        )
-        .bind(aggregate_type)
-        .bind(aggregate_id)
-        .bind(sequence)
-        .fetch_optional(&sqlite.readers)
-        .await?
-        .map(|row| row_position(&row, "global_position"))
-        .transpose(),
-    }
+        .transpose())
 }

@@ -34,7 +34,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, SqlitePool};
 use tokio::sync::{Notify, watch};
 
 use crate::StorageError;
-use crate::db::{Backend, Conn, Db, Portable};
+use crate::db::{AsConn, Backend, Conn, Db, Portable, on_conn};
 use crate::feed::{self, FeedEvent};
 use crate::store::row_position;
 
@@ -382,61 +382,37 @@ const ENSURE_CHECKPOINT: &str =
     "INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
 
 async fn ensure_checkpoint(conn: &mut Conn<'_>, name: &str) -> Result<(), StorageError> {
-    match conn {
-        Conn::Postgres(conn) => {
-            sqlx::query(ENSURE_CHECKPOINT)
-                .bind(name)
-                .execute(&mut **conn)
-                .await?;
-        }
-        Conn::Sqlite(conn) => {
-            sqlx::query(ENSURE_CHECKPOINT)
-                .bind(name)
-                .execute(&mut **conn)
-                .await?;
-        }
-    }
+    on_conn!(conn, c => {
+        sqlx::query(ENSURE_CHECKPOINT).bind(name).execute(&mut **c).await?;
+    });
     Ok(())
 }
 
 async fn delete_checkpoint(conn: &mut Conn<'_>, name: &str) -> Result<(), StorageError> {
     const DELETE: &str = "DELETE FROM projection_checkpoints WHERE name = $1";
-    match conn {
-        Conn::Postgres(conn) => {
-            sqlx::query(DELETE).bind(name).execute(&mut **conn).await?;
-        }
-        Conn::Sqlite(conn) => {
-            sqlx::query(DELETE).bind(name).execute(&mut **conn).await?;
-        }
-    }
+    on_conn!(conn, c => {
+        sqlx::query(DELETE).bind(name).execute(&mut **c).await?;
+    });
     Ok(())
 }
 
 /// The stored checkpoint (position, generation), locked for this
 /// transaction on PostgreSQL (SQLite's write lock already covers it).
 async fn read_checkpoint(conn: &mut Conn<'_>, name: &str) -> Result<(Position, i64), StorageError> {
-    match conn {
-        Conn::Postgres(conn) => {
-            let row = sqlx::query(
-                "SELECT transaction_id::text AS txid, position, generation
-                   FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
-            )
-            .bind(name)
-            .fetch_one(&mut **conn)
-            .await?;
-            Ok((row_position(&row, "position")?, row.int("generation")?))
+    let select = match conn.backend() {
+        Backend::Postgres => {
+            "SELECT transaction_id::text AS txid, position, generation
+               FROM projection_checkpoints WHERE name = $1 FOR UPDATE"
         }
-        Conn::Sqlite(conn) => {
-            let row = sqlx::query(
-                "SELECT CAST(transaction_id AS TEXT) AS txid, position, generation
-                   FROM projection_checkpoints WHERE name = $1",
-            )
-            .bind(name)
-            .fetch_one(&mut **conn)
-            .await?;
-            Ok((row_position(&row, "position")?, row.int("generation")?))
+        Backend::Sqlite => {
+            "SELECT CAST(transaction_id AS TEXT) AS txid, position, generation
+               FROM projection_checkpoints WHERE name = $1"
         }
-    }
+    };
+    on_conn!(conn, c => {
+        let row = sqlx::query(select).bind(name).fetch_one(&mut **c).await?;
+        Ok((row_position(&row, "position")?, row.int("generation")?))
+    })
 }
 
 /// Moves a checkpoint to `position` after `seen` more events.
@@ -446,37 +422,37 @@ async fn write_checkpoint(
     position: Position,
     seen: usize,
 ) -> Result<(), StorageError> {
-    match conn {
-        Conn::Postgres(conn) => {
-            sqlx::query(
-                "UPDATE projection_checkpoints
-                    SET transaction_id = $2::text::xid8, position = $3,
-                        events_seen = events_seen + $4, updated_at = now()
-                  WHERE name = $1",
-            )
-            .bind(name)
-            .bind(position.transaction_id.to_string())
-            .bind(position.global_position)
-            .bind(seen as i64)
-            .execute(&mut **conn)
-            .await?;
+    // The transaction id goes as text: PostgreSQL casts it to xid8, SQLite's
+    // integer column takes it as a number.
+    let update = match conn.backend() {
+        Backend::Postgres => {
+            "UPDATE projection_checkpoints
+                SET transaction_id = $2::text::xid8, position = $3,
+                    events_seen = events_seen + $4, updated_at = now()
+              WHERE name = $1"
         }
-        Conn::Sqlite(conn) => {
-            sqlx::query(
-                "UPDATE projection_checkpoints
-                    SET transaction_id = $2, position = $3, events_seen = events_seen + $4,
-                        updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-                  WHERE name = $1",
-            )
-            .bind(name)
-            .bind(position.transaction_id as i64)
-            .bind(position.global_position)
-            .bind(seen as i64)
-            .execute(&mut **conn)
-            .await?;
+        Backend::Sqlite => {
+            "UPDATE projection_checkpoints
+                SET transaction_id = $2, position = $3, events_seen = events_seen + $4,
+                    updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+              WHERE name = $1"
         }
-    }
+    };
+    on_conn!(conn, c => {
+        sqlx::query(update)
+        .bind(name)
+        .bind(position.transaction_id.to_string())
+        .bind(position.global_position)
+        .bind(seen as i64)
+        .execute(&mut **c)
+        .await?;
+    });
     Ok(())
+}
+
+/// The statement that opens a write transaction on `conn`'s backend.
+fn begin_write<C: AsConn>(_conn: &C) -> &'static str {
+    C::BEGIN_WRITE
 }
 
 /// What a runner remembers between steps: the checkpoint it last
@@ -497,42 +473,17 @@ pub async fn step(
     settings: &RunnerSettings,
     memory: &mut StepMemory,
 ) -> Result<usize, StorageError> {
-    let outcome = match conn {
-        Conn::Postgres(conn) => {
-            async {
-                let mut tx = conn.begin().await?;
-                let stepped = step_within(
-                    &mut Conn::Postgres(&mut tx),
-                    handler,
-                    checkpoint,
-                    schema,
-                    settings,
-                    memory,
-                )
-                .await?;
-                tx.commit().await?;
-                Ok::<_, StorageError>(stepped)
-            }
-            .await
+    let outcome = on_conn!(conn, c => {
+        async {
+            let mut tx = c.begin_with(begin_write(&**c)).await?;
+            let stepped =
+                step_within(&mut tx.as_conn(), handler, checkpoint, schema, settings, memory)
+                    .await?;
+            tx.commit().await?;
+            Ok::<_, StorageError>(stepped)
         }
-        Conn::Sqlite(conn) => {
-            async {
-                let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-                let stepped = step_within(
-                    &mut Conn::Sqlite(&mut tx),
-                    handler,
-                    checkpoint,
-                    schema,
-                    settings,
-                    memory,
-                )
-                .await?;
-                tx.commit().await?;
-                Ok::<_, StorageError>(stepped)
-            }
-            .await
-        }
-    };
+        .await
+    });
     match outcome {
         Ok((applied, position)) => {
             memory.last_committed = Some(position);
@@ -941,22 +892,13 @@ async fn hand_over(
                 events_seen = (SELECT events_seen FROM projection_checkpoints WHERE name = $2),
                 generation = generation + 1
           WHERE name = $1";
-    match tx {
-        Conn::Postgres(conn) => {
-            sqlx::query(HAND_OVER)
-                .bind(name)
-                .bind(&shadow.checkpoint)
-                .execute(&mut **conn)
-                .await?;
-        }
-        Conn::Sqlite(conn) => {
-            sqlx::query(HAND_OVER)
-                .bind(name)
-                .bind(&shadow.checkpoint)
-                .execute(&mut **conn)
-                .await?;
-        }
-    }
+    on_conn!(tx, c => {
+        sqlx::query(HAND_OVER)
+        .bind(name)
+        .bind(&shadow.checkpoint)
+        .execute(&mut **c)
+        .await?;
+    });
     delete_checkpoint(tx, &shadow.checkpoint).await?;
     Ok(read_checkpoint(tx, name).await?.0)
 }

@@ -76,3 +76,78 @@ fn an_unknown_database_scheme_is_refused_by_name() {
         "{text}"
     );
 }
+
+#[test]
+fn serve_with_no_configuration_says_which_backend_and_integrations_are_active() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = std::env::temp_dir().join(format!("karvon-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut child = karvon()
+        .arg("serve")
+        .env_remove("KARVON_DATABASE_URL")
+        .env_remove("KARVON_NATS_URL")
+        .env_remove("KARVON_MQTT_URL")
+        .env("KARVON_LISTEN", "127.0.0.1:0")
+        .env("NO_COLOR", "1")
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut started = None;
+    while std::time::Instant::now() < deadline {
+        match received.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(line) if line.contains("karvon started") => {
+                started = Some(line);
+                break;
+            }
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let created = dir.join("karvon-data").join("karvon.db").exists();
+    let _ = std::fs::remove_dir_all(&dir);
+    let started = started.expect("no start-up line within 30 s");
+    let plain: String = strip_ansi(&started);
+    for expected in [
+        "backend=\"sqlite\"",
+        "nats=\"off\"",
+        "mqtt=\"off\"",
+        "karvon-data",
+    ] {
+        assert!(plain.contains(expected), "{expected} missing in: {plain}");
+    }
+    assert!(created, "the store was not created in ./karvon-data");
+}
+
+/// Log lines may carry colour codes.
+fn strip_ansi(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}

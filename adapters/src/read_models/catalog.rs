@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::StorageError;
-use crate::db::{Backend, Conn, Portable};
+use crate::db::{Backend, Conn, Portable, on_conn};
 use crate::feed::FeedEvent;
 use crate::read_models::Reader;
 use crate::runner::FeedHandler;
@@ -353,32 +353,18 @@ pub async fn list_products(
           ORDER BY product_id
           LIMIT $6"
     );
-    match reader.conn() {
-        Conn::Postgres(conn) => sqlx::query(&statement)
-            .bind(tenant)
-            .bind(&filter.category)
-            .bind(&filter.status)
-            .bind(pattern)
-            .bind(&filter.after)
-            .bind(filter.limit)
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(row_to_view)
-            .collect(),
-        Conn::Sqlite(conn) => sqlx::query(&statement)
-            .bind(tenant)
-            .bind(&filter.category)
-            .bind(&filter.status)
-            .bind(pattern)
-            .bind(&filter.after)
-            .bind(filter.limit)
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(row_to_view)
-            .collect(),
-    }
+    on_conn!(&mut reader.conn(), c => sqlx::query(&statement)
+        .bind(tenant)
+        .bind(&filter.category)
+        .bind(&filter.status)
+        .bind(&pattern)
+        .bind(&filter.after)
+        .bind(filter.limit)
+        .fetch_all(&mut **c)
+        .await?
+        .iter()
+        .map(row_to_view)
+        .collect())
 }
 
 pub async fn get_product(
@@ -390,24 +376,14 @@ pub async fn get_product(
     let statement = format!(
         "SELECT {COLUMNS}, external_refs FROM {products} WHERE tenant_id = $1 AND product_id = $2"
     );
-    match reader.conn() {
-        Conn::Postgres(conn) => sqlx::query(&statement)
-            .bind(tenant)
-            .bind(product_id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .as_ref()
-            .map(row_to_view)
-            .transpose(),
-        Conn::Sqlite(conn) => sqlx::query(&statement)
-            .bind(tenant)
-            .bind(product_id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .as_ref()
-            .map(row_to_view)
-            .transpose(),
-    }
+    on_conn!(&mut reader.conn(), c => sqlx::query(&statement)
+        .bind(tenant)
+        .bind(product_id)
+        .fetch_optional(&mut **c)
+        .await?
+        .as_ref()
+        .map(row_to_view)
+        .transpose())
 }
 
 fn row_to_view(row: &impl Portable) -> Result<ProductView, StorageError> {

@@ -11,7 +11,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::StorageError;
-use crate::db::{Backend, Conn, Portable, json_list};
+use crate::db::{Backend, Conn, Portable, json_list, on_conn};
 use crate::feed::FeedEvent;
 use crate::read_models::Reader;
 use crate::runner::FeedHandler;
@@ -470,9 +470,7 @@ pub async fn inventory_levels(
           ORDER BY l.warehouse_id, l.product_id
           LIMIT $12"
     );
-    macro_rules! run {
-        ($conn:expr) => {
-            sqlx::query(&statement)
+    on_conn!(&mut reader.conn(), c => sqlx::query(&statement)
                 .bind(tenant)
                 .bind(&filter.category)
                 .bind(&filter.warehouse_id)
@@ -485,17 +483,11 @@ pub async fn inventory_levels(
                 .bind(&after_warehouse)
                 .bind(&after_product)
                 .bind(filter.limit)
-                .fetch_all(&mut *$conn)
+                .fetch_all(&mut **c)
                 .await?
                 .iter()
                 .map(|row| inventory_level(row, filter.today, near_until))
-                .collect()
-        };
-    }
-    match reader.conn() {
-        Conn::Postgres(conn) => run!(conn),
-        Conn::Sqlite(conn) => run!(conn),
-    }
+                .collect())
 }
 
 fn inventory_level(
@@ -569,26 +561,18 @@ pub async fn movement_history(
           ORDER BY transaction_id, global_position
           LIMIT $6"
     );
-    macro_rules! run {
-        ($conn:expr) => {
-            sqlx::query(&statement)
+    on_conn!(&mut reader.conn(), c => sqlx::query(&statement)
                 .bind(tenant)
                 .bind(product_id)
                 .bind(warehouse_id)
                 .bind(after.transaction_id as i64)
                 .bind(after.global_position)
                 .bind(limit)
-                .fetch_all(&mut *$conn)
+                .fetch_all(&mut **c)
                 .await?
                 .iter()
                 .map(movement_view)
-                .collect()
-        };
-    }
-    match reader.conn() {
-        Conn::Postgres(conn) => run!(conn),
-        Conn::Sqlite(conn) => run!(conn),
-    }
+                .collect())
 }
 
 fn movement_view(row: &impl Portable) -> Result<MovementView, StorageError> {

@@ -31,3 +31,4 @@ mod feed;
 mod idempotency;
 mod rebuild;
 mod runners;
+mod sqlite;
