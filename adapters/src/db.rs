@@ -421,6 +421,11 @@ fn parse_decimal(column: &str, text: &str) -> Result<Decimal, StorageError> {
         .map_err(|_| StorageError::Corrupt(format!("{column} {text:?} is not a decimal")))
 }
 
+/// A time as sqlx writes it into SQLite, for rows built as JSON.
+pub(crate) fn sqlite_time(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+}
+
 /// A list of strings as SQLite stores it (a JSON array).
 pub(crate) fn json_list(items: &[String]) -> String {
     serde_json::Value::from(items.to_vec()).to_string()

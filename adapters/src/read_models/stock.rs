@@ -11,7 +11,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::StorageError;
-use crate::db::{Backend, Conn, Portable, json_list, on_conn};
+use crate::db::{Backend, Conn, Portable, json_list, on_conn, sqlite_time};
 use crate::feed::FeedEvent;
 use crate::read_models::Reader;
 use crate::runner::FeedHandler;
@@ -281,21 +281,30 @@ async fn save_levels<'a>(
             .await?;
         }
         Conn::Sqlite(conn) => {
-            let statement = format!(
+            // One statement for the batch: the rows travel as one JSON
+            // array (SQLite has no arrays; a statement per row costs a
+            // hop to sqlx's connection thread each).
+            let rows: Vec<serde_json::Value> = (0..tenants.len())
+                .map(|i| {
+                    serde_json::json!([
+                        tenants[i],
+                        warehouses[i],
+                        products[i],
+                        on_hand[i].to_string(),
+                        batches[i].to_string(),
+                        sqlite_time(&updated[i]),
+                    ])
+                })
+                .collect();
+            sqlx::query(&format!(
                 "INSERT INTO {table} (tenant_id, warehouse_id, product_id, on_hand, batches, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) {LEVEL_CONFLICT}"
-            );
-            for i in 0..tenants.len() {
-                sqlx::query(&statement)
-                    .bind(tenants[i])
-                    .bind(warehouses[i])
-                    .bind(products[i])
-                    .bind(on_hand[i].to_string())
-                    .bind(batches[i].to_string())
-                    .bind(updated[i])
-                    .execute(&mut **conn)
-                    .await?;
-            }
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5
+                   FROM json_each($1) WHERE true
+                 {LEVEL_CONFLICT}"
+            ))
+            .bind(serde_json::Value::from(rows).to_string())
+            .execute(&mut **conn)
+            .await?;
         }
     }
     Ok(())
@@ -357,26 +366,33 @@ impl Movements {
                 .await?;
             }
             Conn::Sqlite(conn) => {
-                let statement = format!(
+                let rows: Vec<serde_json::Value> = (0..self.tenant.len())
+                    .map(|i| {
+                        serde_json::json!([
+                            self.tenant[i],
+                            self.product[i],
+                            self.warehouse[i],
+                            self.transaction[i],
+                            self.position[i],
+                            self.event_id[i].to_string(),
+                            sqlite_time(&self.at[i]),
+                            self.kind[i],
+                            self.qty[i].to_string(),
+                            self.balance_after[i].to_string(),
+                            self.reference[i],
+                        ])
+                    })
+                    .collect();
+                sqlx::query(&format!(
                     "INSERT INTO {table} ({COLUMNS})
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-                );
-                for i in 0..self.tenant.len() {
-                    sqlx::query(&statement)
-                        .bind(&self.tenant[i])
-                        .bind(&self.product[i])
-                        .bind(&self.warehouse[i])
-                        .bind(self.transaction[i])
-                        .bind(self.position[i])
-                        .bind(self.event_id[i].to_string())
-                        .bind(self.at[i])
-                        .bind(self.kind[i])
-                        .bind(self.qty[i].to_string())
-                        .bind(self.balance_after[i].to_string())
-                        .bind(&self.reference[i])
-                        .execute(&mut **conn)
-                        .await?;
-                }
+                     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,
+                            value ->> 5, value ->> 6, value ->> 7, value ->> 8, value ->> 9,
+                            value ->> 10
+                       FROM json_each($1)"
+                ))
+                .bind(serde_json::Value::from(rows).to_string())
+                .execute(&mut **conn)
+                .await?;
             }
         }
         Ok(())
