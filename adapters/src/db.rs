@@ -197,6 +197,13 @@ async fn open_sqlite(url: &str, max_connections: u32) -> Result<SqliteDb, Storag
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true);
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        // The readers would each see an empty database of their own.
+        return Err(StorageError::Config(
+            "an in-memory SQLite database is not supported; name a file (sqlite://./karvon-data/karvon.db)"
+                .to_string(),
+        ));
+    }
     if let Some(parent) = Path::new(options.get_filename()).parent() {
         if !parent.as_os_str().is_empty() {
             std::fs::create_dir_all(parent).map_err(|error| {

@@ -63,6 +63,18 @@ fn with_no_configuration_the_store_is_a_sqlite_file_in_karvon_data() {
 }
 
 #[test]
+fn an_in_memory_sqlite_store_is_refused() {
+    let output = karvon()
+        .arg("migrate")
+        .env("KARVON_DATABASE_URL", "sqlite::memory:")
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("in-memory SQLite"), "{text}");
+}
+
+#[test]
 fn an_unknown_database_scheme_is_refused_by_name() {
     let output = karvon()
         .arg("migrate")

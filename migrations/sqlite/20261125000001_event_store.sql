@@ -14,10 +14,13 @@ CREATE TABLE events
     event_version   TEXT    NOT NULL,
     payload         TEXT    NOT NULL,
     metadata        TEXT    NOT NULL,
-    -- A random (version 4) UUID; SQLite has no clock-ordered generator.
+    -- UUIDv7 (RFC 9562): 48-bit Unix milliseconds, version 7, variant,
+    -- then random bits.
     event_id        TEXT    NOT NULL DEFAULT (lower(
-                        hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4' ||
-                        substr(hex(randomblob(2)), 2) || '-' ||
+                        substr(printf('%012x', CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)), 1, 8)
+                        || '-' ||
+                        substr(printf('%012x', CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)), 9, 4)
+                        || '-7' || substr(hex(randomblob(2)), 2) || '-' ||
                         substr('89ab', 1 + (abs(random()) % 4), 1) ||
                         substr(hex(randomblob(2)), 2) || '-' || hex(randomblob(6)))),
     recorded_at     TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),

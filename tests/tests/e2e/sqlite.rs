@@ -1,6 +1,6 @@
 //! What only the embedded SQLite backend promises.
 
-use karvon_tests::{Backend, Db, TestDb, spawn_app};
+use karvon_tests::{Backend, Db, TestDb, product, spawn_app};
 
 #[tokio::test]
 async fn the_sqlite_store_is_one_wal_file_that_syncs_every_commit() {
@@ -42,5 +42,23 @@ async fn the_sqlite_store_is_one_wal_file_that_syncs_every_commit() {
             "{table} missing: {tables:?}"
         );
     }
+
+    // Event ids are UUIDv7 here too, stamped with the append time.
+    let (status, _) = app
+        .post("/api/v1/products", &product("P1", "dairy", None))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED);
+    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events")
+        .fetch_all(&sqlite.readers)
+        .await
+        .expect("ids");
+    let id = uuid::Uuid::parse_str(&ids[0]).expect("a UUID");
+    assert_eq!(id.get_version_num(), 7, "{id}");
+    let (seconds, _) = id.get_timestamp().expect("timestamp").to_unix();
+    let now = chrono::Utc::now().timestamp() as u64;
+    assert!(
+        now.abs_diff(seconds) < 60,
+        "{id} is stamped {seconds}, now {now}"
+    );
     app.stop().await.expect("stop");
 }
