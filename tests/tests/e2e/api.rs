@@ -6,7 +6,8 @@ use std::time::Duration;
 use karvon_app::Role;
 use karvon_projections::names;
 use karvon_tests::{
-    Backend, TestDb, event_count, product, spawn_app, spawn_app_with, test_config, wait_caught_up,
+    Backend, TestApp, TestDb, event_count, product, spawn_app, spawn_app_with, test_config,
+    wait_caught_up,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -669,14 +670,7 @@ async fn a_ten_megabyte_body_is_refused_with_413_under_the_default_limit(backend
         "{{\"product_id\":\"P1\",\"sku\":\"{}\"}}",
         "x".repeat(10 * 1024 * 1024)
     );
-    let (status, body) = app
-        .send(
-            app.client
-                .post(app.url("/api/v1/products"))
-                .header("content-type", "application/json")
-                .body(huge),
-        )
-        .await;
+    let (status, body) = post_raw(&app, "/api/v1/products", huge.into_bytes()).await;
     assert_error(
         status,
         &body,
@@ -685,6 +679,66 @@ async fn a_ten_megabyte_body_is_refused_with_413_under_the_default_limit(backend
     );
     assert_eq!(event_count(&app.db).await.expect("count"), before);
     app.stop().await.expect("stop");
+}
+
+/// POST over a plain socket, reading the answer while the body is still
+/// being written: the server answers 413 from `Content-Length` alone and
+/// closes, so a client that insists on finishing the upload first (reqwest
+/// does) may only see a broken pipe instead of the answer.
+async fn post_raw(app: &TestApp, path: &str, body: Vec<u8>) -> (StatusCode, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let address = app.address.trim_start_matches("http://").to_string();
+    let stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        app.token,
+        body.len()
+    );
+    let upload = tokio::spawn(async move {
+        // Errors are expected once the server has answered and closed.
+        let _ = writer.write_all(head.as_bytes()).await;
+        let _ = writer.write_all(&body).await;
+    });
+    let mut received = Vec::new();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            let text = String::from_utf8_lossy(&received).to_string();
+            if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())
+                            .flatten()
+                    })
+                    .expect("content-length");
+                if rest.len() >= length {
+                    let status = head
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|code| code.parse::<u16>().ok())
+                        .expect("status");
+                    return (status, rest[..length].to_string());
+                }
+            }
+            let read = reader.read(&mut chunk).await.expect("read");
+            assert!(read > 0, "connection closed before the answer: {text}");
+            received.extend_from_slice(&chunk[..read]);
+        }
+    })
+    .await
+    .expect("answered within 30 s");
+    upload.abort();
+    let status = StatusCode::from_u16(answer.0).expect("status code");
+    let body = serde_json::from_str(&answer.1).expect("JSON body");
+    (status, body)
 }
 
 on_both_backends!(
