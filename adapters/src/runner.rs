@@ -351,30 +351,22 @@ async fn prepare(conn: &mut Conn<'_>, handler: &dyn FeedHandler) -> Result<(), S
     let Some(schema) = handler.schema() else {
         return Ok(());
     };
-    match conn {
-        Conn::Postgres(conn) => {
-            let mut tx = conn.begin().await?;
+    on_conn!(conn, c => {
+        let mut tx = c.begin_with(begin_write(&**c)).await?;
+        let mut tx_conn = tx.as_conn();
+        if tx_conn.backend() == Backend::Postgres {
             // Concurrent CREATE … IF NOT EXISTS can still collide in the
             // catalogue; instances starting together take turns.
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('karvon.prepare', 0))")
-                .execute(&mut *tx)
+            tx_conn
+                .execute("SELECT pg_advisory_xact_lock(hashtextextended('karvon.prepare', 0))")
                 .await?;
-            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-                .execute(&mut *tx)
+            tx_conn
+                .execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
                 .await?;
-            handler
-                .create_tables(&mut Conn::Postgres(&mut tx), schema)
-                .await?;
-            tx.commit().await?;
         }
-        Conn::Sqlite(conn) => {
-            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            handler
-                .create_tables(&mut Conn::Sqlite(&mut tx), schema)
-                .await?;
-            tx.commit().await?;
-        }
-    }
+        handler.create_tables(&mut tx_conn, schema).await?;
+        tx.commit().await?;
+    });
     Ok(())
 }
 
@@ -731,36 +723,33 @@ async fn reset_shadow(
     handler: &dyn FeedHandler,
     shadow: &Shadow<'_>,
 ) -> Result<(), StorageError> {
-    match conn {
-        Conn::Postgres(conn) => {
-            let mut tx = conn.begin().await?;
-            for statement in [
-                format!("DROP SCHEMA IF EXISTS {} CASCADE", shadow.schema),
-                format!("CREATE SCHEMA {}", shadow.schema),
-            ] {
-                sqlx::query(&statement).execute(&mut *tx).await?;
-            }
-            let mut tx_conn = Conn::Postgres(&mut tx);
-            handler.create_tables(&mut tx_conn, &shadow.schema).await?;
-            delete_checkpoint(&mut tx_conn, &shadow.checkpoint).await?;
-            ensure_checkpoint(&mut tx_conn, &shadow.checkpoint).await?;
-            tx.commit().await?;
+    let drop_old: Vec<String> = match conn.backend() {
+        Backend::Postgres => vec![
+            format!("DROP SCHEMA IF EXISTS {} CASCADE", shadow.schema),
+            format!("CREATE SCHEMA {}", shadow.schema),
+        ],
+        Backend::Sqlite => handler
+            .tables()
+            .iter()
+            .map(|table| {
+                format!(
+                    "DROP TABLE IF EXISTS {}",
+                    Backend::Sqlite.table(&shadow.schema, table)
+                )
+            })
+            .collect(),
+    };
+    on_conn!(conn, c => {
+        let mut tx = c.begin_with(begin_write(&**c)).await?;
+        let mut tx_conn = tx.as_conn();
+        for statement in &drop_old {
+            tx_conn.execute(statement).await?;
         }
-        Conn::Sqlite(conn) => {
-            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            for table in handler.tables() {
-                let table = Backend::Sqlite.table(&shadow.schema, table);
-                sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            let mut tx_conn = Conn::Sqlite(&mut tx);
-            handler.create_tables(&mut tx_conn, &shadow.schema).await?;
-            delete_checkpoint(&mut tx_conn, &shadow.checkpoint).await?;
-            ensure_checkpoint(&mut tx_conn, &shadow.checkpoint).await?;
-            tx.commit().await?;
-        }
-    }
+        handler.create_tables(&mut tx_conn, &shadow.schema).await?;
+        delete_checkpoint(&mut tx_conn, &shadow.checkpoint).await?;
+        ensure_checkpoint(&mut tx_conn, &shadow.checkpoint).await?;
+        tx.commit().await?;
+    });
     Ok(())
 }
 
@@ -784,72 +773,69 @@ async fn swap(
     settings: &RunnerSettings,
     memory: StepMemory,
 ) -> Result<(Position, u64), StorageError> {
-    match conn {
-        Conn::Postgres(conn) => {
-            let mut tx = conn.begin().await?;
-            sqlx::query("SET LOCAL lock_timeout = '5s'")
-                .execute(&mut *tx)
-                .await?;
-            let mut tx_conn = Conn::Postgres(&mut tx);
-            // Holds the live runner off until the swap commits.
-            read_checkpoint(&mut tx_conn, handler.name()).await?;
-            let events = catch_up(&mut tx_conn, handler, shadow, settings, memory).await?;
-            let (live, old) = (shadow.live_schema, format!("{}__old", shadow.live_schema));
+    on_conn!(conn, c => {
+        let mut tx = c.begin_with(begin_write(&**c)).await?;
+        let mut tx_conn = tx.as_conn();
+        if tx_conn.backend() == Backend::Postgres {
+            tx_conn.execute("SET LOCAL lock_timeout = '5s'").await?;
+        }
+        // Holds the live runner off until the swap commits (on SQLite the
+        // write lock already does).
+        read_checkpoint(&mut tx_conn, handler.name()).await?;
+        let events = catch_up(&mut tx_conn, handler, shadow, settings, memory).await?;
+        exchange_tables(&mut tx_conn, handler, shadow).await?;
+        let position = hand_over(&mut tx_conn, handler.name(), shadow).await?;
+        tx.commit().await?;
+        Ok((position, events))
+    })
+}
+
+/// Puts the rebuilt tables where the live ones were, inside the swap.
+async fn exchange_tables(
+    tx: &mut Conn<'_>,
+    handler: &dyn FeedHandler,
+    shadow: &Shadow<'_>,
+) -> Result<(), StorageError> {
+    let live = shadow.live_schema;
+    match tx {
+        Conn::Postgres(_) => {
+            let old = format!("{live}__old");
             for statement in [
                 format!("DROP SCHEMA IF EXISTS {old} CASCADE"),
                 format!("ALTER SCHEMA {live} RENAME TO {old}"),
                 format!("ALTER SCHEMA {} RENAME TO {live}", shadow.schema),
                 format!("DROP SCHEMA {old} CASCADE"),
             ] {
-                sqlx::query(&statement).execute(&mut *tx).await?;
+                tx.execute(&statement).await?;
             }
-            let position = hand_over(&mut Conn::Postgres(&mut tx), handler.name(), shadow).await?;
-            tx.commit().await?;
-            Ok((position, events))
         }
         Conn::Sqlite(conn) => {
-            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            let events = catch_up(
-                &mut Conn::Sqlite(&mut tx),
-                handler,
-                shadow,
-                settings,
-                memory,
-            )
-            .await?;
-            for table in handler.tables() {
-                let live = Backend::Sqlite.table(shadow.live_schema, table);
-                let rebuilt = Backend::Sqlite.table(&shadow.schema, table);
-                sqlx::query(&format!("DROP TABLE IF EXISTS {live}"))
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(&format!("ALTER TABLE {rebuilt} RENAME TO {live}"))
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            // Indexes keep the names they were built under: drop those and
-            // let the handler create the live ones.
+            // Indexes keep the names they were built under: note those,
+            // then let the handler create the live ones after the renames.
             let stale: Vec<String> = sqlx::query_scalar(
                 "SELECT name FROM sqlite_master
                   WHERE type = 'index' AND sql IS NOT NULL AND substr(name, 1, length($1)) = $1",
             )
             .bind(format!("{}_", shadow.schema))
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **conn)
             .await?;
-            for index in stale {
-                sqlx::query(&format!("DROP INDEX {index}"))
-                    .execute(&mut *tx)
+            for table in handler.tables() {
+                let (current, rebuilt) = (
+                    Backend::Sqlite.table(live, table),
+                    Backend::Sqlite.table(&shadow.schema, table),
+                );
+                tx.execute(&format!("DROP TABLE IF EXISTS {current}"))
+                    .await?;
+                tx.execute(&format!("ALTER TABLE {rebuilt} RENAME TO {current}"))
                     .await?;
             }
-            let mut tx_conn = Conn::Sqlite(&mut tx);
-            handler
-                .create_tables(&mut tx_conn, shadow.live_schema)
-                .await?;
-            let position = hand_over(&mut tx_conn, handler.name(), shadow).await?;
-            tx.commit().await?;
-            Ok((position, events))
+            for index in stale {
+                tx.execute(&format!("DROP INDEX IF EXISTS {index}")).await?;
+            }
+            handler.create_tables(tx, live).await?;
         }
     }
+    Ok(())
 }
 
 /// Applies what was appended since the rebuild's last step.
