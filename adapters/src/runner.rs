@@ -242,13 +242,15 @@ impl Session {
     }
 
     async fn prepare(&mut self, handler: &dyn FeedHandler) -> Result<(), StorageError> {
-        match self {
-            Session::Postgres { conn, .. } => prepare(&mut Conn::Postgres(conn), handler).await,
+        let mut pooled;
+        let mut conn = match self {
+            Session::Postgres { conn, .. } => Conn::Postgres(conn),
             Session::Sqlite { writer, .. } => {
-                let mut conn = writer.acquire().await?;
-                prepare(&mut Conn::Sqlite(&mut conn), handler).await
+                pooled = writer.acquire().await?;
+                Conn::Sqlite(&mut pooled)
             }
-        }
+        };
+        prepare(&mut conn, handler).await
     }
 
     /// Resolves on an append notification, or after `poll` at the latest.
@@ -282,36 +284,20 @@ impl Session {
         settings: &RunnerSettings,
         memory: &mut StepMemory,
     ) -> Result<usize, StorageError> {
-        match self {
-            Session::Postgres { conn, .. } => {
-                step(
-                    &mut Conn::Postgres(conn),
-                    handler,
-                    checkpoint,
-                    schema,
-                    settings,
-                    memory,
-                )
-                .await
-            }
+        let mut pooled;
+        let mut conn = match self {
+            Session::Postgres { conn, .. } => Conn::Postgres(conn),
             Session::Sqlite {
                 writer, readers, ..
             } if schema.is_none() => {
-                react_step(writer, readers, handler, checkpoint, settings).await
+                return react_step(writer, readers, handler, checkpoint, settings).await;
             }
             Session::Sqlite { writer, .. } => {
-                let mut conn = writer.acquire().await?;
-                step(
-                    &mut Conn::Sqlite(&mut conn),
-                    handler,
-                    checkpoint,
-                    schema,
-                    settings,
-                    memory,
-                )
-                .await
+                pooled = writer.acquire().await?;
+                Conn::Sqlite(&mut pooled)
             }
-        }
+        };
+        step(&mut conn, handler, checkpoint, schema, settings, memory).await
     }
 }
 

@@ -62,27 +62,26 @@ fn with_no_configuration_the_store_is_a_sqlite_file_in_karvon_data() {
     assert!(created, "no ./karvon-data/karvon.db after migrate");
 }
 
-#[test]
-fn an_in_memory_sqlite_store_is_refused() {
+/// `karvon migrate` against `url`, which must fail; its stderr.
+fn migrate_refused(url: &str) -> String {
     let output = karvon()
         .arg("migrate")
-        .env("KARVON_DATABASE_URL", "sqlite::memory:")
+        .env("KARVON_DATABASE_URL", url)
         .output()
         .expect("runs");
-    assert!(!output.status.success());
-    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{url} was accepted");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn an_in_memory_sqlite_store_is_refused() {
+    let text = migrate_refused("sqlite::memory:");
     assert!(text.contains("in-memory SQLite"), "{text}");
 }
 
 #[test]
 fn an_unknown_database_scheme_is_refused_by_name() {
-    let output = karvon()
-        .arg("migrate")
-        .env("KARVON_DATABASE_URL", "mysql://root@127.0.0.1/karvon")
-        .output()
-        .expect("runs");
-    assert!(!output.status.success());
-    let text = String::from_utf8_lossy(&output.stderr);
+    let text = migrate_refused("mysql://root@127.0.0.1/karvon");
     assert!(
         text.contains("postgres://") && text.contains("sqlite://"),
         "{text}"
