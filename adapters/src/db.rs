@@ -27,7 +27,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{PgConnection, PgPool, Row, SqliteConnection, SqlitePool};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::StorageError;
@@ -60,6 +60,56 @@ impl Backend {
         }
     }
 
+    /// The current time, as this backend stores times.
+    pub fn now(self) -> &'static str {
+        match self {
+            Backend::Postgres => "now()",
+            Backend::Sqlite => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+        }
+    }
+
+    /// A parameter bound as text, read as the backend's transaction id
+    /// (`xid8` on PostgreSQL; SQLite's integer column takes the text).
+    pub fn xid_param(self, param: &str) -> String {
+        match self {
+            Backend::Postgres => format!("{param}::text::xid8"),
+            Backend::Sqlite => param.to_string(),
+        }
+    }
+
+    /// A parameter bound as text, read as a UUID (SQLite keeps UUIDs as text).
+    pub fn uuid_param(self, param: &str) -> String {
+        match self {
+            Backend::Postgres => format!("{param}::text::uuid"),
+            Backend::Sqlite => param.to_string(),
+        }
+    }
+
+    /// A transaction-id column read as text (see `store::row_position`).
+    pub fn xid_text(self, column: &str) -> String {
+        match self {
+            Backend::Postgres => format!("{column}::text"),
+            Backend::Sqlite => format!("CAST({column} AS TEXT)"),
+        }
+    }
+
+    /// Feed order over the events table aliased `alias` (SQLite has no
+    /// transaction ids: its positions are commit order).
+    pub fn feed_order(self, alias: &str) -> String {
+        match self {
+            Backend::Postgres => format!("{alias}.transaction_id, {alias}.global_position"),
+            Backend::Sqlite => format!("{alias}.global_position"),
+        }
+    }
+
+    /// The events table.
+    pub fn events(self) -> &'static str {
+        match self {
+            Backend::Postgres => "public.events",
+            Backend::Sqlite => "events",
+        }
+    }
+
     /// The name of an index on a read-model table: PostgreSQL places it in
     /// its table's schema, SQLite needs it unique in the file.
     pub fn index(self, schema: &str, index: &str) -> String {
@@ -83,9 +133,9 @@ pub struct SqliteDb {
     pub writer: SqlitePool,
     /// Read-only connections for queries.
     pub readers: SqlitePool,
-    /// Wakes this process's feed readers after an append (SQLite has no
-    /// NOTIFY; other processes are found by polling).
-    appended: Arc<Notify>,
+    /// Counts this process's appends, so its feed consumers wake at once
+    /// (SQLite has no NOTIFY; other processes are found by polling).
+    appended: Arc<watch::Sender<u64>>,
 }
 
 impl Db {
@@ -165,14 +215,17 @@ impl Db {
     /// Tells this process's feed readers that events were appended.
     pub fn notify_appended(&self) {
         if let Db::Sqlite(db) = self {
-            db.appended.notify_waiters();
+            db.appended
+                .send_modify(|appends| *appends = appends.wrapping_add(1));
         }
     }
 
-    pub(crate) fn appended(&self) -> Option<Arc<Notify>> {
+    /// This process's appends on SQLite (`None` on PostgreSQL, where
+    /// [`crate::runner::Wakeup`] listens for NOTIFY instead).
+    pub(crate) fn appended(&self) -> Option<watch::Receiver<u64>> {
         match self {
             Db::Postgres(_) => None,
-            Db::Sqlite(db) => Some(db.appended.clone()),
+            Db::Sqlite(db) => Some(db.appended.subscribe()),
         }
     }
 
@@ -224,7 +277,7 @@ async fn open_sqlite(url: &str, max_connections: u32) -> Result<SqliteDb, Storag
     Ok(SqliteDb {
         writer,
         readers,
-        appended: Arc::default(),
+        appended: Arc::new(watch::channel(0).0),
     })
 }
 
@@ -324,6 +377,7 @@ pub trait Portable {
     fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, StorageError>;
     fn json(&self, column: &str) -> Result<serde_json::Value, StorageError>;
     fn uuid(&self, column: &str) -> Result<Uuid, StorageError>;
+    fn opt_uuid(&self, column: &str) -> Result<Option<Uuid>, StorageError>;
     fn bytes(&self, column: &str) -> Result<Vec<u8>, StorageError>;
     /// A list of strings (`text[]` in PostgreSQL, a JSON array in SQLite).
     fn strings(&self, column: &str) -> Result<Vec<String>, StorageError>;
@@ -366,6 +420,9 @@ impl Portable for PgRow {
         Ok(self.try_get(column)?)
     }
     fn uuid(&self, column: &str) -> Result<Uuid, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_uuid(&self, column: &str) -> Result<Option<Uuid>, StorageError> {
         Ok(self.try_get(column)?)
     }
     fn bytes(&self, column: &str) -> Result<Vec<u8>, StorageError> {
@@ -412,6 +469,14 @@ impl Portable for SqliteRow {
         let text = self.text(column)?;
         Uuid::parse_str(&text)
             .map_err(|_| StorageError::Corrupt(format!("{column} {text:?} is not a UUID")))
+    }
+    fn opt_uuid(&self, column: &str) -> Result<Option<Uuid>, StorageError> {
+        self.opt_text(column)?
+            .map(|text| {
+                Uuid::parse_str(&text)
+                    .map_err(|_| StorageError::Corrupt(format!("{column} {text:?} is not a UUID")))
+            })
+            .transpose()
     }
     fn bytes(&self, column: &str) -> Result<Vec<u8>, StorageError> {
         Ok(self.try_get(column)?)

@@ -84,7 +84,8 @@ fn decode(row: &impl Portable) -> Result<FeedEvent, StorageError> {
         event_type: row.text("event_type")?,
         event_version: row.text("event_version")?,
         payload: row.json("payload")?,
-        metadata: EventMetadata::from_map(&map, recorded_at),
+        metadata: EventMetadata::from_map(&map, recorded_at)
+            .ok_or_else(|| StorageError::Corrupt("event metadata has no tenant_id".to_string()))?,
         event_id: row.uuid("event_id")?,
         recorded_at,
     })
@@ -117,5 +118,54 @@ pub async fn resolve(db: &Db, token: &PositionToken) -> Result<Option<Position>,
         .fetch_optional(pool)
         .await?
         .map(|row| row_position(&row, "global_position"))
+        .transpose())
+}
+
+/// An event named without decoding its payload or metadata: what the
+/// runner records when a consumer cannot consume it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRef {
+    pub event_id: Uuid,
+    pub position: Position,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+}
+
+/// The next settled event after `after`, undecoded.
+pub async fn peek(conn: &mut Conn<'_>, after: Position) -> Result<Option<EventRef>, StorageError> {
+    let backend = conn.backend();
+    let (events, txid, settled) = match backend {
+        Backend::Postgres => (
+            "public.events",
+            "transaction_id::text",
+            "(transaction_id, global_position) > ($1::text::xid8, $2)
+             AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
+        ),
+        Backend::Sqlite => ("events", "'0'", "global_position > $2 AND $1 IS NOT NULL"),
+    };
+    let select = format!(
+        "SELECT {txid} AS txid, e.global_position, e.event_id, e.aggregate_type, e.aggregate_id,
+                e.sequence, e.event_type
+           FROM {events} e WHERE {settled}
+          ORDER BY {order} LIMIT 1",
+        order = backend.feed_order("e")
+    );
+    on_conn!(conn, c => sqlx::query(&select)
+        .bind(after.transaction_id.to_string())
+        .bind(after.global_position)
+        .fetch_optional(&mut **c)
+        .await?
+        .map(|row| {
+            Ok(EventRef {
+                event_id: row.uuid("event_id")?,
+                position: row_position(&row, "global_position")?,
+                aggregate_type: row.text("aggregate_type")?,
+                aggregate_id: row.text("aggregate_id")?,
+                sequence: row.int("sequence")?,
+                event_type: row.text("event_type")?,
+            })
+        })
         .transpose())
 }

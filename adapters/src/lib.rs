@@ -9,14 +9,18 @@
 //!   transaction, advisory-lock leadership, LISTEN/NOTIFY wake-ups, rebuild
 //!   and swap);
 //! - [`read_models`]: the tables behind the query API and their queries;
-//! - [`transfers`]: the process manager that books the receiving side of a
-//!   stock transfer.
+//! - [`reactions`]: the commands reactors ask for, and their dispatcher;
+//! - [`registry`]: the one list of feed consumers;
+//! - [`transfers`]: the reactor that books the receiving side of a stock
+//!   transfer.
 
 pub mod auth_store;
 pub mod db;
 pub mod feed;
 pub mod postgres;
+pub mod reactions;
 pub mod read_models;
+pub mod registry;
 pub mod runner;
 pub mod store;
 pub mod transfers;
@@ -34,4 +38,39 @@ pub enum StorageError {
     EventStore(String),
     #[error("configuration: {0}")]
     Config(String),
+    /// A command a reactor asked for was refused by its aggregate.
+    #[error("reaction refused: {0}")]
+    Refused(String),
+    /// A feed consumer panicked.
+    #[error("consumer panicked: {0}")]
+    Panicked(String),
+    /// A peer (NATS, a webhook receiver) did not take the events; try later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StorageError {
+    /// True when retrying cannot help: the event itself cannot be consumed
+    /// (it does not decode, breaks a constraint, its command is refused, or
+    /// the consumer panics on it). A feed consumer stops on such an event;
+    /// any other error is retried.
+    pub fn is_poison(&self) -> bool {
+        match self {
+            StorageError::Corrupt(_) | StorageError::Refused(_) | StorageError::Panicked(_) => true,
+            StorageError::Database(error) => error.as_database_error().is_some_and(|error| {
+                use sqlx::error::ErrorKind;
+                // PostgreSQL class 22: data exception (overflow, bad value).
+                let data_exception = error.code().is_some_and(|code| code.starts_with("22"));
+                data_exception
+                    || matches!(
+                        error.kind(),
+                        ErrorKind::UniqueViolation
+                            | ErrorKind::ForeignKeyViolation
+                            | ErrorKind::NotNullViolation
+                            | ErrorKind::CheckViolation
+                    )
+            }),
+            _ => false,
+        }
+    }
 }

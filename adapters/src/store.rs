@@ -21,7 +21,7 @@ use postgres_es::PostgresEventRepository;
 use sqlite_es::SqliteEventRepository;
 
 use crate::StorageError;
-use crate::db::{Db, Portable};
+use crate::db::{Db, Portable, on_pool};
 
 /// Attempts before a command gives up on a hot stream.
 const MAX_ATTEMPTS: u32 = 12;
@@ -137,6 +137,12 @@ where
             let events = sink.collect().await;
             if events.is_empty() {
                 let sequence = context.current_sequence;
+                if !self.log_no_op(aggregate_id, sequence, metadata).await? {
+                    // A twin with the same key got there first.
+                    if let Some(executed) = self.replay(metadata).await? {
+                        return Ok(executed);
+                    }
+                }
                 return Ok(Executed {
                     position: (sequence > 0).then(|| stream_token::<A>(aggregate_id, sequence)),
                     replayed: false,
@@ -176,6 +182,47 @@ where
             }
         }
         Err(CommandError::Contended)
+    }
+
+    /// Records the key of a command that changed nothing, so that reusing
+    /// the key with another request still answers 422. False when the key
+    /// was already taken.
+    async fn log_no_op(
+        &self,
+        aggregate_id: &str,
+        sequence: usize,
+        metadata: &EventMetadata,
+    ) -> Result<bool, StorageError> {
+        let Some(key) = &metadata.idempotency_key else {
+            return Ok(true);
+        };
+        let transaction = match self.db.backend() {
+            crate::db::Backend::Postgres => "pg_current_xact_id()",
+            crate::db::Backend::Sqlite => "NULL",
+        };
+        let column = match self.db.backend() {
+            crate::db::Backend::Postgres => "transaction_id",
+            crate::db::Backend::Sqlite => "commit_id",
+        };
+        let insert = format!(
+            "INSERT INTO command_log (tenant_id, idempotency_key, {column}, last_position,
+                                      last_sequence, aggregate_type, aggregate_id, response_id,
+                                      request_hash)
+             VALUES ($1, $2, {transaction}, 0, $3, $4, $5, $6, $7)
+             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING"
+        );
+        let inserted = on_pool!(&self.db, write, pool => sqlx::query(&insert)
+            .bind(&metadata.tenant_id)
+            .bind(key)
+            .bind(sequence as i64)
+            .bind(A::TYPE)
+            .bind(aggregate_id)
+            .bind(&metadata.response_id)
+            .bind(&metadata.request_hash)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(inserted == 1)
     }
 
     /// The answer an earlier command with this key gave, if there was one.
@@ -219,14 +266,19 @@ where
 
 /// An earlier answer from a `command_log` row, and that request's hash.
 fn logged(row: &impl Portable) -> Result<(Executed, Option<String>), StorageError> {
-    let position = PositionToken::Stream {
-        aggregate_type: row.text("aggregate_type")?,
-        sequence: row.int("last_sequence")?,
-        aggregate_id: row.text("aggregate_id")?,
+    let sequence = row.int("last_sequence")?;
+    // A command that changed nothing on an empty stream logs sequence 0.
+    let position = match sequence {
+        0 => None,
+        sequence => Some(PositionToken::Stream {
+            aggregate_type: row.text("aggregate_type")?,
+            sequence,
+            aggregate_id: row.text("aggregate_id")?,
+        }),
     };
     Ok((
         Executed {
-            position: Some(position),
+            position,
             replayed: true,
             response_id: row.opt_text("response_id")?,
         },
@@ -244,8 +296,12 @@ fn is_conflict<E: std::error::Error>(error: &AggregateError<E>) -> bool {
         AggregateError::UnexpectedError(error) => error
             .downcast_ref::<sqlx::Error>()
             .and_then(sqlx::Error::as_database_error)
-            .and_then(|error| error.code())
-            .is_some_and(|code| matches!(code.as_ref(), "2067" | "1811")),
+            .is_some_and(|error| match error.code().as_deref() {
+                Some("2067") => true,
+                // A trigger's RAISE: only the idempotency-key trigger's is a conflict.
+                Some("1811") => error.message().contains("idempotency key"),
+                _ => false,
+            }),
         _ => false,
     }
 }

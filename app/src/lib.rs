@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use karvon_adapters::db::Db;
-use karvon_adapters::read_models::catalog::CatalogProjection;
-use karvon_adapters::read_models::stock::StockProjection;
-use karvon_adapters::runner::{self, FeedHandler, RebuildReport};
+use karvon_adapters::registry;
+use karvon_adapters::runner::{self, Projection, RebuildReport};
 use karvon_adapters::store::CommandExecutor;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -52,11 +51,9 @@ impl Application {
         if config.run_migrations {
             db.migrate().await.context("applying migrations")?;
         }
-        for handler in workers::handlers(&db) {
-            runner::prepare_consumer(&db, handler.as_ref())
-                .await
-                .with_context(|| format!("preparing {}", handler.name()))?;
-        }
+        runner::session::prepare_all(&db, &registry::consumers())
+            .await
+            .context("preparing the feed consumers")?;
         let state = http::AppState {
             db: db.clone(),
             products: Arc::new(CommandExecutor::new(db.clone())),
@@ -186,7 +183,7 @@ pub async fn rebuild_projection(config: &Config, name: &str) -> anyhow::Result<R
     let handler = read_model(name).with_context(|| {
         format!(
             "unknown projection {name:?}; known: {}",
-            READ_MODELS.join(", ")
+            read_models().join(", ")
         )
     })?;
     let db = open_migrated(config).await?;
@@ -234,23 +231,23 @@ pub async fn create_user(
 }
 
 /// `karvon projections status`.
-pub async fn projection_status(config: &Config) -> anyhow::Result<Vec<runner::ProjectionStatus>> {
+pub async fn projection_status(config: &Config) -> anyhow::Result<Vec<runner::ConsumerStatus>> {
     let db = open_store(config).await?;
-    Ok(runner::status(&db).await?)
+    Ok(runner::status(&db, &registry::consumers()).await?)
 }
 
 /// The read models that can be rebuilt, by name.
-pub const READ_MODELS: &[&str] = &[
-    karvon_projections::names::CATALOG,
-    karvon_projections::names::STOCK,
-];
+pub fn read_models() -> Vec<&'static str> {
+    registry::consumers()
+        .iter()
+        .filter(|consumer| consumer.projection().is_some())
+        .map(|consumer| consumer.name())
+        .collect()
+}
 
-pub fn read_model(name: &str) -> Option<Arc<dyn FeedHandler>> {
-    match name {
-        karvon_projections::names::CATALOG => Some(Arc::new(CatalogProjection)),
-        karvon_projections::names::STOCK => Some(Arc::new(StockProjection::default())),
-        _ => None,
-    }
+/// A fresh instance of the read model called `name`.
+pub fn read_model(name: &str) -> Option<Arc<dyn Projection>> {
+    registry::consumer(name).and_then(|consumer| consumer.projection().cloned())
 }
 
 /// The process-wide Prometheus recorder (installed once, shared by every

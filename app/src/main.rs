@@ -195,8 +195,18 @@ async fn main() -> anyhow::Result<()> {
             let statuses = karvon_app::projection_status(&config).await?;
             for status in statuses {
                 println!(
-                    "{}\t{}\tlag {}\t{}",
-                    status.name, status.position, status.lag_events, status.updated_at
+                    "{}\t{:?}\t{}\t{}\tlag {} ({:.1} s)\t{}{}",
+                    status.name,
+                    status.kind,
+                    status.state,
+                    status.position,
+                    status.lag_events,
+                    status.lag_seconds,
+                    status.updated_at,
+                    status
+                        .last_error
+                        .map(|error| format!("\tfailed on {:?}: {error}", status.failed_event_id))
+                        .unwrap_or_default()
                 );
             }
             Ok(())

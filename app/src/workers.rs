@@ -1,41 +1,29 @@
-//! Background workers: one projection runner per feed consumer. On
+//! Background workers: one runner per feed consumer of the registry. On
 //! PostgreSQL each holds an advisory lock while active, so any number of
 //! instances may run them; only one per consumer works at a time.
 
-use std::sync::Arc;
-
 use karvon_adapters::db::Db;
-use karvon_adapters::read_models::catalog::CatalogProjection;
-use karvon_adapters::read_models::stock::StockProjection;
-use karvon_adapters::runner::{FeedHandler, Runner, RunnerSettings};
-use karvon_adapters::store::CommandExecutor;
-use karvon_adapters::transfers::TransferProcess;
+use karvon_adapters::registry;
+use karvon_adapters::runner::{Runner, RunnerSettings, Wakeup};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::Config;
 
-pub fn handlers(db: &Db) -> Vec<Arc<dyn FeedHandler>> {
-    vec![
-        Arc::new(CatalogProjection),
-        Arc::new(StockProjection::default()),
-        Arc::new(TransferProcess::new(Arc::new(CommandExecutor::new(
-            db.clone(),
-        )))),
-    ]
-}
-
+/// One runner per registered consumer, all woken by one shared listener.
 pub fn spawn(db: &Db, config: &Config, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     let settings = RunnerSettings {
         batch_size: config.projection_batch_size.max(1),
         ..RunnerSettings::default()
     };
+    let wakeup = Wakeup::start(db, shutdown.clone());
     let mut tasks = vec![tokio::spawn(prune_rate_limits(
         db.clone(),
         shutdown.clone(),
     ))];
-    tasks.extend(handlers(db).into_iter().map(|handler| {
-        let runner = Runner::new(db.clone(), handler, settings.clone());
+    tasks.extend(registry::consumers().into_iter().map(|consumer| {
+        let runner =
+            Runner::new(db.clone(), consumer, settings.clone()).with_wakeup(wakeup.clone());
         tokio::spawn(runner.run(shutdown.clone()))
     }));
     tasks

@@ -73,11 +73,12 @@ impl EventMetadata {
     }
 
     /// Reads the stored map back; `fallback_time` stands in for a missing
-    /// or unreadable `occurred_at` (the event's recorded time).
-    pub fn from_map(map: &HashMap<String, String>, fallback_time: DateTime<Utc>) -> Self {
+    /// or unreadable `occurred_at` (the event's recorded time). `None`
+    /// without a tenant: events never default theirs.
+    pub fn from_map(map: &HashMap<String, String>, fallback_time: DateTime<Utc>) -> Option<Self> {
         let get = |key: &str| map.get(key).cloned();
-        Self {
-            tenant_id: get("tenant_id").unwrap_or_else(|| "default".to_string()),
+        Some(Self {
+            tenant_id: get("tenant_id").filter(|tenant| !tenant.is_empty())?,
             occurred_at: map
                 .get("occurred_at")
                 .and_then(|value| DateTime::parse_from_rfc3339(value).ok())
@@ -90,6 +91,6 @@ impl EventMetadata {
             idempotency_key: get("idempotency_key"),
             request_hash: get("request_hash"),
             response_id: get("response_id"),
-        }
+        })
     }
 }

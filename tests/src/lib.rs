@@ -524,7 +524,8 @@ pub async fn table_dump(db: &Db, schema: &str, table: &str) -> anyhow::Result<Ve
 
 /// A projection's checkpoint as stored.
 pub async fn checkpoint(db: &Db, name: &str) -> anyhow::Result<Option<Position>> {
-    let statuses = karvon_adapters::runner::status(db).await?;
+    let statuses =
+        karvon_adapters::runner::status(db, &karvon_adapters::registry::consumers()).await?;
     statuses
         .iter()
         .find(|status| status.name == name)

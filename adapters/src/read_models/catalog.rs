@@ -13,18 +13,14 @@ use crate::StorageError;
 use crate::db::{Backend, Conn, Portable, on_conn};
 use crate::feed::FeedEvent;
 use crate::read_models::Reader;
-use crate::runner::FeedHandler;
+use crate::runner::Projection;
 
 pub struct CatalogProjection;
 
 #[async_trait::async_trait]
-impl FeedHandler for CatalogProjection {
+impl Projection for CatalogProjection {
     fn name(&self) -> &'static str {
         names::CATALOG
-    }
-
-    fn schema(&self) -> Option<&'static str> {
-        Some("catalog")
     }
 
     fn tables(&self) -> &'static [&'static str] {

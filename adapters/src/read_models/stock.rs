@@ -14,7 +14,7 @@ use crate::StorageError;
 use crate::db::{Backend, Conn, Portable, json_list, on_conn, sqlite_time};
 use crate::feed::FeedEvent;
 use crate::read_models::Reader;
-use crate::runner::FeedHandler;
+use crate::runner::Projection;
 
 /// The stock read model. It keeps the levels it has written in memory so a
 /// step need not read them back: only this runner writes these tables
@@ -51,13 +51,9 @@ impl StockProjection {
 }
 
 #[async_trait::async_trait]
-impl FeedHandler for StockProjection {
+impl Projection for StockProjection {
     fn name(&self) -> &'static str {
         names::STOCK
-    }
-
-    fn schema(&self) -> Option<&'static str> {
-        Some("stock")
     }
 
     fn reset(&self) {

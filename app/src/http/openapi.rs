@@ -5,7 +5,7 @@
 use karvon_adapters::auth_store::ApiKeyView;
 use karvon_adapters::read_models::catalog::ProductView;
 use karvon_adapters::read_models::stock::{BatchView, InventoryLevel, MovementView};
-use karvon_adapters::runner::ProjectionStatus;
+use karvon_adapters::runner::ConsumerStatus;
 use serde::Serialize;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -71,7 +71,7 @@ pub type LoginAnswer = Envelope<LoginData>;
 pub type KeyAnswer = Envelope<CreatedKey>;
 pub type KeyList = Envelope<Items<ApiKeyView>>;
 pub type RevokeAnswer = Envelope<RevokeData>;
-pub type ProjectionList = Envelope<Items<ProjectionStatus>>;
+pub type ProjectionList = Envelope<Items<ConsumerStatus>>;
 pub type StatusAnswer = Envelope<serde_json::Value>;
 
 #[derive(OpenApi)]

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use karvon_adapters::runner;
+use karvon_adapters::{registry, runner};
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -50,7 +50,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    if let Ok(statuses) = runner::status(&state.db).await {
+    if let Ok(statuses) = runner::status(&state.db, &registry::consumers()).await {
         for status in statuses {
             metrics::gauge!("karvon_projection_lag_events", "projection" => status.name.clone())
                 .set(status.lag_events as f64);
@@ -77,7 +77,7 @@ pub async fn projections(
     State(state): State<AppState>,
     AdminAccess(_principal): AdminAccess,
 ) -> Result<Json<Value>, ApiError> {
-    let statuses = runner::status(&state.db).await?;
+    let statuses = runner::status(&state.db, &registry::consumers()).await?;
     Ok(Json(json!({"success": true, "data": {"items": statuses}})))
 }
 

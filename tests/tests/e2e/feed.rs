@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use karvon_adapters::read_models::stock::StockProjection;
 use karvon_adapters::runner;
-use karvon_adapters::runner::{Runner, RunnerSettings};
+use karvon_adapters::runner::{Consumer, Runner, RunnerSettings};
 use karvon_adapters::store::{CommandError, CommandExecutor};
 use karvon_domain::stock::{StockCommand, StockEvent, StockItem};
 use karvon_domain::{Id, Money, Quantity};
@@ -212,7 +212,7 @@ fn slow_runner(store: &Db, instance: &str) -> Runner {
     };
     Runner::new(
         store.clone(),
-        Arc::new(StockProjection::default()),
+        Consumer::Projection(Arc::new(StockProjection::default())),
         settings,
     )
 }
@@ -220,7 +220,7 @@ fn slow_runner(store: &Db, instance: &str) -> Runner {
 async fn wait_for_progress(store: &Db, events: i64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let seen = runner::status(store)
+        let seen = runner::status(store, &karvon_adapters::registry::consumers())
             .await
             .expect("status")
             .iter()
@@ -269,7 +269,7 @@ async fn aborting_the_runner_mid_batch_rolls_the_batch_back(backend: Backend) {
     let task = tokio::spawn(
         Runner::new(
             store.clone(),
-            Arc::new(StockProjection::default()),
+            Consumer::Projection(Arc::new(StockProjection::default())),
             RunnerSettings::default(),
         )
         .run(stop),

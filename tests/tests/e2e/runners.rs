@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use karvon_adapters::read_models::stock::StockProjection;
-use karvon_adapters::runner::{Runner, RunnerSettings};
+use karvon_adapters::runner::{Consumer, Runner, RunnerSettings};
 use karvon_projections::names;
 use karvon_tests::{
     Db, TestDb, append_raw_receipts, projected_stock, replayed_stock, wait_caught_up,
@@ -55,7 +55,7 @@ async fn only_one_runner_is_active_and_the_standby_takes_over() {
         };
         let runner = Runner::new(
             store.clone(),
-            Arc::new(StockProjection::default()),
+            Consumer::Projection(Arc::new(StockProjection::default())),
             settings,
         );
         tasks.insert(
