@@ -19,7 +19,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgRow;
@@ -370,6 +370,11 @@ pub trait Portable {
     fn text(&self, column: &str) -> Result<String, StorageError>;
     fn opt_text(&self, column: &str) -> Result<Option<String>, StorageError>;
     fn int(&self, column: &str) -> Result<i64, StorageError>;
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, StorageError>;
+    fn opt_flag(&self, column: &str) -> Result<Option<bool>, StorageError>;
+    fn opt_json(&self, column: &str) -> Result<Option<serde_json::Value>, StorageError>;
+    fn date(&self, column: &str) -> Result<NaiveDate, StorageError>;
+    fn opt_date(&self, column: &str) -> Result<Option<NaiveDate>, StorageError>;
     fn flag(&self, column: &str) -> Result<bool, StorageError>;
     fn decimal(&self, column: &str) -> Result<Decimal, StorageError>;
     fn opt_decimal(&self, column: &str) -> Result<Option<Decimal>, StorageError>;
@@ -384,6 +389,28 @@ pub trait Portable {
 }
 
 impl Portable for PgRow {
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, StorageError> {
+        match self.try_get::<Option<i64>, _>(column) {
+            Ok(value) => Ok(value),
+            Err(error @ sqlx::Error::ColumnDecode { .. }) => self
+                .try_get::<Option<i32>, _>(column)
+                .map(|value| value.map(i64::from))
+                .map_err(|_| error.into()),
+            Err(error) => Err(error.into()),
+        }
+    }
+    fn opt_flag(&self, column: &str) -> Result<Option<bool>, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_json(&self, column: &str) -> Result<Option<serde_json::Value>, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn date(&self, column: &str) -> Result<NaiveDate, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_date(&self, column: &str) -> Result<Option<NaiveDate>, StorageError> {
+        Ok(self.try_get(column)?)
+    }
     fn text(&self, column: &str) -> Result<String, StorageError> {
         Ok(self.try_get(column)?)
     }
@@ -434,6 +461,27 @@ impl Portable for PgRow {
 }
 
 impl Portable for SqliteRow {
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_flag(&self, column: &str) -> Result<Option<bool>, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_json(&self, column: &str) -> Result<Option<serde_json::Value>, StorageError> {
+        self.opt_text(column)?
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|error| {
+                    StorageError::Corrupt(format!("{column} is not JSON: {error}"))
+                })
+            })
+            .transpose()
+    }
+    fn date(&self, column: &str) -> Result<NaiveDate, StorageError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_date(&self, column: &str) -> Result<Option<NaiveDate>, StorageError> {
+        Ok(self.try_get(column)?)
+    }
     fn text(&self, column: &str) -> Result<String, StorageError> {
         Ok(self.try_get(column)?)
     }

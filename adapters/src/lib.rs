@@ -8,6 +8,7 @@
 //! - [`runner`]: the projection runner (batches + checkpoint in one
 //!   transaction, advisory-lock leadership, LISTEN/NOTIFY wake-ups, rebuild
 //!   and swap);
+//! - [`records`]: read-model rows declared once, stored on either backend;
 //! - [`read_models`]: the tables behind the query API and their queries;
 //! - [`reactions`]: the commands reactors ask for, and their dispatcher;
 //! - [`registry`]: the one list of feed consumers;
@@ -20,6 +21,7 @@ pub mod feed;
 pub mod postgres;
 pub mod reactions;
 pub mod read_models;
+pub mod records;
 pub mod registry;
 pub mod runner;
 pub mod store;

@@ -16,6 +16,9 @@ pub struct ProductRow {
     pub price: Option<Decimal>,
     pub reorder_level: Option<Decimal>,
     pub status: ProductStatus,
+    /// 1C GUID, REGOS id and the like, by system (`{}` until an import
+    /// sets them).
+    pub external_refs: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -39,6 +42,10 @@ pub fn apply(
         } => {
             let created_at = row.as_ref().map_or(at, |row| row.created_at);
             let status = row.as_ref().map_or(ProductStatus::Active, |row| row.status);
+            let external_refs = row.as_ref().map_or_else(
+                || serde_json::Value::Object(Default::default()),
+                |row| row.external_refs.clone(),
+            );
             Some(ProductRow {
                 tenant_id: tenant_id.to_string(),
                 product_id: product_id.to_string(),
@@ -50,6 +57,7 @@ pub fn apply(
                 price: details.price.map(|price| price.value()),
                 reorder_level: details.reorder_level.map(|level| level.value()),
                 status,
+                external_refs,
                 created_at,
                 updated_at: at,
             })

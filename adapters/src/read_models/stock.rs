@@ -11,9 +11,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::StorageError;
-use crate::db::{Backend, Conn, Portable, json_list, on_conn, sqlite_time};
+use crate::db::{Backend, Conn, Portable, on_conn};
 use crate::feed::FeedEvent;
 use crate::read_models::Reader;
+use crate::records::{self, Record, Value, record};
 use crate::runner::Projection;
 
 /// The stock read model. It keeps the levels it has written in memory so a
@@ -50,6 +51,46 @@ impl StockProjection {
     }
 }
 
+/// A stock level as stored: one row per warehouse and product, its
+/// batches as JSON.
+pub struct LevelRow {
+    pub tenant_id: String,
+    pub warehouse_id: String,
+    pub product_id: String,
+    pub on_hand: Decimal,
+    pub batches: serde_json::Value,
+    pub updated_at: DateTime<Utc>,
+}
+
+record! {
+    LevelRow => "levels", key(tenant_id, warehouse_id, product_id),
+    index levels_product_idx(tenant_id, product_id),
+    { tenant_id, warehouse_id, product_id, on_hand, batches, updated_at }
+}
+
+/// One movement of the history, keyed by its event's feed position.
+pub struct MovementRow {
+    pub tenant_id: String,
+    pub product_id: String,
+    pub warehouse_id: String,
+    pub transaction_id: i64,
+    pub global_position: i64,
+    pub event_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub qty: Decimal,
+    pub balance_after: Decimal,
+    pub reference: Option<String>,
+}
+
+record! {
+    MovementRow => "movements", key(tenant_id, product_id, transaction_id, global_position),
+    {
+        tenant_id, product_id, warehouse_id, transaction_id, global_position, event_id, at,
+        kind, qty, balance_after, reference as "ref",
+    }
+}
+
 #[async_trait::async_trait]
 impl Projection for StockProjection {
     fn name(&self) -> &'static str {
@@ -61,53 +102,12 @@ impl Projection for StockProjection {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["levels", "movements"]
+        &[LevelRow::TABLE, MovementRow::TABLE]
     }
 
     async fn create_tables(&self, conn: &mut Conn<'_>, schema: &str) -> Result<(), StorageError> {
-        let backend = conn.backend();
-        let levels = backend.table(schema, "levels");
-        let movements = backend.table(schema, "movements");
-        let index = backend.index(schema, "levels_product_idx");
-        // Same columns on both backends; SQLite keeps decimals as text.
-        let (decimal, json, time, uuid) = match backend {
-            Backend::Postgres => ("numeric", "jsonb", "timestamptz", "uuid"),
-            Backend::Sqlite => ("text", "text", "text", "text"),
-        };
-        for statement in [
-            format!(
-                "CREATE TABLE IF NOT EXISTS {levels} (
-                     tenant_id    text      NOT NULL,
-                     warehouse_id text      NOT NULL,
-                     product_id   text      NOT NULL,
-                     on_hand      {decimal} NOT NULL,
-                     batches      {json}    NOT NULL,
-                     updated_at   {time}    NOT NULL,
-                     PRIMARY KEY (tenant_id, warehouse_id, product_id)
-                 )"
-            ),
-            format!("CREATE INDEX IF NOT EXISTS {index} ON {levels} (tenant_id, product_id)"),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {movements} (
-                     tenant_id       text      NOT NULL,
-                     product_id      text      NOT NULL,
-                     warehouse_id    text      NOT NULL,
-                     transaction_id  bigint    NOT NULL,
-                     global_position bigint    NOT NULL,
-                     event_id        {uuid}    NOT NULL,
-                     at              {time}    NOT NULL,
-                     kind            text      NOT NULL,
-                     qty             {decimal} NOT NULL,
-                     balance_after   {decimal} NOT NULL,
-                     ref             text,
-                     PRIMARY KEY (tenant_id, product_id, transaction_id, global_position)
-                 )"
-            ),
-        ] {
-            conn.execute(&statement).await?;
-        }
-        super::secure_tables(conn, schema, &["levels", "movements"]).await?;
-        Ok(())
+        records::create::<LevelRow>(conn, schema).await?;
+        records::create::<MovementRow>(conn, schema).await
     }
 
     async fn apply(
@@ -132,267 +132,77 @@ impl Projection for StockProjection {
             .collect();
         // Taken out for the step; dropped (= reset) if the step fails.
         let mut levels = self.take_cache();
-        let mut missing: Vec<Key> = keys
+        let mut missing: Vec<&Key> = keys
             .iter()
             .filter(|key| !levels.contains_key(*key))
-            .cloned()
             .collect();
         missing.sort();
         missing.dedup();
-        let backend = conn.backend();
-        let (levels_table, movements_table) = (
-            backend.table(schema, "levels"),
-            backend.table(schema, "movements"),
-        );
-        if !missing.is_empty() {
-            levels.extend(load_levels(conn, &levels_table, &missing).await?);
+        let missing = missing
+            .into_iter()
+            .map(|(tenant, warehouse, product)| {
+                vec![
+                    Value::Text(Some(tenant.clone())),
+                    Value::Text(Some(warehouse.clone())),
+                    Value::Text(Some(product.clone())),
+                ]
+            })
+            .collect();
+        for row in records::load::<LevelRow>(conn, schema, missing).await? {
+            let key = (row.tenant_id, row.warehouse_id, row.product_id);
+            levels.insert(key, (lots(row.batches)?, row.updated_at));
         }
         let mut touched = Vec::new();
-        let mut movements = Movements::default();
+        let mut movements = Vec::with_capacity(stock_events.len());
         for ((event, payload), key) in stock_events.iter().zip(&keys) {
             let level = levels
                 .entry(key.clone())
                 .or_insert_with(|| (Lots::default(), event.recorded_at));
             let movement = stock::apply(&mut level.0, payload, event.metadata.occurred_at);
             level.1 = event.recorded_at;
-            movements.push(key, event, movement);
+            movements.push(MovementRow {
+                tenant_id: key.0.clone(),
+                product_id: key.2.clone(),
+                warehouse_id: key.1.clone(),
+                transaction_id: event.position.transaction_id as i64,
+                global_position: event.position.global_position,
+                event_id: event.event_id,
+                at: movement.at,
+                kind: movement.kind.to_string(),
+                qty: movement.qty,
+                balance_after: movement.balance_after,
+                reference: movement.reference,
+            });
             touched.push(key);
         }
         touched.sort();
         touched.dedup();
-        save_levels(
-            conn,
-            &levels_table,
-            touched.iter().filter_map(|key| levels.get_key_value(*key)),
-        )
-        .await?;
-        movements.insert(conn, &movements_table).await?;
+        let rows = touched
+            .into_iter()
+            .filter_map(|key| levels.get(key).map(|level| (key, level)))
+            .map(|((tenant, warehouse, product), (lots, at))| {
+                Ok(LevelRow {
+                    tenant_id: tenant.clone(),
+                    warehouse_id: warehouse.clone(),
+                    product_id: product.clone(),
+                    on_hand: lots.on_hand(),
+                    batches: serde_json::to_value(lots.as_slice())
+                        .map_err(|error| StorageError::Corrupt(error.to_string()))?,
+                    updated_at: *at,
+                })
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        records::upsert(conn, schema, &rows).await?;
+        records::upsert(conn, schema, &movements).await?;
         self.keep_cache(levels);
         Ok(())
     }
-}
-
-async fn load_levels(
-    conn: &mut Conn<'_>,
-    table: &str,
-    keys: &[Key],
-) -> Result<Levels, StorageError> {
-    let mut tenants = Vec::with_capacity(keys.len());
-    let mut warehouses = Vec::with_capacity(keys.len());
-    let mut products = Vec::with_capacity(keys.len());
-    for (tenant, warehouse, product) in keys {
-        tenants.push(tenant.clone());
-        warehouses.push(warehouse.clone());
-        products.push(product.clone());
-    }
-    let rows = match conn {
-        Conn::Postgres(conn) => sqlx::query(&format!(
-            "SELECT tenant_id, warehouse_id, product_id, batches, updated_at FROM {table}
-              WHERE (tenant_id, warehouse_id, product_id) IN
-                    (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]))"
-        ))
-        .bind(&tenants)
-        .bind(&warehouses)
-        .bind(&products)
-        .fetch_all(&mut **conn)
-        .await?
-        .iter()
-        .map(level_from_row)
-        .collect::<Result<Vec<_>, _>>()?,
-        Conn::Sqlite(conn) => sqlx::query(&format!(
-            "SELECT tenant_id, warehouse_id, product_id, batches, updated_at FROM {table}
-              WHERE (tenant_id, warehouse_id, product_id) IN
-                    (SELECT t.value, w.value, p.value
-                       FROM json_each($1) t JOIN json_each($2) w ON w.key = t.key
-                                            JOIN json_each($3) p ON p.key = t.key)"
-        ))
-        .bind(json_list(&tenants))
-        .bind(json_list(&warehouses))
-        .bind(json_list(&products))
-        .fetch_all(&mut **conn)
-        .await?
-        .iter()
-        .map(level_from_row)
-        .collect::<Result<Vec<_>, _>>()?,
-    };
-    Ok(rows.into_iter().collect())
-}
-
-fn level_from_row(row: &impl Portable) -> Result<(Key, (Lots, DateTime<Utc>)), StorageError> {
-    Ok((
-        (
-            row.text("tenant_id")?,
-            row.text("warehouse_id")?,
-            row.text("product_id")?,
-        ),
-        (lots(row.json("batches")?)?, row.time("updated_at")?),
-    ))
 }
 
 fn lots(batches: serde_json::Value) -> Result<Lots, StorageError> {
     let lots: Vec<Lot> = serde_json::from_value(batches)
         .map_err(|error| StorageError::Corrupt(format!("stock batches: {error}")))?;
     Ok(Lots::new(lots))
-}
-
-const LEVEL_CONFLICT: &str = "ON CONFLICT (tenant_id, warehouse_id, product_id) DO UPDATE SET
-             on_hand = excluded.on_hand, batches = excluded.batches, updated_at = excluded.updated_at";
-
-async fn save_levels<'a>(
-    conn: &mut Conn<'_>,
-    table: &str,
-    levels: impl Iterator<Item = (&'a Key, &'a (Lots, DateTime<Utc>))>,
-) -> Result<(), StorageError> {
-    let mut tenants = Vec::new();
-    let mut warehouses = Vec::new();
-    let mut products = Vec::new();
-    let mut on_hand = Vec::new();
-    let mut batches = Vec::new();
-    let mut updated = Vec::new();
-    for ((tenant, warehouse, product), (lots, at)) in levels {
-        tenants.push(tenant.as_str());
-        warehouses.push(warehouse.as_str());
-        products.push(product.as_str());
-        on_hand.push(lots.on_hand());
-        batches.push(
-            serde_json::to_value(lots.as_slice())
-                .map_err(|error| StorageError::Corrupt(error.to_string()))?,
-        );
-        updated.push(*at);
-    }
-    match conn {
-        Conn::Postgres(conn) => {
-            sqlx::query(&format!(
-                "INSERT INTO {table} (tenant_id, warehouse_id, product_id, on_hand, batches, updated_at)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::numeric[], $5::jsonb[], $6::timestamptz[])
-                 {LEVEL_CONFLICT}"
-            ))
-            .bind(tenants)
-            .bind(warehouses)
-            .bind(products)
-            .bind(on_hand)
-            .bind(batches)
-            .bind(updated)
-            .execute(&mut **conn)
-            .await?;
-        }
-        Conn::Sqlite(conn) => {
-            // One statement for the batch: the rows travel as one JSON
-            // array (SQLite has no arrays; a statement per row costs a
-            // hop to sqlx's connection thread each).
-            let rows: Vec<serde_json::Value> = (0..tenants.len())
-                .map(|i| {
-                    serde_json::json!([
-                        tenants[i],
-                        warehouses[i],
-                        products[i],
-                        on_hand[i].to_string(),
-                        batches[i].to_string(),
-                        sqlite_time(&updated[i]),
-                    ])
-                })
-                .collect();
-            sqlx::query(&format!(
-                "INSERT INTO {table} (tenant_id, warehouse_id, product_id, on_hand, batches, updated_at)
-                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5
-                   FROM json_each($1) WHERE true
-                 {LEVEL_CONFLICT}"
-            ))
-            .bind(serde_json::Value::from(rows).to_string())
-            .execute(&mut **conn)
-            .await?;
-        }
-    }
-    Ok(())
-}
-
-#[derive(Default)]
-struct Movements {
-    tenant: Vec<String>,
-    product: Vec<String>,
-    warehouse: Vec<String>,
-    transaction: Vec<i64>,
-    position: Vec<i64>,
-    event_id: Vec<Uuid>,
-    at: Vec<DateTime<Utc>>,
-    kind: Vec<&'static str>,
-    qty: Vec<Decimal>,
-    balance_after: Vec<Decimal>,
-    reference: Vec<Option<String>>,
-}
-
-impl Movements {
-    fn push(&mut self, key: &Key, event: &FeedEvent, movement: stock::Movement) {
-        self.tenant.push(key.0.clone());
-        self.warehouse.push(key.1.clone());
-        self.product.push(key.2.clone());
-        self.transaction.push(event.position.transaction_id as i64);
-        self.position.push(event.position.global_position);
-        self.event_id.push(event.event_id);
-        self.at.push(movement.at);
-        self.kind.push(movement.kind);
-        self.qty.push(movement.qty);
-        self.balance_after.push(movement.balance_after);
-        self.reference.push(movement.reference);
-    }
-
-    async fn insert(self, conn: &mut Conn<'_>, table: &str) -> Result<(), StorageError> {
-        const COLUMNS: &str =
-            "tenant_id, product_id, warehouse_id, transaction_id, global_position,
-                               event_id, at, kind, qty, balance_after, ref";
-        match conn {
-            Conn::Postgres(conn) => {
-                sqlx::query(&format!(
-                    "INSERT INTO {table} ({COLUMNS})
-                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::uuid[],
-                                          $7::timestamptz[], $8::text[], $9::numeric[], $10::numeric[], $11::text[])"
-                ))
-                .bind(self.tenant)
-                .bind(self.product)
-                .bind(self.warehouse)
-                .bind(self.transaction)
-                .bind(self.position)
-                .bind(self.event_id)
-                .bind(self.at)
-                .bind(self.kind)
-                .bind(self.qty)
-                .bind(self.balance_after)
-                .bind(self.reference)
-                .execute(&mut **conn)
-                .await?;
-            }
-            Conn::Sqlite(conn) => {
-                let rows: Vec<serde_json::Value> = (0..self.tenant.len())
-                    .map(|i| {
-                        serde_json::json!([
-                            self.tenant[i],
-                            self.product[i],
-                            self.warehouse[i],
-                            self.transaction[i],
-                            self.position[i],
-                            self.event_id[i].to_string(),
-                            sqlite_time(&self.at[i]),
-                            self.kind[i],
-                            self.qty[i].to_string(),
-                            self.balance_after[i].to_string(),
-                            self.reference[i],
-                        ])
-                    })
-                    .collect();
-                sqlx::query(&format!(
-                    "INSERT INTO {table} ({COLUMNS})
-                     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,
-                            value ->> 5, value ->> 6, value ->> 7, value ->> 8, value ->> 9,
-                            value ->> 10
-                       FROM json_each($1)"
-                ))
-                .bind(serde_json::Value::from(rows).to_string())
-                .execute(&mut **conn)
-                .await?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// One row of `GET /api/integrations/inventory-levels`.
@@ -445,10 +255,11 @@ pub async fn inventory_levels(
     // One query; what differs is how each backend reads a batch out of the
     // JSON array, compares decimals (SQLite keeps them as text) and types
     // its parameters.
-    let (levels, products, text, batches, qty, expiry, low) = match reader.conn().backend() {
+    let backend = reader.conn().backend();
+    let levels = backend.table(names::STOCK, LevelRow::TABLE);
+    let products = backend.table(names::CATALOG, "products");
+    let (text, batches, qty, expiry, low) = match backend {
         Backend::Postgres => (
-            "stock.levels",
-            "catalog.products",
             "::text",
             "jsonb_array_elements(l.batches) b",
             "(b->>'qty')::numeric",
@@ -456,8 +267,6 @@ pub async fn inventory_levels(
             "l.on_hand <= p.reorder_level",
         ),
         Backend::Sqlite => (
-            "stock_levels",
-            "catalog_products",
             "",
             "json_each(l.batches) b",
             "CAST(json_extract(b.value, '$.qty') AS REAL)",
@@ -560,9 +369,11 @@ pub async fn movement_history(
     limit: i64,
 ) -> Result<Vec<MovementView>, StorageError> {
     let after = after.unwrap_or(Position::START);
-    let (movements, text) = match reader.conn().backend() {
-        Backend::Postgres => ("stock.movements", "::text"),
-        Backend::Sqlite => ("stock_movements", ""),
+    let backend = reader.conn().backend();
+    let movements = backend.table(names::STOCK, MovementRow::TABLE);
+    let text = match backend {
+        Backend::Postgres => "::text",
+        Backend::Sqlite => "",
     };
     let statement = format!(
         "SELECT at, kind, warehouse_id, qty, balance_after, ref, event_id, transaction_id, global_position
