@@ -629,3 +629,98 @@ pub async fn fetch_strings(db: &Db, query: &str) -> anyhow::Result<Vec<String>> 
         Db::Sqlite(sqlite) => sqlx::query_scalar(query).fetch_all(&sqlite.readers).await?,
     })
 }
+
+/// Appends one event straight into the events table, as a buggy or older
+/// writer might have stored it; returns its event id. `payload` is stored
+/// as given (it need not decode).
+pub async fn append_raw_event(
+    db: &Db,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    event_type: &str,
+    payload: &Value,
+) -> anyhow::Result<uuid::Uuid> {
+    let metadata = serde_json::json!({
+        "tenant_id": aggregate_id.split('/').next().unwrap_or("default"),
+        "source": "system", "actor": "test", "correlation_id": "raw",
+        "occurred_at": chrono::Utc::now().to_rfc3339(),
+    });
+    const NEXT: &str = "SELECT coalesce(max(sequence), 0) + 1 FROM events
+                         WHERE aggregate_type = $1 AND aggregate_id = $2";
+    let id: String = match db {
+        Db::Postgres(pool) => {
+            let sequence: i64 = sqlx::query_scalar(NEXT)
+                .bind(aggregate_type)
+                .bind(aggregate_id)
+                .fetch_one(pool)
+                .await?;
+            sqlx::query_scalar(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+                 VALUES ($1, $2, $3, $4, '1', $5, $6) RETURNING event_id::text",
+            )
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(sequence)
+            .bind(event_type)
+            .bind(payload)
+            .bind(&metadata)
+            .fetch_one(pool)
+            .await?
+        }
+        Db::Sqlite(sqlite) => {
+            let sequence: i64 = sqlx::query_scalar(NEXT)
+                .bind(aggregate_type)
+                .bind(aggregate_id)
+                .fetch_one(&sqlite.writer)
+                .await?;
+            let id = sqlx::query_scalar(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+                 VALUES ($1, $2, $3, $4, '1', $5, $6) RETURNING event_id",
+            )
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(sequence)
+            .bind(event_type)
+            .bind(payload.to_string())
+            .bind(metadata.to_string())
+            .fetch_one(&sqlite.writer)
+            .await?;
+            db.notify_appended();
+            id
+        }
+    };
+    Ok(id.parse()?)
+}
+
+/// One consumer's status as the adapters report it.
+pub async fn consumer_status(
+    db: &Db,
+    consumer: &karvon_adapters::runner::Consumer,
+) -> anyhow::Result<karvon_adapters::runner::ConsumerStatus> {
+    karvon_adapters::runner::status(db, std::slice::from_ref(consumer))
+        .await?
+        .pop()
+        .context("no checkpoint row")
+}
+
+/// Waits until `check` holds for the consumer's status.
+pub async fn wait_for_status(
+    db: &Db,
+    consumer: &karvon_adapters::runner::Consumer,
+    timeout: Duration,
+    check: impl Fn(&karvon_adapters::runner::ConsumerStatus) -> bool,
+) -> anyhow::Result<karvon_adapters::runner::ConsumerStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = consumer_status(db, consumer).await?;
+        if check(&status) {
+            return Ok(status);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} never reached the expected state; last: {status:?}",
+            consumer.name()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -209,6 +209,8 @@ pub struct Runner {
     settings: RunnerSettings,
     wakeup: Option<Wakeup>,
     commands: Commands,
+    /// Reactions answered `Contended` by fault injection so far.
+    contended: std::sync::atomic::AtomicU32,
 }
 
 impl Runner {
@@ -220,6 +222,7 @@ impl Runner {
             settings,
             wakeup: None,
             commands,
+            contended: Default::default(),
         }
     }
 
@@ -286,6 +289,7 @@ impl Runner {
                 &self.settings,
                 self.settings.batch_size,
                 &mut memory,
+                &self.contended,
             )
             .await;
             let applied = match outcome {
@@ -336,6 +340,7 @@ impl Runner {
                 &self.settings,
                 1,
                 memory,
+                &self.contended,
             )
             .await;
             match outcome {

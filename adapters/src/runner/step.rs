@@ -9,6 +9,7 @@
 //!   the checkpoint the same way.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -41,6 +42,7 @@ pub(crate) async fn guarded(
     settings: &RunnerSettings,
     limit: i64,
     memory: &mut StepMemory,
+    contended: &AtomicU32,
 ) -> Result<usize, StorageError> {
     let step = async {
         match consumer {
@@ -58,7 +60,7 @@ pub(crate) async fn guarded(
                 .await
             }
             Consumer::Reactor(reactor) => {
-                react(db, reactor.as_ref(), commands, settings, limit).await
+                react(db, reactor.as_ref(), commands, settings, limit, contended).await
             }
             Consumer::Publisher(publisher) => {
                 publish(db, publisher.as_ref(), settings, limit).await
@@ -72,14 +74,19 @@ pub(crate) async fn guarded(
                 projection.reset();
             }
             memory.last_committed = None;
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|text| text.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".to_string());
-            Err(StorageError::Panicked(message))
+            Err(panicked(panic))
         }
     }
+}
+
+/// A caught panic as an error, with its message.
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> StorageError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string());
+    StorageError::Panicked(message)
 }
 
 /// One projection step in its own transaction; returns how many events it
@@ -96,7 +103,7 @@ pub(crate) async fn step(
     let outcome = on_conn!(conn, c => {
         async {
             let mut tx = c.begin_with(begin_write(&**c)).await?;
-            let stepped = step_within(
+            let stepped = AssertUnwindSafe(step_within(
                 &mut tx.as_conn(),
                 projection,
                 checkpoint,
@@ -104,10 +111,22 @@ pub(crate) async fn step(
                 settings,
                 limit,
                 memory,
-            )
-            .await?;
-            tx.commit().await?;
-            Ok::<_, StorageError>(stepped)
+            ))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(panicked(panic)));
+            // Roll back at once: a dropped transaction would keep its locks
+            // (the checkpoint row) until the connection is next used.
+            match stepped {
+                Ok(stepped) => {
+                    tx.commit().await?;
+                    Ok(stepped)
+                }
+                Err(error) => {
+                    tx.rollback().await?;
+                    Err(error)
+                }
+            }
         }
         .await
     });
@@ -182,11 +201,12 @@ async fn react(
     commands: &Commands,
     settings: &RunnerSettings,
     limit: i64,
+    contended: &AtomicU32,
 ) -> Result<usize, StorageError> {
     let name = reactor.name();
     let (after, events) = read_unlocked(db, name, limit).await?;
     for (done, event) in events.iter().enumerate() {
-        if let Err(error) = react_to(reactor, commands, settings, event).await {
+        if let Err(error) = react_to(reactor, commands, settings, event, contended).await {
             if done > 0 {
                 checkpoint::advance(db, name, after, events[done - 1].position, done).await?;
                 count(name, done);
@@ -214,6 +234,7 @@ async fn react_to(
     commands: &Commands,
     settings: &RunnerSettings,
     event: &FeedEvent,
+    contended: &AtomicU32,
 ) -> Result<(), StorageError> {
     let name = reactor.name();
     let reactions = reactor.react(event)?;
@@ -226,7 +247,7 @@ async fn react_to(
         };
         let mut attempt = 0u32;
         loop {
-            let outcome = if inject_contention(settings) {
+            let outcome = if inject_contention(settings, contended) {
                 Err(ReactionError::Contended)
             } else {
                 commands.run(reaction.clone(), key.clone()).await
@@ -254,13 +275,11 @@ async fn react_to(
     Ok(())
 }
 
-/// Fault injection: the first `contend_first_reactions` reactions of the
-/// process answer `Contended`.
-fn inject_contention(settings: &RunnerSettings) -> bool {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static INJECTED: AtomicU32 = AtomicU32::new(0);
+/// Fault injection: the runner's first `contend_first_reactions`
+/// reactions answer `Contended` (`injected` counts them).
+fn inject_contention(settings: &RunnerSettings, injected: &AtomicU32) -> bool {
     settings.contend_first_reactions > 0
-        && INJECTED
+        && injected
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |done| {
                 (done < settings.contend_first_reactions).then_some(done + 1)
             })

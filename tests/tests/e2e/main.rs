@@ -27,6 +27,7 @@ macro_rules! on_both_backends {
 
 mod api;
 mod auth;
+mod consumers;
 mod feed;
 mod idempotency;
 mod rebuild;
