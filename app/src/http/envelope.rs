@@ -9,7 +9,8 @@ use axum::response::{IntoResponseParts, ResponseParts};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-/// `{"success": true, "data": T}`.
+/// Every successful answer: `success` (always true) and the answer in
+/// `data`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Envelope<T: ToSchema> {
     /// Always `true`.
