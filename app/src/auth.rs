@@ -8,18 +8,15 @@
 //! so the limit holds across instances; failed attempts are counted per
 //! peer address (never per a header a client can set).
 //!
-//! Handlers state what they need in their signature: [`ReadAccess`],
-//! [`WriteAccess`] or [`AdminAccess`].
-
-use std::net::SocketAddr;
-use std::sync::Arc;
+//! [`Authenticator`] is the service the HTTP layer asks: it takes the
+//! bearer credential and the peer address as plain strings and answers a
+//! [`Principal`] or an [`AuthFailure`]; it knows nothing of HTTP (the axum
+//! extractors live in `http::access`, the mapping to answers in
+//! `http::error`).
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
 use chrono::{DateTime, Duration, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use karvon_adapters::StorageError;
@@ -30,8 +27,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
-
-use crate::http::{ApiError, AppState};
 
 pub const SCOPES: [&str; 4] = ["read", "write", "webhooks", "admin"];
 /// Requests per minute for a key created without an explicit limit, for
@@ -348,126 +343,215 @@ impl KeyCache {
     }
 }
 
-fn unauthorized() -> ApiError {
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "missing or invalid credentials",
-    )
+/// Why a request or a login attempt was refused. Only `Storage` and
+/// `Internal` are failures of Karvon; the others are answers to the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthFailure {
+    /// No credential, or one that is unknown, wrong, expired or revoked.
+    #[error("missing or invalid credentials")]
+    Unauthenticated,
+    /// A login with an unknown username or a wrong password.
+    #[error("invalid username or password")]
+    WrongPassword,
+    /// A valid credential without the scope the operation needs.
+    #[error("this credential lacks the {0} scope")]
+    MissingScope(&'static str),
+    /// Over the per-minute limit of the credential (or of the peer address,
+    /// for failed attempts).
+    #[error("too many requests; retry later")]
+    RateLimited {
+        /// Seconds until the current window ends.
+        retry_after: u64,
+    },
+    /// Stored credential data that cannot be used, or a token that could
+    /// not be signed; never shown to the caller.
+    #[error("{0}")]
+    Internal(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
-fn rate_limited(retry_after: i64) -> ApiError {
-    let mut error = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        "too many requests; retry later",
-    );
-    error.retry_after = Some(retry_after as u64);
-    error
+/// A login token as issued.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
 }
 
-/// Counts a request for `subject`; refuses it beyond `limit` per minute.
-pub async fn count_request(
-    db: &Db,
-    subject: &str,
-    key_id: Option<Uuid>,
-    limit: i32,
-) -> Result<(), ApiError> {
-    let (hits, retry_after) = auth_store::hit(db, subject, key_id).await?;
-    if hits > limit {
-        return Err(rate_limited(retry_after));
-    }
-    Ok(())
+/// Checks credentials and counts requests against their rate limits.
+/// Shared by every request of one instance (it caches API keys).
+pub struct Authenticator {
+    /// Tenants, users and keys.
+    db: Db,
+    /// Rate-limit counters (asynchronous commit on PostgreSQL: a crash may
+    /// forget a few hits, never a credential or an event).
+    bookkeeping: Db,
+    tokens: TokenKeys,
+    keys: KeyCache,
 }
 
-pub fn peer_subject(parts: &Parts) -> String {
-    match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-        Some(ConnectInfo(address)) => format!("peer:{}", address.ip()),
-        None => "peer:unknown".to_string(),
-    }
-}
-
-async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
-    let token = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
-            value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    let verified = match token {
-        Some(token) if token.matches('.').count() == 2 => verify_token(state, token).await?,
-        Some(token) => verify_key(state, token).await?,
-        None => None,
-    };
-    let Some((principal, subject, key_id, limit)) = verified else {
-        // Failed attempts are limited per peer address.
-        count_request(
-            &state.bookkeeping,
-            &peer_subject(parts),
-            None,
-            DEFAULT_RATE_LIMIT,
-        )
-        .await?;
-        return Err(unauthorized());
-    };
-    count_request(&state.bookkeeping, &subject, key_id, limit).await?;
-    Ok(principal)
-}
-
+/// What a verified credential stands for: the principal, the subject its
+/// requests are counted under, the key (if it is one) and its limit.
 type Verified = Option<(Principal, String, Option<Uuid>, i32)>;
 
-async fn verify_key(state: &AppState, token: &str) -> Result<Verified, ApiError> {
-    let Some((prefix, secret)) = token.split_once('_') else {
-        return Ok(None);
-    };
-    let stored = match state.keys.get(prefix) {
-        Some(stored) => stored,
-        None => {
-            let Some(stored) = auth_store::api_key_by_prefix(&state.db, prefix).await? else {
-                return Ok(None);
-            };
-            state.keys.put(prefix, stored.clone());
-            stored
+impl Authenticator {
+    /// `jwt_secret` signs login tokens; see [`TokenKeys::new`] for `None`.
+    pub fn new(db: Db, bookkeeping: Db, jwt_secret: Option<&str>) -> Self {
+        Self {
+            db,
+            bookkeeping,
+            tokens: TokenKeys::new(jwt_secret),
+            keys: KeyCache::default(),
         }
-    };
-    let matches: bool = secret_hash(secret).ct_eq(&stored.secret_hash).into();
-    let expired = stored.expires_at.is_some_and(|at| at <= Utc::now());
-    if !matches || stored.revoked_at.is_some() || expired {
-        return Ok(None);
     }
-    let principal = principal(
-        &stored.tenant_id,
-        &stored.time_zone,
-        format!("key:{}", stored.key_id),
-        stored.scopes,
-    )?;
-    Ok(Some((
-        principal,
-        format!("key:{}", stored.key_id),
-        Some(stored.key_id),
-        stored.rate_limit_per_minute,
-    )))
+
+    /// Who `bearer` (an API key or a login token, without the `Bearer `
+    /// prefix) is, holding `scope`. The request is counted against the
+    /// credential's limit; without a valid credential it is counted against
+    /// `peer` (the caller's address) instead. A missing scope is checked
+    /// after counting, so refused requests count too.
+    pub async fn authorize(
+        &self,
+        bearer: Option<&str>,
+        peer: &str,
+        scope: &'static str,
+    ) -> Result<Principal, AuthFailure> {
+        let principal = self.authenticate(bearer, peer).await?;
+        if !principal.allows(scope) {
+            return Err(AuthFailure::MissingScope(scope));
+        }
+        Ok(principal)
+    }
+
+    /// Who `bearer` is, counting the request (see [`Self::authorize`]).
+    pub async fn authenticate(
+        &self,
+        bearer: Option<&str>,
+        peer: &str,
+    ) -> Result<Principal, AuthFailure> {
+        let verified = match bearer {
+            Some(token) if token.matches('.').count() == 2 => self.verify_token(token).await?,
+            Some(token) => self.verify_key(token).await?,
+            None => None,
+        };
+        let Some((principal, subject, key_id, limit)) = verified else {
+            // Failed attempts are limited per peer address.
+            self.count(&peer_subject(peer), None, DEFAULT_RATE_LIMIT)
+                .await?;
+            return Err(AuthFailure::Unauthenticated);
+        };
+        self.count(&subject, key_id, limit).await?;
+        Ok(principal)
+    }
+
+    /// Exchanges a username and password for a login token. Every attempt
+    /// is counted against `peer` first; an unknown user takes as long to
+    /// refuse as a wrong password.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: String,
+        peer: &str,
+    ) -> Result<IssuedToken, AuthFailure> {
+        self.count(&peer_subject(peer), None, DEFAULT_RATE_LIMIT)
+            .await?;
+        let user = auth_store::user(&self.db, username).await?;
+        let verified = verify_password(
+            user.as_ref().map(|user| user.password_hash.clone()),
+            password,
+        )
+        .await;
+        let Some(user) = user.filter(|_| verified) else {
+            return Err(AuthFailure::WrongPassword);
+        };
+        let (token, expires_at) = self
+            .tokens
+            .issue(&user.username, &user.tenant_id, &user.scopes)
+            .map_err(|error| AuthFailure::Internal(format!("could not sign a token: {error}")))?;
+        Ok(IssuedToken { token, expires_at })
+    }
+
+    /// Revokes a key of `tenant`; `false` when the tenant has no such key.
+    /// This instance stops accepting it at once, others within
+    /// [`KeyCache::TTL`].
+    pub async fn revoke_api_key(&self, tenant: &str, key_id: Uuid) -> Result<bool, StorageError> {
+        let revoked = auth_store::revoke_api_key(&self.db, tenant, key_id).await?;
+        if revoked {
+            self.keys.forget(key_id);
+        }
+        Ok(revoked)
+    }
+
+    /// Counts a request for `subject`; refuses it beyond `limit` per minute.
+    async fn count(
+        &self,
+        subject: &str,
+        key_id: Option<Uuid>,
+        limit: i32,
+    ) -> Result<(), AuthFailure> {
+        let (hits, retry_after) = auth_store::hit(&self.bookkeeping, subject, key_id).await?;
+        if hits > limit {
+            return Err(AuthFailure::RateLimited {
+                retry_after: retry_after as u64,
+            });
+        }
+        Ok(())
+    }
+
+    async fn verify_key(&self, token: &str) -> Result<Verified, AuthFailure> {
+        let Some((prefix, secret)) = token.split_once('_') else {
+            return Ok(None);
+        };
+        let stored = match self.keys.get(prefix) {
+            Some(stored) => stored,
+            None => {
+                let Some(stored) = auth_store::api_key_by_prefix(&self.db, prefix).await? else {
+                    return Ok(None);
+                };
+                self.keys.put(prefix, stored.clone());
+                stored
+            }
+        };
+        let matches: bool = secret_hash(secret).ct_eq(&stored.secret_hash).into();
+        let expired = stored.expires_at.is_some_and(|at| at <= Utc::now());
+        if !matches || stored.revoked_at.is_some() || expired {
+            return Ok(None);
+        }
+        let principal = principal(
+            &stored.tenant_id,
+            &stored.time_zone,
+            format!("key:{}", stored.key_id),
+            stored.scopes,
+        )?;
+        Ok(Some((
+            principal,
+            format!("key:{}", stored.key_id),
+            Some(stored.key_id),
+            stored.rate_limit_per_minute,
+        )))
+    }
+
+    async fn verify_token(&self, token: &str) -> Result<Verified, AuthFailure> {
+        let Some(claims) = self.tokens.verify(token) else {
+            return Ok(None);
+        };
+        let Some(tenant) = auth_store::tenant(&self.db, &claims.tenant).await? else {
+            return Ok(None);
+        };
+        let subject = format!("user:{}", claims.sub);
+        let principal = principal(
+            &tenant.tenant_id,
+            &tenant.time_zone,
+            subject.clone(),
+            claims.scopes,
+        )?;
+        Ok(Some((principal, subject, None, DEFAULT_RATE_LIMIT)))
+    }
 }
 
-async fn verify_token(state: &AppState, token: &str) -> Result<Verified, ApiError> {
-    let Some(claims) = state.tokens.verify(token) else {
-        return Ok(None);
-    };
-    let Some(tenant) = auth_store::tenant(&state.db, &claims.tenant).await? else {
-        return Ok(None);
-    };
-    let subject = format!("user:{}", claims.sub);
-    let principal = principal(
-        &tenant.tenant_id,
-        &tenant.time_zone,
-        subject.clone(),
-        claims.scopes,
-    )?;
-    Ok(Some((principal, subject, None, DEFAULT_RATE_LIMIT)))
+/// The subject failed attempts from one peer address are counted under.
+fn peer_subject(peer: &str) -> String {
+    format!("peer:{peer}")
 }
 
 fn principal(
@@ -475,8 +559,9 @@ fn principal(
     time_zone: &str,
     actor: String,
     scopes: Vec<String>,
-) -> Result<Principal, ApiError> {
-    let tenant = TenantId::parse(tenant).map_err(|_| ApiError::internal())?;
+) -> Result<Principal, AuthFailure> {
+    let tenant = TenantId::parse(tenant)
+        .map_err(|error| AuthFailure::Internal(format!("stored tenant id {tenant:?}: {error}")))?;
     let time_zone = time_zone.parse().unwrap_or(chrono_tz::UTC);
     Ok(Principal {
         tenant,
@@ -484,41 +569,6 @@ fn principal(
         actor,
         scopes,
     })
-}
-
-macro_rules! access {
-    ($name:ident, $scope:literal) => {
-        #[doc = concat!("A caller holding the `", $scope, "` scope.")]
-        pub struct $name(pub Principal);
-
-        impl FromRequestParts<AppState> for $name {
-            type Rejection = ApiError;
-
-            async fn from_request_parts(
-                parts: &mut Parts,
-                state: &AppState,
-            ) -> Result<Self, Self::Rejection> {
-                let principal = authenticate(parts, state).await?;
-                if !principal.allows($scope) {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "forbidden",
-                        concat!("this credential lacks the ", $scope, " scope"),
-                    ));
-                }
-                Ok(Self(principal))
-            }
-        }
-    };
-}
-
-access!(ReadAccess, "read");
-access!(WriteAccess, "write");
-access!(AdminAccess, "admin");
-
-/// Shared by the login handler.
-pub fn shared_tokens(secret: Option<&str>) -> Arc<TokenKeys> {
-    Arc::new(TokenKeys::new(secret))
 }
 
 #[cfg(test)]

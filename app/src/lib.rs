@@ -61,12 +61,13 @@ impl Application {
             metrics: metrics_handle(),
             min_position_wait: Duration::from_millis(config.min_position_wait_ms),
             known_products: Arc::default(),
-            tokens: auth::shared_tokens(config.jwt_secret.as_deref()),
-            bookkeeping: db
-                .bookkeeping(&config.database_url, config.db_max_connections)
-                .await
-                .context("connecting the bookkeeping pool")?,
-            keys: Arc::default(),
+            auth: Arc::new(auth::Authenticator::new(
+                db.clone(),
+                db.bookkeeping(&config.database_url, config.db_max_connections)
+                    .await
+                    .context("connecting the bookkeeping pool")?,
+                config.jwt_secret.as_deref(),
+            )),
             rebuild_batch_size: config.rebuild_batch_size.max(1),
         };
         let settings = http::HttpSettings {

@@ -281,17 +281,8 @@ impl Runner {
                 }
             }
             let started = Instant::now();
-            let outcome = step::guarded(
-                &self.db,
-                &mut session,
-                &self.consumer,
-                &self.commands,
-                &self.settings,
-                self.settings.batch_size,
-                &mut memory,
-                &self.contended,
-            )
-            .await;
+            let outcome =
+                step::guarded(self, &mut session, self.settings.batch_size, &mut memory).await;
             let applied = match outcome {
                 Ok(applied) => applied,
                 Err(error) if error.is_poison() => {
@@ -332,17 +323,7 @@ impl Runner {
         let name = self.consumer.name();
         tracing::warn!(consumer = name, error = %first_error, "batch failed; finding the event");
         loop {
-            let outcome = step::guarded(
-                &self.db,
-                session,
-                &self.consumer,
-                &self.commands,
-                &self.settings,
-                1,
-                memory,
-                &self.contended,
-            )
-            .await;
+            let outcome = step::guarded(self, session, 1, memory).await;
             match outcome {
                 Ok(0) => return Ok(None),
                 Ok(_) => continue,

@@ -17,7 +17,7 @@ use karvon_projections::Position;
 use sqlx::Connection;
 
 use super::session::{Session, begin_write};
-use super::{Consumer, Projection, Publisher, Reactor, RunnerSettings, checkpoint};
+use super::{Consumer, Projection, Publisher, Reactor, Runner, RunnerSettings, checkpoint};
 use crate::StorageError;
 use crate::db::{AsConn, Conn, Db, on_conn, on_pool};
 use crate::feed::{self, FeedEvent};
@@ -35,15 +35,19 @@ pub struct StepMemory {
 /// One step of up to `limit` events, with a panic inside the consumer
 /// caught and turned into [`StorageError::Panicked`].
 pub(crate) async fn guarded(
-    db: &Db,
+    runner: &Runner,
     session: &mut Session,
-    consumer: &Consumer,
-    commands: &Commands,
-    settings: &RunnerSettings,
     limit: i64,
     memory: &mut StepMemory,
-    contended: &AtomicU32,
 ) -> Result<usize, StorageError> {
+    let Runner {
+        db,
+        consumer,
+        settings,
+        commands,
+        contended,
+        ..
+    } = runner;
     let step = async {
         match consumer {
             Consumer::Projection(projection) => {

@@ -1,6 +1,9 @@
 //! The one error type of the HTTP API and its mapping to the SPEC envelope
-//! `{"success": false, "message": "…", "error": "<code>"}`. Internals are
-//! logged here, once, and never sent to clients.
+//! `{"success": false, "message": "…", "error": "<code>"}` ([`ErrorBody`]).
+//! Every lower-layer error (storage, domain, command, authentication) is
+//! mapped here, once; internals are logged here and never sent to clients.
+//! The sets of error answers routes document ([`CommandErrors`],
+//! [`QueryErrors`], [`AdminErrors`]) live here too.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -9,8 +12,22 @@ use karvon_adapters::StorageError;
 use karvon_adapters::store::CommandError;
 use karvon_domain::product::ProductError;
 use karvon_domain::stock::StockError;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
+use crate::auth::{AuthError, AuthFailure};
+
+/// Every error: `{"success": false, "message": …, "error": <code>}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Always `false`.
+    pub success: bool,
+    pub message: String,
+    /// A stable, machine-readable code (`validation_error`, `not_found`, …).
+    pub error: String,
+}
+
+/// A refused request: status, code and message (the [`ErrorBody`] sent).
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -49,7 +66,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"success": false, "message": self.message, "error": self.code});
+        let body = ErrorBody {
+            success: false,
+            message: self.message,
+            error: self.code.to_string(),
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response
@@ -127,4 +148,94 @@ where
             CommandError::Storage(error) => error.into(),
         }
     }
+}
+
+impl From<AuthFailure> for ApiError {
+    fn from(failure: AuthFailure) -> Self {
+        let message = failure.to_string();
+        match failure {
+            AuthFailure::Unauthenticated | AuthFailure::WrongPassword => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+            }
+            AuthFailure::MissingScope(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+            }
+            AuthFailure::RateLimited { retry_after } => {
+                let mut error =
+                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+                error.retry_after = Some(retry_after);
+                error
+            }
+            AuthFailure::Internal(detail) => {
+                tracing::error!(error = %detail, "authentication failed");
+                ApiError::internal()
+            }
+            AuthFailure::Storage(error) => error.into(),
+        }
+    }
+}
+
+/// Managing credentials (creating keys): a storage failure is 503, anything
+/// else is a refused request body.
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Storage(error) => error.into(),
+            other => ApiError::validation(other.to_string()),
+        }
+    }
+}
+
+/// The errors every command route can answer (documentation only).
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum CommandErrors {
+    #[response(status = 400, description = "Invalid body")]
+    Invalid(ErrorBody),
+    #[response(status = 401, description = "No or invalid credentials")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "Missing scope")]
+    Forbidden(ErrorBody),
+    #[response(status = 413, description = "Body too large")]
+    TooLarge(ErrorBody),
+    #[response(status = 415, description = "Not JSON")]
+    NotJson(ErrorBody),
+    #[response(status = 422, description = "Semantic error or reused Idempotency-Key")]
+    Unprocessable(ErrorBody),
+    #[response(status = 429, description = "Rate limited")]
+    RateLimited(ErrorBody),
+    #[response(status = 503, description = "Storage unavailable")]
+    Unavailable(ErrorBody),
+}
+
+/// The errors every query route can answer (documentation only).
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum QueryErrors {
+    #[response(status = 400, description = "Invalid parameters or X-Min-Position")]
+    Invalid(ErrorBody),
+    #[response(status = 401, description = "No or invalid credentials")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "Missing scope")]
+    Forbidden(ErrorBody),
+    #[response(status = 429, description = "Rate limited")]
+    RateLimited(ErrorBody),
+    #[response(
+        status = 503,
+        description = "Read model not at X-Min-Position within 5 s"
+    )]
+    Unavailable(ErrorBody),
+}
+
+/// The errors every route behind the `admin` scope can answer
+/// (documentation only); routes add their own (400, 404) beside it.
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum AdminErrors {
+    #[response(status = 401, description = "No or invalid credentials")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "Missing admin scope")]
+    Forbidden(ErrorBody),
+    #[response(status = 429, description = "Rate limited")]
+    RateLimited(ErrorBody),
 }

@@ -1,14 +1,29 @@
-//! The HTTP API (axum): routes, shared state, and the layers every request
-//! passes through (request id, tracing, timeout, body limit, panic catcher,
-//! envelope for errors produced outside handlers, metrics).
+//! The HTTP API (axum): shared state, the router, and the layers every
+//! request passes through (request id, tracing, timeout, body limit, panic
+//! catcher, envelope for errors produced outside handlers, metrics).
+//!
+//! Routes are grouped by feature: `products`, `stock`, `auth` (login and
+//! API keys), `admin` (projections) and `ops` (health, readiness, metrics).
+//! Each exposes `routes()`, an `OpenApiRouter` whose `routes!(…)` lines
+//! register a handler and its `#[utoipa::path]` documentation at once;
+//! [`router`] merges them into the `openapi` skeleton. Shared pieces:
+//! `access` (credential extractors), `extract` (body and query
+//! extractors), `envelope` (answer types), `command` and `query` (what
+//! command and query handlers share), `error` (`ApiError`, the error
+//! envelope and every error mapping).
 
 mod access;
-mod commands;
+mod admin;
+mod auth;
+mod command;
+mod envelope;
 mod error;
 mod extract;
 mod openapi;
 mod ops;
-mod queries;
+mod products;
+mod query;
+mod stock;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,10 +31,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use karvon_adapters::db::Db;
 use karvon_adapters::store::CommandExecutor;
 use karvon_domain::product::Product;
@@ -29,6 +43,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
 
@@ -46,13 +62,8 @@ pub struct AppState {
     /// Product streams known to be registered. Registration is permanent,
     /// so a positive answer never goes stale and is safe to share.
     pub known_products: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
-    /// Signs and checks login tokens.
-    pub tokens: Arc<crate::auth::TokenKeys>,
-    /// Rate-limit counters (asynchronous commit: a crash may forget a few
-    /// hits, never a credential or an event).
-    pub bookkeeping: Db,
-    /// API keys looked up recently, by prefix.
-    pub keys: Arc<crate::auth::KeyCache>,
+    /// Checks credentials and counts requests against rate limits.
+    pub auth: Arc<crate::auth::Authenticator>,
     /// Events per step when rebuilding.
     pub rebuild_batch_size: i64,
 }
@@ -63,53 +74,21 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
 }
 
+/// Every route (documented ones through their feature's `routes()`), the
+/// document at `/api/openapi.json` with its browser at `/docs`, and the
+/// layers.
 pub fn router(state: AppState, settings: &HttpSettings) -> Router {
-    let api = Router::new()
-        .route(
-            "/api/v1/products",
-            post(commands::register_product).get(queries::list_products),
-        )
-        .route(
-            "/api/v1/products/{id}",
-            get(queries::get_product).put(commands::update_product),
-        )
-        .route(
-            "/api/v1/products/{id}/discontinue",
-            post(commands::discontinue_product),
-        )
-        .route("/api/v1/stock/receipts", post(commands::receive_stock))
-        .route("/api/v1/stock/issues", post(commands::issue_stock))
-        .route("/api/v1/stock/adjustments", post(commands::adjust_stock))
-        .route("/api/v1/stock/transfers", post(commands::transfer_stock))
-        .route(
-            "/api/integrations/inventory-levels",
-            get(queries::inventory_levels),
-        )
-        .route(
-            "/api/integrations/product-movement-history",
-            get(queries::movement_history),
-        )
-        .route("/api/v1/admin/projections", get(ops::projections))
-        .route(
-            "/api/v1/admin/projections/{name}/rebuild",
-            post(ops::rebuild_projection),
-        )
-        .route("/api/auth/login", post(access::login))
-        .route(
-            "/api/v1/api-keys",
-            post(access::create_key).get(access::list_keys),
-        )
-        .route("/api/v1/api-keys/{id}/revoke", post(access::revoke_key));
+    let (api, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(products::routes())
+        .merge(stock::routes())
+        .merge(auth::routes())
+        .merge(admin::routes())
+        .merge(ops::routes())
+        .split_for_parts();
 
     Router::new()
         .merge(api)
-        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url(
-            "/api/openapi.json",
-            <openapi::ApiDoc as utoipa::OpenApi>::openapi(),
-        ))
-        .route("/health", get(ops::health))
-        .route("/ready", get(ops::ready))
-        .route("/metrics", get(ops::metrics))
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/api/openapi.json", document))
         .fallback(ops::not_found)
         .layer(middleware::from_fn(envelope_for_bare_errors))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
@@ -179,27 +158,4 @@ async fn record_metrics(request: Request, next: Next) -> Response {
         .record(started.elapsed().as_secs_f64());
     metrics::counter!("karvon_http_requests_total", "method" => method, "path" => path, "status" => status).increment(1);
     response
-}
-
-/// The `Idempotency-Key` header, validated.
-pub(crate) fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let text = value
-        .to_str()
-        .ok()
-        .filter(|text| {
-            !text.is_empty() && text.len() <= 255 && text.bytes().all(|b| b.is_ascii_graphic())
-        })
-        .ok_or_else(|| {
-            ApiError::validation("Idempotency-Key must be 1–255 visible ASCII characters")
-        })?;
-    Ok(Some(text.to_string()))
-}
-
-pub(crate) fn header_text(value: Option<&HeaderValue>) -> Option<String> {
-    value
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_string)
 }

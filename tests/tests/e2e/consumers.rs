@@ -473,3 +473,150 @@ async fn projections_pass_events_committed_while_a_reactor_works_through_a_batch
     let statuses = runner::status(&store, &[transfers]).await.expect("status");
     assert_eq!(statuses[0].state, "live");
 }
+
+/// The admin API's view of one consumer, polled until `check` holds.
+async fn admin_status(
+    app: &karvon_tests::TestApp,
+    name: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = app.get("/api/v1/admin/projections").await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        let item = body["data"]["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|item| item["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} is not listed: {body}"));
+        if check(&item) {
+            return item;
+        }
+        assert!(Instant::now() < deadline, "{name} never got there: {item}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn an_undecodable_event_stops_only_the_consumers_that_read_its_type(backend: Backend) {
+    use karvon_tests::{product, spawn_app};
+    use reqwest::StatusCode;
+
+    let db = TestDb::create_on(backend).await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    app.post("/api/v1/products", &product("P1", "dairy", None))
+        .await;
+    let receipt = json!({"warehouse_id": "W1", "product_id": "P1", "qty": "5"});
+    let (status, body) = app.post("/api/v1/stock/receipts", &receipt).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // A stock event whose payload does not decode (a buggy older writer).
+    let bad = append_raw_event(
+        &app.db,
+        "StockItem",
+        "default/W7/P1",
+        "StockReceived",
+        &json!({"StockReceived": {"warehouse_id": 7}}),
+    )
+    .await
+    .expect("append");
+    let receipt = json!({"warehouse_id": "W1", "product_id": "P1", "qty": "3"});
+    app.post("/api/v1/stock/receipts", &receipt).await;
+    let (_, registered) = app
+        .post("/api/v1/products", &product("P2", "dairy", None))
+        .await;
+
+    // The catalogue never reads stock events: it goes on.
+    let (status, body) = app
+        .get_after("/api/v1/products/P2", &registered["data"]["position"])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Stock stops on the event, with the error and the event shown.
+    let stock = admin_status(&app, "stock", |item| item["state"] == "failed").await;
+    assert_eq!(stock["kind"], "projection");
+    assert_eq!(stock["failed_event_id"], bad.to_string());
+    assert!(
+        stock["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("StockReceived")),
+        "{stock}"
+    );
+    assert_eq!(stock["lag_events"], 3, "{stock}");
+    // The transfer reactor reads stock events too, but not this type's
+    // payload: it goes on.
+    let transfers = admin_status(&app, "transfers", |item| item["lag_events"] == 0).await;
+    assert_eq!(
+        (&transfers["kind"], &transfers["state"]),
+        (&json!("reactor"), &json!("live"))
+    );
+    let catalog = admin_status(&app, "catalog", |item| item["lag_events"] == 0).await;
+    assert_eq!(catalog["state"], "live");
+    let (_, levels) = app
+        .get("/api/integrations/inventory-levels?warehouse_id=W1")
+        .await;
+    assert_eq!(levels["data"]["items"][0]["on_hand"], "5", "{levels}");
+
+    // Retrying changes nothing: it fails on the same event again.
+    let (status, body) = app
+        .post("/api/v1/admin/projections/stock/retry", &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let stock = admin_status(&app, "stock", |item| item["state"] == "failed").await;
+    assert_eq!(stock["failed_event_id"], bad.to_string());
+
+    // Skip: the event is kept with its error, and stock goes on.
+    let (status, body) = app
+        .post("/api/v1/admin/projections/stock/skip", &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["event_id"], bad.to_string());
+    admin_status(&app, "stock", |item| {
+        item["state"] == "live" && item["lag_events"] == 0
+    })
+    .await;
+    let (_, levels) = app
+        .get("/api/integrations/inventory-levels?warehouse_id=W1")
+        .await;
+    assert_eq!(levels["data"]["items"][0]["on_hand"], "8", "{levels}");
+    let (status, body) = app.get("/api/v1/admin/projections/stock/skipped").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let items = body["data"]["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{body}");
+    assert_eq!(items[0]["event_id"], bad.to_string());
+    assert!(
+        items[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("StockReceived"))
+    );
+    assert!(
+        items[0]["skipped_by"]
+            .as_str()
+            .is_some_and(|by| by.starts_with("key:"))
+    );
+
+    // Nothing left to retry or skip; unknown consumers are 404.
+    for action in ["retry", "skip"] {
+        let (status, body) = app
+            .post(
+                &format!("/api/v1/admin/projections/stock/{action}"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::CONFLICT, &json!("not_failed"))
+        );
+        let (status, _) = app
+            .post(
+                &format!("/api/v1/admin/projections/nonsense/{action}"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let (status, _) = app
+        .post("/api/v1/admin/projections/transfers/rebuild", &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a reactor has no read model");
+    app.stop().await.expect("stop");
+}
+
+on_both_backends!(an_undecodable_event_stops_only_the_consumers_that_read_its_type);
