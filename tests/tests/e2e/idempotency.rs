@@ -307,7 +307,53 @@ fn stop_server(mut server: Server) {
     let _ = server.child.wait();
 }
 
+/// A keyed command that changes nothing (discontinuing a discontinued
+/// product) still takes its key: a retry answers the same, another body
+/// under the key is refused.
+async fn a_key_whose_command_changed_nothing_is_still_taken(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    app.post("/api/v1/products", &product("P1", "dairy", None))
+        .await;
+    let path = "/api/v1/products/P1/discontinue";
+    let (status, _) = app.post(path, &json!({"reason": "first"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let events = event_count(&app.db).await.expect("count");
+
+    let (status, first) = app
+        .post_keyed(path, "again-1", &json!({"reason": "again"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(event_count(&app.db).await.expect("count"), events);
+    let (status, retried) = app
+        .post_keyed(path, "again-1", &json!({"reason": "again"}))
+        .await;
+    assert_eq!((status, &retried["data"]), (StatusCode::OK, &first["data"]));
+    let (status, body) = app
+        .post_keyed(path, "again-1", &json!({"reason": "something else"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"], "idempotency_key_reused");
+    app.stop().await.expect("stop");
+}
+
+/// Events never default their tenant: the store refuses an append without
+/// one, whoever writes it.
+async fn an_event_without_a_tenant_is_refused_at_append(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let store = db.db().await.expect("store");
+    store.migrate().await.expect("migrate");
+    let insert = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+                  VALUES ('Product', 'x/P1', 1, 'ProductDiscontinued', '1', '{}', '{\"source\": \"system\"}')";
+    let refused = karvon_tests::execute(&store, insert).await;
+    let error = refused.expect_err("an event without tenant_id was stored");
+    assert!(error.to_string().contains("tenant_id"), "{error}");
+    assert_eq!(event_count(&store).await.expect("count"), 0);
+}
+
 on_both_backends!(
+    a_key_whose_command_changed_nothing_is_still_taken,
+    an_event_without_a_tenant_is_refused_at_append,
     the_same_key_twice_appends_once_and_answers_identically,
     kill_9_during_keyed_load_then_retrying_unacknowledged_commands_applies_each_once,
     sigterm_stops_the_server_cleanly,
