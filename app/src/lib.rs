@@ -237,6 +237,34 @@ pub async fn projection_status(config: &Config) -> anyhow::Result<Vec<runner::Co
     Ok(runner::status(&db, &registry::consumers()).await?)
 }
 
+/// `karvon projections retry <name>`.
+pub async fn retry_consumer(config: &Config, name: &str) -> anyhow::Result<()> {
+    let consumer = registry::consumer(name).with_context(|| unknown_consumer(name))?;
+    let db = open_migrated(config).await?;
+    anyhow::ensure!(
+        runner::checkpoint::retry(&db, consumer.name()).await?,
+        "{name} is not stopped on an event"
+    );
+    Ok(())
+}
+
+/// `karvon projections skip <name>`.
+pub async fn skip_event(config: &Config, name: &str) -> anyhow::Result<runner::SkippedEvent> {
+    let consumer = registry::consumer(name).with_context(|| unknown_consumer(name))?;
+    let db = open_migrated(config).await?;
+    match runner::checkpoint::skip(&db, consumer.name(), "cli").await? {
+        runner::SkipOutcome::Skipped(skipped) => Ok(skipped),
+        runner::SkipOutcome::NotFailed => anyhow::bail!("{name} is not stopped on an event"),
+    }
+}
+
+fn unknown_consumer(name: &str) -> String {
+    format!(
+        "unknown feed consumer {name:?}; known: {}",
+        registry::names().join(", ")
+    )
+}
+
 /// The read models that can be rebuilt, by name.
 pub fn read_models() -> Vec<&'static str> {
     registry::consumers()

@@ -97,8 +97,12 @@ enum UserCommand {
 enum ProjectionCommand {
     /// Replay all events into fresh tables, then swap them in.
     Rebuild { name: String },
-    /// Position and lag of every projection.
+    /// Kind, state, position and lag of every feed consumer.
     Status,
+    /// Make a failed consumer try the event it stopped on again.
+    Retry { name: String },
+    /// Skip the event a failed consumer stopped on (kept with its error).
+    Skip { name: String },
 }
 
 #[tokio::main]
@@ -187,6 +191,28 @@ async fn main() -> anyhow::Result<()> {
             };
             karvon_app::create_user(&config, &tenant, &username, &password, &scopes).await?;
             println!("user {username} saved for tenant {tenant}");
+            Ok(())
+        }
+        Command::Projections {
+            command: ProjectionCommand::Retry { name },
+        } => {
+            karvon_app::retry_consumer(&config, &name).await?;
+            println!("{name} will try its event again");
+            Ok(())
+        }
+        Command::Projections {
+            command: ProjectionCommand::Skip { name },
+        } => {
+            let skipped = karvon_app::skip_event(&config, &name).await?;
+            println!(
+                "{name} skipped event {} ({} {}/{} #{}): {}",
+                skipped.event_id,
+                skipped.event_type,
+                skipped.aggregate_type,
+                skipped.aggregate_id,
+                skipped.sequence,
+                skipped.error
+            );
             Ok(())
         }
         Command::Projections {

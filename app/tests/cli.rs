@@ -162,3 +162,29 @@ fn strip_ansi(text: &str) -> String {
     }
     plain
 }
+
+#[test]
+fn retry_and_skip_name_what_is_wrong() {
+    let dir = std::env::temp_dir().join(format!("karvon-cli-skip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let run = |args: &[&str]| {
+        karvon()
+            .args(args)
+            .env_remove("KARVON_DATABASE_URL")
+            .current_dir(&dir)
+            .output()
+            .expect("runs")
+    };
+    let unknown = run(&["projections", "retry", "nonsense"]);
+    let live = run(&["projections", "skip", "stock"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!unknown.status.success());
+    let text = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        text.contains("unknown feed consumer") && text.contains("transfers"),
+        "{text}"
+    );
+    assert!(!live.status.success());
+    let text = String::from_utf8_lossy(&live.stderr);
+    assert!(text.contains("stock is not stopped on an event"), "{text}");
+}

@@ -4,12 +4,9 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
 use karvon_domain::product::{Product, ProductEvent, ProductStatus};
 use karvon_projections::catalog::{self, ProductRow};
 use karvon_projections::names;
-use rust_decimal::Decimal;
-use serde::Serialize;
 
 use crate::StorageError;
 use crate::db::{Backend, Conn, Portable, on_conn};
@@ -41,7 +38,8 @@ impl Field for ProductStatus {
     }
 }
 
-fn status_text(status: ProductStatus) -> &'static str {
+/// How the API and the table spell a status.
+pub fn status_text(status: ProductStatus) -> &'static str {
     match status {
         ProductStatus::Active => "active",
         ProductStatus::Discontinued => "discontinued",
@@ -111,46 +109,6 @@ fn product_id(event: &ProductEvent) -> &karvon_domain::Id {
     }
 }
 
-/// A catalogue entry as the API shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct ProductView {
-    pub product_id: String,
-    pub sku: String,
-    pub name: String,
-    pub category: String,
-    pub unit: String,
-    pub barcode: Option<String>,
-    pub price: Option<Decimal>,
-    pub reorder_level: Option<Decimal>,
-    /// `active` or `discontinued`.
-    #[schema(value_type = String)]
-    pub status: &'static str,
-    /// 1C GUID, REGOS id and the like, by system.
-    #[schema(value_type = Object)]
-    pub external_refs: serde_json::Value,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<ProductRow> for ProductView {
-    fn from(row: ProductRow) -> Self {
-        Self {
-            product_id: row.product_id,
-            sku: row.sku,
-            name: row.name,
-            category: row.category,
-            unit: row.unit,
-            barcode: row.barcode,
-            price: row.price,
-            reorder_level: row.reorder_level,
-            status: status_text(row.status),
-            external_refs: row.external_refs,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct ProductFilter {
     pub category: Option<String>,
@@ -164,7 +122,7 @@ pub async fn list_products(
     reader: &mut Reader,
     tenant: &str,
     filter: &ProductFilter,
-) -> Result<Vec<ProductView>, StorageError> {
+) -> Result<Vec<ProductRow>, StorageError> {
     let pattern = filter.q.as_ref().map(|q| {
         format!(
             "%{}%",
@@ -208,7 +166,7 @@ pub async fn list_products(
         .fetch_all(&mut **c)
         .await?
         .iter()
-        .map(|row| ProductRow::from_row(row).map(ProductView::from))
+        .map(ProductRow::from_row)
         .collect())
 }
 
@@ -216,7 +174,7 @@ pub async fn get_product(
     reader: &mut Reader,
     tenant: &str,
     product_id: &str,
-) -> Result<Option<ProductView>, StorageError> {
+) -> Result<Option<ProductRow>, StorageError> {
     let statement = format!(
         "SELECT {} FROM {} WHERE tenant_id = $1 AND product_id = $2",
         ProductRow::column_list(),
@@ -231,6 +189,6 @@ pub async fn get_product(
         .fetch_optional(&mut **c)
         .await?
         .as_ref()
-        .map(|row| ProductRow::from_row(row).map(ProductView::from))
+        .map(ProductRow::from_row)
         .transpose())
 }

@@ -253,6 +253,10 @@ async fn skip_within(
     name: &str,
     actor: &str,
 ) -> Result<SkipOutcome, StorageError> {
+    if failure_in(tx, name).await?.is_none() {
+        return Ok(SkipOutcome::NotFailed);
+    }
+    // Under the row's lock, look again: a retry may have cleared it.
     let (after, _) = read_locked(tx, name).await?;
     let Some(Failure {
         event_id: Some(event_id),

@@ -4,12 +4,15 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use karvon_adapters::read_models::catalog::{self, ProductView};
+use karvon_adapters::read_models::catalog;
+use karvon_projections::catalog::ProductRow;
 use karvon_domain::ids::product_stream_id;
 use karvon_domain::product::{ProductCommand, ProductDetails};
 use karvon_domain::{Id, Money};
 use karvon_projections::names;
-use serde::Deserialize;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -230,8 +233,9 @@ pub async fn list_products(
         limit: limit + 1,
     };
     let mut tx = reader(&state, &principal).await?;
-    let mut items = catalog::list_products(&mut tx, principal.tenant.as_str(), &filter).await?;
+    let rows = catalog::list_products(&mut tx, principal.tenant.as_str(), &filter).await?;
     finish(tx).await?;
+    let mut items: Vec<ProductView> = rows.into_iter().map(ProductView::from).collect();
     let next_cursor = next_page(&mut items, limit).map(|last| last.product_id.clone());
     Ok(ok(Page { items, next_cursor }))
 }
@@ -254,5 +258,45 @@ pub async fn get_product(
         catalog::get_product(&mut tx, principal.tenant.as_str(), product_id.as_str()).await?;
     finish(tx).await?;
     let product = product.ok_or_else(|| ApiError::not_found("product not found"))?;
-    Ok(ok(product))
+    Ok(ok(ProductView::from(product)))
+}
+
+/// A catalogue entry as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct ProductView {
+    pub product_id: String,
+    pub sku: String,
+    pub name: String,
+    pub category: String,
+    pub unit: String,
+    pub barcode: Option<String>,
+    pub price: Option<Decimal>,
+    pub reorder_level: Option<Decimal>,
+    /// `active` or `discontinued`.
+    #[schema(value_type = String)]
+    pub status: &'static str,
+    /// 1C GUID, REGOS id and the like, by system.
+    #[schema(value_type = Object)]
+    pub external_refs: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<ProductRow> for ProductView {
+    fn from(row: ProductRow) -> Self {
+        Self {
+            product_id: row.product_id,
+            sku: row.sku,
+            name: row.name,
+            category: row.category,
+            unit: row.unit,
+            barcode: row.barcode,
+            price: row.price,
+            reorder_level: row.reorder_level,
+            status: catalog::status_text(row.status),
+            external_refs: row.external_refs,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
 }
