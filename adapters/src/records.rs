@@ -283,29 +283,49 @@ pub async fn upsert<R: Record>(
     schema: &str,
     rows: &[R],
 ) -> Result<(), StorageError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let backend = conn.backend();
-    let columns = R::columns();
-    let bound: Vec<&Column> = columns.iter().collect();
-    let names: Vec<&str> = columns.iter().map(|column| column.name).collect();
-    let updates: Vec<String> = names
+    let updates: Vec<String> = R::columns()
         .iter()
-        .filter(|name| !R::KEY.contains(name))
-        .map(|name| format!("{name} = excluded.{name}"))
+        .filter(|column| !R::KEY.contains(&column.name))
+        .map(|column| format!("{0} = excluded.{0}", column.name))
         .collect();
     let on_conflict = if updates.is_empty() {
         "DO NOTHING".to_string()
     } else {
         format!("DO UPDATE SET {}", updates.join(", "))
     };
+    let clause = format!("ON CONFLICT ({}) {on_conflict}", R::KEY.join(", "));
+    write_rows(conn, schema, rows, &clause).await
+}
+
+/// Inserts `rows` that are new by construction (an append-only history
+/// keyed by feed position), in one statement. A row whose key exists is an
+/// error (a constraint violation stops the consumer on its event): cheaper
+/// than [`upsert`], whose conflict arbitration costs every row.
+pub async fn insert<R: Record>(
+    conn: &mut Conn<'_>,
+    schema: &str,
+    rows: &[R],
+) -> Result<(), StorageError> {
+    write_rows(conn, schema, rows, "").await
+}
+
+async fn write_rows<R: Record>(
+    conn: &mut Conn<'_>,
+    schema: &str,
+    rows: &[R],
+    clause: &str,
+) -> Result<(), StorageError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let backend = conn.backend();
+    let columns = R::columns();
+    let bound: Vec<&Column> = columns.iter().collect();
     let statement = format!(
-        "INSERT INTO {} ({}) {} ON CONFLICT ({}) {on_conflict}",
+        "INSERT INTO {} ({}) {} {clause}",
         backend.table(schema, R::TABLE),
-        names.join(", "),
+        R::column_list(),
         backend.rows_source(&bound),
-        R::KEY.join(", "),
     );
     let values: Vec<Vec<Value>> = rows.iter().map(Record::values).collect();
     run_with_rows(conn, &statement, &bound, values).await
@@ -333,7 +353,7 @@ pub async fn load<R: Record>(
     );
     let query = sqlx::query(&statement);
     let rows = match conn {
-        Conn::Postgres(c) => postgres_rows(query, &key_columns, &keys)?
+        Conn::Postgres(c) => postgres_rows(query, &key_columns, keys)?
             .fetch_all(&mut **c)
             .await?
             .iter()
@@ -393,7 +413,7 @@ async fn run_with_rows(
 ) -> Result<(), StorageError> {
     match conn {
         Conn::Postgres(c) => {
-            postgres_rows(sqlx::query(statement), columns, &rows)?
+            postgres_rows(sqlx::query(statement), columns, rows)?
                 .execute(&mut **c)
                 .await?;
         }
@@ -422,10 +442,19 @@ type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArgu
 fn postgres_rows<'q>(
     mut query: PgQuery<'q>,
     columns: &[&Column],
-    rows: &[Vec<Value>],
+    rows: Vec<Vec<Value>>,
 ) -> Result<PgQuery<'q>, StorageError> {
-    for (index, column) in columns.iter().enumerate() {
-        let cells = rows.iter().map(|row| row.get(index).cloned());
+    // Transpose, moving each value (no copies).
+    let mut cells: Vec<Vec<Value>> = columns
+        .iter()
+        .map(|_| Vec::with_capacity(rows.len()))
+        .collect();
+    for row in rows {
+        for (column, value) in cells.iter_mut().zip(row) {
+            column.push(value);
+        }
+    }
+    for (column, values) in columns.iter().zip(cells) {
         let mismatch = || {
             StorageError::Config(format!(
                 "column {} was given a value of another type",
@@ -434,9 +463,10 @@ fn postgres_rows<'q>(
         };
         macro_rules! array {
             ($variant:ident) => {
-                cells
-                    .map(|cell| match cell {
-                        Some(Value::$variant(value)) => Ok(value),
+                values
+                    .into_iter()
+                    .map(|value| match value {
+                        Value::$variant(value) => Ok(value),
                         _ => Err(mismatch()),
                     })
                     .collect::<Result<Vec<_>, _>>()?

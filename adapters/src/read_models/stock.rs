@@ -193,7 +193,7 @@ impl Projection for StockProjection {
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
         records::upsert(conn, schema, &rows).await?;
-        records::upsert(conn, schema, &movements).await?;
+        records::insert(conn, schema, &movements).await?;
         self.keep_cache(levels);
         Ok(())
     }

@@ -4,13 +4,13 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use chrono::{DateTime, Utc};
 use karvon_adapters::read_models::catalog;
-use karvon_projections::catalog::ProductRow;
 use karvon_domain::ids::product_stream_id;
 use karvon_domain::product::{ProductCommand, ProductDetails};
 use karvon_domain::{Id, Money};
+use karvon_projections::catalog::ProductRow;
 use karvon_projections::names;
-use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
