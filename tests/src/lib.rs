@@ -724,3 +724,19 @@ pub async fn wait_for_status(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Metadata of a command a test runs straight on an executor (tenant
+/// `default`, source `system`).
+pub fn system_metadata() -> karvon_projections::EventMetadata {
+    karvon_projections::EventMetadata {
+        tenant_id: "default".into(),
+        occurred_at: chrono::Utc::now(),
+        source: "system".into(),
+        actor: "test".into(),
+        correlation_id: uuid::Uuid::new_v4().to_string(),
+        causation_id: None,
+        idempotency_key: None,
+        request_hash: None,
+        response_id: None,
+    }
+}

@@ -29,17 +29,7 @@ fn load_seconds() -> u64 {
 }
 
 fn metadata() -> EventMetadata {
-    EventMetadata {
-        tenant_id: "default".into(),
-        occurred_at: chrono::Utc::now(),
-        source: "system".into(),
-        actor: "test".into(),
-        correlation_id: uuid::Uuid::new_v4().to_string(),
-        causation_id: None,
-        idempotency_key: None,
-        request_hash: None,
-        response_id: None,
-    }
+    karvon_tests::system_metadata()
 }
 
 fn id(value: &str) -> Id {

@@ -100,6 +100,7 @@ async fn rebuild_equals_the_live_model_and_queries_keep_answering(backend: Backe
     let writing = {
         let app_client = app.client.clone();
         let url = app.url("/api/v1/stock/receipts");
+        let transfers_url = app.url("/api/v1/stock/transfers");
         tokio::spawn(async move {
             for index in 0..200 {
                 let body = json!({"warehouse_id": "LIVE", "product_id": format!("P{}", index % 20), "qty": "1"});
@@ -110,6 +111,18 @@ async fn rebuild_equals_the_live_model_and_queries_keep_answering(backend: Backe
                     .await
                     .expect("write");
                 assert_eq!(response.status(), StatusCode::CREATED);
+                if index % 20 == 19 {
+                    // The transfer reactor books the other side meanwhile.
+                    let transfer = json!({"from_warehouse_id": "LIVE", "to_warehouse_id": "LIVE2",
+                                          "product_id": format!("P{}", index % 20), "qty": "1"});
+                    let response = app_client
+                        .post(transfers_url.as_str())
+                        .json(&transfer)
+                        .send()
+                        .await
+                        .expect("transfer");
+                    assert_eq!(response.status(), StatusCode::CREATED);
+                }
             }
         })
     };
@@ -121,9 +134,20 @@ async fn rebuild_equals_the_live_model_and_queries_keep_answering(backend: Backe
     querying.await.expect("queries never failed");
     assert!(during > 0, "no query ran during the rebuild");
 
-    wait_caught_up(&app.db, &[names::STOCK], Duration::from_secs(30))
-        .await
-        .expect("caught up");
+    wait_caught_up(
+        &app.db,
+        &[names::TRANSFERS, names::STOCK],
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("caught up");
+    let booked = fetch_strings(
+        &app.db,
+        "SELECT aggregate_id FROM events WHERE event_type = 'StockTransferredIn'",
+    )
+    .await
+    .expect("transfer-ins");
+    assert_eq!(booked.len(), 10, "each transfer booked once: {booked:?}");
     let (expected, events) = replayed_stock(&app.db).await.expect("replay");
     let (actual, movements) = projected_stock(&app.db).await.expect("projection");
     assert_eq!(movements, events);
