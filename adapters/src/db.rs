@@ -102,6 +102,57 @@ impl Backend {
         }
     }
 
+    /// A nullable parameter's type, where the backend cannot infer it from
+    /// `$n IS NULL` (PostgreSQL needs `$n::text`).
+    pub fn text_param(self, param: &str) -> String {
+        match self {
+            Backend::Postgres => format!("{param}::text"),
+            Backend::Sqlite => param.to_string(),
+        }
+    }
+
+    /// Case-insensitive "contains" of a pattern made by [`like_pattern`].
+    pub fn contains(self, column: &str, pattern: &str) -> String {
+        match self {
+            Backend::Postgres => format!("{column} ILIKE {pattern}"),
+            // SQLite's LIKE is case-insensitive for ASCII; the escape is named.
+            Backend::Sqlite => format!("{column} LIKE {pattern} ESCAPE '\\'"),
+        }
+    }
+
+    /// A decimal column or expression as a number to compare (SQLite keeps
+    /// decimals as text; it compares them as REAL).
+    pub fn numeric(self, expression: &str) -> String {
+        match self {
+            Backend::Postgres => expression.to_string(),
+            Backend::Sqlite => format!("CAST({expression} AS REAL)"),
+        }
+    }
+
+    /// The elements of a JSON array column as rows named `alias`.
+    pub fn json_elements(self, column: &str, alias: &str) -> String {
+        match self {
+            Backend::Postgres => format!("jsonb_array_elements({column}) {alias}"),
+            Backend::Sqlite => format!("json_each({column}) {alias}"),
+        }
+    }
+
+    /// A field of an element from [`Backend::json_elements`], as a number.
+    pub fn json_number(self, alias: &str, field: &str) -> String {
+        match self {
+            Backend::Postgres => format!("({alias}->>'{field}')::numeric"),
+            Backend::Sqlite => format!("CAST(json_extract({alias}.value, '$.{field}') AS REAL)"),
+        }
+    }
+
+    /// A field of an element from [`Backend::json_elements`], as a date.
+    pub fn json_date(self, alias: &str, field: &str) -> String {
+        match self {
+            Backend::Postgres => format!("({alias}->>'{field}')::date"),
+            Backend::Sqlite => format!("json_extract({alias}.value, '$.{field}')"),
+        }
+    }
+
     /// The events table.
     pub fn events(self) -> &'static str {
         match self {
@@ -549,4 +600,14 @@ pub(crate) fn sqlite_time(at: &DateTime<Utc>) -> String {
 /// A list of strings as SQLite stores it (a JSON array).
 pub(crate) fn json_list(items: &[String]) -> String {
     serde_json::Value::from(items.to_vec()).to_string()
+}
+
+/// A `LIKE` pattern matching `text` anywhere, its wildcards escaped with `\`.
+pub fn like_pattern(text: &str) -> String {
+    format!(
+        "%{}%",
+        text.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    )
 }

@@ -128,7 +128,7 @@ pub trait Field: Sized {
     const TYPE: SqlType;
     const NULLABLE: bool = false;
     fn value(&self) -> Value;
-    fn read(row: &impl Portable, column: &str) -> Result<Self, StorageError>;
+    fn read(row: &(impl Portable + ?Sized), column: &str) -> Result<Self, StorageError>;
 }
 
 macro_rules! field {
@@ -138,7 +138,7 @@ macro_rules! field {
             fn value(&self) -> Value {
                 Value::$variant(Some(self.clone()))
             }
-            fn read(row: &impl Portable, column: &str) -> Result<Self, StorageError> {
+            fn read(row: &(impl Portable + ?Sized), column: &str) -> Result<Self, StorageError> {
                 row.$read(column)
             }
         }
@@ -149,7 +149,7 @@ macro_rules! field {
             fn value(&self) -> Value {
                 Value::$variant(self.clone())
             }
-            fn read(row: &impl Portable, column: &str) -> Result<Self, StorageError> {
+            fn read(row: &(impl Portable + ?Sized), column: &str) -> Result<Self, StorageError> {
                 row.$read_opt(column)
             }
         }
@@ -178,7 +178,7 @@ pub trait Record: Sized + Send + Sync {
     fn columns() -> Vec<Column>;
     /// This row's values, in [`Record::columns`] order.
     fn values(&self) -> Vec<Value>;
-    fn from_row(row: &impl Portable) -> Result<Self, StorageError>;
+    fn from_row(row: &(impl Portable + ?Sized)) -> Result<Self, StorageError>;
 
     /// The columns, comma-separated, for a query's select list.
     fn column_list() -> String {
@@ -228,7 +228,7 @@ macro_rules! record {
             }
 
             fn from_row(
-                row: &impl $crate::db::Portable,
+                row: &(impl $crate::db::Portable + ?Sized),
             ) -> Result<Self, $crate::StorageError> {
                 Ok(Self {
                     $($field: $crate::records::Field::read(
@@ -484,4 +484,58 @@ fn postgres_rows<'q>(
         };
     }
     Ok(query)
+}
+
+/// Runs a query (`$1…` bound from `params`, typed by each value) and maps
+/// every row with `map`, on either backend. Read models write their query
+/// SQL and this binds and decodes it.
+pub async fn fetch<T>(
+    conn: &mut Conn<'_>,
+    statement: &str,
+    params: Vec<Value>,
+    map: impl Fn(&dyn Portable) -> Result<T, StorageError>,
+) -> Result<Vec<T>, StorageError> {
+    match conn {
+        Conn::Postgres(c) => {
+            let mut query = sqlx::query(statement);
+            for param in params {
+                query = match param {
+                    Value::Text(value) => query.bind(value),
+                    Value::BigInt(value) => query.bind(value),
+                    Value::Decimal(value) => query.bind(value),
+                    Value::Json(value) => query.bind(value),
+                    Value::Time(value) => query.bind(value),
+                    Value::Uuid(value) => query.bind(value),
+                    Value::Bool(value) => query.bind(value),
+                    Value::Date(value) => query.bind(value),
+                };
+            }
+            let rows = query.fetch_all(&mut **c).await?;
+            rows.iter().map(|row| map(row)).collect()
+        }
+        Conn::Sqlite(c) => {
+            let mut query = sqlx::query(statement);
+            for param in params {
+                // As SQLite stores them: decimals, JSON, times and UUIDs as text.
+                query = match param {
+                    Value::Text(value) => query.bind(value),
+                    Value::BigInt(value) => query.bind(value),
+                    Value::Bool(value) => query.bind(value),
+                    Value::Date(value) => query.bind(value),
+                    other => query.bind(other.to_json().as_str().map(str::to_string)),
+                };
+            }
+            let rows = query.fetch_all(&mut **c).await?;
+            rows.iter().map(|row| map(row)).collect()
+        }
+    }
+}
+
+/// [`fetch`] of whole records.
+pub async fn fetch_records<R: Record>(
+    conn: &mut Conn<'_>,
+    statement: &str,
+    params: Vec<Value>,
+) -> Result<Vec<R>, StorageError> {
+    fetch(conn, statement, params, |row| R::from_row(row)).await
 }

@@ -9,7 +9,7 @@ use karvon_projections::catalog::{self, ProductRow};
 use karvon_projections::names;
 
 use crate::StorageError;
-use crate::db::{Backend, Conn, Portable, on_conn};
+use crate::db::{Conn, Portable, like_pattern};
 use crate::feed::FeedEvent;
 use crate::read_models::Reader;
 use crate::records::{self, Field, Record, SqlType, Value, record};
@@ -29,7 +29,7 @@ impl Field for ProductStatus {
     fn value(&self) -> Value {
         Value::Text(Some(status_text(*self).to_string()))
     }
-    fn read(row: &impl Portable, column: &str) -> Result<Self, StorageError> {
+    fn read(row: &(impl Portable + ?Sized), column: &str) -> Result<Self, StorageError> {
         match row.text(column)?.as_str() {
             "active" => Ok(ProductStatus::Active),
             "discontinued" => Ok(ProductStatus::Discontinued),
@@ -123,51 +123,39 @@ pub async fn list_products(
     tenant: &str,
     filter: &ProductFilter,
 ) -> Result<Vec<ProductRow>, StorageError> {
-    let pattern = filter.q.as_ref().map(|q| {
-        format!(
-            "%{}%",
-            q.replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        )
-    });
-    // PostgreSQL wants the parameter types spelled out; SQLite's LIKE is
-    // case-insensitive (ASCII) and needs its escape named.
-    let backend = reader.conn().backend();
-    let (text, matches) = match backend {
-        Backend::Postgres => (
-            "::text",
-            "name ILIKE $4 OR sku ILIKE $4 OR barcode ILIKE $4",
-        ),
-        Backend::Sqlite => (
-            "",
-            "name LIKE $4 ESCAPE '\\' OR sku LIKE $4 ESCAPE '\\' OR barcode LIKE $4 ESCAPE '\\'",
-        ),
-    };
+    let mut conn = reader.conn();
+    let backend = conn.backend();
+    let text = |param| backend.text_param(param);
+    let matches: Vec<String> = ["name", "sku", "barcode"]
+        .iter()
+        .map(|column| backend.contains(column, "$4"))
+        .collect();
     let statement = format!(
         "SELECT {} FROM {}
           WHERE tenant_id = $1
-            AND ($2{text} IS NULL OR category = $2)
-            AND ($3{text} IS NULL OR status = $3)
-            AND ($4{text} IS NULL OR {matches})
-            AND ($5{text} IS NULL OR product_id > $5)
+            AND ({} IS NULL OR category = $2)
+            AND ({} IS NULL OR status = $3)
+            AND ({} IS NULL OR {})
+            AND ({} IS NULL OR product_id > $5)
           ORDER BY product_id
           LIMIT $6",
         ProductRow::column_list(),
         backend.table(names::CATALOG, ProductRow::TABLE),
+        text("$2"),
+        text("$3"),
+        text("$4"),
+        matches.join(" OR "),
+        text("$5"),
     );
-    on_conn!(&mut reader.conn(), c => sqlx::query(&statement)
-        .bind(tenant)
-        .bind(&filter.category)
-        .bind(&filter.status)
-        .bind(&pattern)
-        .bind(&filter.after)
-        .bind(filter.limit)
-        .fetch_all(&mut **c)
-        .await?
-        .iter()
-        .map(ProductRow::from_row)
-        .collect())
+    let params = vec![
+        Value::Text(Some(tenant.to_string())),
+        Value::Text(filter.category.clone()),
+        Value::Text(filter.status.clone()),
+        Value::Text(filter.q.as_deref().map(like_pattern)),
+        Value::Text(filter.after.clone()),
+        Value::BigInt(Some(filter.limit)),
+    ];
+    records::fetch_records(&mut conn, &statement, params).await
 }
 
 pub async fn get_product(
@@ -175,20 +163,17 @@ pub async fn get_product(
     tenant: &str,
     product_id: &str,
 ) -> Result<Option<ProductRow>, StorageError> {
+    let mut conn = reader.conn();
     let statement = format!(
         "SELECT {} FROM {} WHERE tenant_id = $1 AND product_id = $2",
         ProductRow::column_list(),
-        reader
-            .conn()
-            .backend()
-            .table(names::CATALOG, ProductRow::TABLE),
+        conn.backend().table(names::CATALOG, ProductRow::TABLE),
     );
-    on_conn!(&mut reader.conn(), c => sqlx::query(&statement)
-        .bind(tenant)
-        .bind(product_id)
-        .fetch_optional(&mut **c)
+    let params = vec![
+        Value::Text(Some(tenant.to_string())),
+        Value::Text(Some(product_id.to_string())),
+    ];
+    Ok(records::fetch_records(&mut conn, &statement, params)
         .await?
-        .as_ref()
-        .map(ProductRow::from_row)
-        .transpose())
+        .pop())
 }

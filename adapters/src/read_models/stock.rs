@@ -11,7 +11,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::StorageError;
-use crate::db::{Backend, Conn, Portable, on_conn};
+use crate::db::{Conn, Portable};
 use crate::feed::FeedEvent;
 use crate::read_models::Reader;
 use crate::records::{self, Record, Value, record};
@@ -252,67 +252,61 @@ pub async fn inventory_levels(
 ) -> Result<Vec<InventoryLevel>, StorageError> {
     let near_until = filter.today + Duration::days(filter.near_expiry_days);
     let (after_warehouse, after_product) = filter.after.clone().unzip();
-    // One query; what differs is how each backend reads a batch out of the
-    // JSON array, compares decimals (SQLite keeps them as text) and types
-    // its parameters.
-    let backend = reader.conn().backend();
-    let levels = backend.table(names::STOCK, LevelRow::TABLE);
-    let products = backend.table(names::CATALOG, "products");
-    let (text, batches, qty, expiry, low) = match backend {
-        Backend::Postgres => (
-            "::text",
-            "jsonb_array_elements(l.batches) b",
-            "(b->>'qty')::numeric",
-            "(b->>'expiry_date')::date",
-            "l.on_hand <= p.reorder_level",
-        ),
-        Backend::Sqlite => (
-            "",
-            "json_each(l.batches) b",
-            "CAST(json_extract(b.value, '$.qty') AS REAL)",
-            "json_extract(b.value, '$.expiry_date')",
-            "CAST(l.on_hand AS REAL) <= CAST(p.reorder_level AS REAL)",
-        ),
-    };
+    let mut conn = reader.conn();
+    let backend = conn.backend();
+    let text = |param| backend.text_param(param);
+    let batches = backend.json_elements("l.batches", "b");
+    let (qty, expiry) = (
+        backend.json_number("b", "qty"),
+        backend.json_date("b", "expiry_date"),
+    );
     let statement = format!(
         "SELECT l.product_id, p.sku, p.name, p.category, l.warehouse_id, l.on_hand, p.reorder_level,
                 l.batches, l.updated_at
            FROM {levels} l
            LEFT JOIN {products} p ON p.tenant_id = l.tenant_id AND p.product_id = l.product_id
           WHERE l.tenant_id = $1
-            AND ($2{text} IS NULL OR p.category = $2)
-            AND ($3{text} IS NULL OR l.warehouse_id = $3)
-            AND ($4{text} IS NULL OR l.product_id = $4)
-            AND (NOT $5 OR (p.reorder_level IS NOT NULL AND {low}))
+            AND ({p2} IS NULL OR p.category = $2)
+            AND ({p3} IS NULL OR l.warehouse_id = $3)
+            AND ({p4} IS NULL OR l.product_id = $4)
+            AND (NOT $5 OR (p.reorder_level IS NOT NULL AND {on_hand} <= {reorder_level}))
             AND (NOT $6 OR EXISTS (SELECT 1 FROM {batches} WHERE {qty} > 0 AND {expiry} < $8))
             AND (NOT $7 OR EXISTS (SELECT 1 FROM {batches}
                                     WHERE {qty} > 0 AND {expiry} BETWEEN $8 AND $9))
-            AND ($10{text} IS NULL OR (l.warehouse_id, l.product_id) > ($10, $11))
+            AND ({p10} IS NULL OR (l.warehouse_id, l.product_id) > ($10, $11))
           ORDER BY l.warehouse_id, l.product_id
-          LIMIT $12"
+          LIMIT $12",
+        levels = backend.table(names::STOCK, LevelRow::TABLE),
+        products = backend.table(names::CATALOG, "products"),
+        p2 = text("$2"),
+        p3 = text("$3"),
+        p4 = text("$4"),
+        p10 = text("$10"),
+        on_hand = backend.numeric("l.on_hand"),
+        reorder_level = backend.numeric("p.reorder_level"),
     );
-    on_conn!(&mut reader.conn(), c => sqlx::query(&statement)
-                .bind(tenant)
-                .bind(&filter.category)
-                .bind(&filter.warehouse_id)
-                .bind(&filter.product_id)
-                .bind(filter.low_stock)
-                .bind(filter.expired)
-                .bind(filter.near_expiry)
-                .bind(filter.today)
-                .bind(near_until)
-                .bind(&after_warehouse)
-                .bind(&after_product)
-                .bind(filter.limit)
-                .fetch_all(&mut **c)
-                .await?
-                .iter()
-                .map(|row| inventory_level(row, filter.today, near_until))
-                .collect())
+    let params = vec![
+        Value::Text(Some(tenant.to_string())),
+        Value::Text(filter.category.clone()),
+        Value::Text(filter.warehouse_id.clone()),
+        Value::Text(filter.product_id.clone()),
+        Value::Bool(Some(filter.low_stock)),
+        Value::Bool(Some(filter.expired)),
+        Value::Bool(Some(filter.near_expiry)),
+        Value::Date(Some(filter.today)),
+        Value::Date(Some(near_until)),
+        Value::Text(after_warehouse),
+        Value::Text(after_product),
+        Value::BigInt(Some(filter.limit)),
+    ];
+    records::fetch(&mut conn, &statement, params, |row| {
+        inventory_level(row, filter.today, near_until)
+    })
+    .await
 }
 
 fn inventory_level(
-    row: &impl Portable,
+    row: &dyn Portable,
     today: NaiveDate,
     near_until: NaiveDate,
 ) -> Result<InventoryLevel, StorageError> {
@@ -369,36 +363,31 @@ pub async fn movement_history(
     limit: i64,
 ) -> Result<Vec<MovementView>, StorageError> {
     let after = after.unwrap_or(Position::START);
-    let backend = reader.conn().backend();
-    let movements = backend.table(names::STOCK, MovementRow::TABLE);
-    let text = match backend {
-        Backend::Postgres => "::text",
-        Backend::Sqlite => "",
-    };
+    let mut conn = reader.conn();
+    let backend = conn.backend();
     let statement = format!(
         "SELECT at, kind, warehouse_id, qty, balance_after, ref, event_id, transaction_id, global_position
-           FROM {movements}
+           FROM {}
           WHERE tenant_id = $1 AND product_id = $2
-            AND ($3{text} IS NULL OR warehouse_id = $3)
+            AND ({} IS NULL OR warehouse_id = $3)
             AND (transaction_id, global_position) > ($4, $5)
           ORDER BY transaction_id, global_position
-          LIMIT $6"
+          LIMIT $6",
+        backend.table(names::STOCK, MovementRow::TABLE),
+        backend.text_param("$3"),
     );
-    on_conn!(&mut reader.conn(), c => sqlx::query(&statement)
-                .bind(tenant)
-                .bind(product_id)
-                .bind(warehouse_id)
-                .bind(after.transaction_id as i64)
-                .bind(after.global_position)
-                .bind(limit)
-                .fetch_all(&mut **c)
-                .await?
-                .iter()
-                .map(movement_view)
-                .collect())
+    let params = vec![
+        Value::Text(Some(tenant.to_string())),
+        Value::Text(Some(product_id.to_string())),
+        Value::Text(warehouse_id.map(str::to_string)),
+        Value::BigInt(Some(after.transaction_id as i64)),
+        Value::BigInt(Some(after.global_position)),
+        Value::BigInt(Some(limit)),
+    ];
+    records::fetch(&mut conn, &statement, params, movement_view).await
 }
 
-fn movement_view(row: &impl Portable) -> Result<MovementView, StorageError> {
+fn movement_view(row: &dyn Portable) -> Result<MovementView, StorageError> {
     let transaction = row.int("transaction_id")?;
     Ok(MovementView {
         at: row.time("at")?,
