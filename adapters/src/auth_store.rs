@@ -54,32 +54,34 @@ pub struct NewUser<'a> {
 }
 
 /// Creates or replaces a user (a new password hash and scopes).
-pub async fn upsert_user(db: &Db, user: &NewUser<'_>) -> Result<(), StorageError> {
+/// Creates a user, or changes the password and scopes of one of the same
+/// tenant. False when the username belongs to another tenant (usernames
+/// are unique across the installation; a user is never moved).
+pub async fn upsert_user(db: &Db, user: &NewUser<'_>) -> Result<bool, StorageError> {
     const UPSERT: &str = "INSERT INTO users (username, tenant_id, password_hash, scopes)
          VALUES ($1, $2, $3, $4)
-         ON CONFLICT (username) DO UPDATE SET tenant_id = excluded.tenant_id,
-             password_hash = excluded.password_hash, scopes = excluded.scopes";
-    match db {
-        Db::Postgres(pool) => {
-            sqlx::query(UPSERT)
-                .bind(user.username)
-                .bind(user.tenant_id)
-                .bind(user.password_hash)
-                .bind(user.scopes)
-                .execute(pool)
-                .await?;
-        }
-        Db::Sqlite(sqlite) => {
-            sqlx::query(UPSERT)
-                .bind(user.username)
-                .bind(user.tenant_id)
-                .bind(user.password_hash)
-                .bind(json_list(user.scopes))
-                .execute(&sqlite.writer)
-                .await?;
-        }
-    }
-    Ok(())
+         ON CONFLICT (username) DO UPDATE SET
+             password_hash = excluded.password_hash, scopes = excluded.scopes
+         WHERE users.tenant_id = excluded.tenant_id";
+    let saved = match db {
+        Db::Postgres(pool) => sqlx::query(UPSERT)
+            .bind(user.username)
+            .bind(user.tenant_id)
+            .bind(user.password_hash)
+            .bind(user.scopes)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        Db::Sqlite(sqlite) => sqlx::query(UPSERT)
+            .bind(user.username)
+            .bind(user.tenant_id)
+            .bind(user.password_hash)
+            .bind(json_list(user.scopes))
+            .execute(&sqlite.writer)
+            .await?
+            .rows_affected(),
+    };
+    Ok(saved == 1)
 }
 
 #[derive(Debug, Clone)]

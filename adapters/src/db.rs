@@ -187,6 +187,8 @@ pub struct SqliteDb {
     /// Counts this process's appends, so its feed consumers wake at once
     /// (SQLite has no NOTIFY; other processes are found by polling).
     appended: Arc<watch::Sender<u64>>,
+    /// Counts checkpoint moves, so read-your-writes waiters wake at once.
+    checkpoints: Arc<watch::Sender<u64>>,
 }
 
 impl Db {
@@ -271,12 +273,21 @@ impl Db {
         }
     }
 
-    /// This process's appends on SQLite (`None` on PostgreSQL, where
-    /// [`crate::runner::Wakeup`] listens for NOTIFY instead).
-    pub(crate) fn appended(&self) -> Option<watch::Receiver<u64>> {
+    /// Tells this process's read-your-writes waiters that a checkpoint
+    /// moved (PostgreSQL: a trigger notifies every process instead).
+    pub fn notify_checkpoint(&self) {
+        if let Db::Sqlite(db) = self {
+            db.checkpoints
+                .send_modify(|moves| *moves = moves.wrapping_add(1));
+        }
+    }
+
+    /// This process's appends and checkpoint moves on SQLite (`None` on
+    /// PostgreSQL, where [`crate::runner::Wakeup`] listens for NOTIFY).
+    pub(crate) fn local_wakeups(&self) -> Option<(watch::Receiver<u64>, watch::Receiver<u64>)> {
         match self {
             Db::Postgres(_) => None,
-            Db::Sqlite(db) => Some(db.appended.subscribe()),
+            Db::Sqlite(db) => Some((db.appended.subscribe(), db.checkpoints.subscribe())),
         }
     }
 
@@ -308,13 +319,7 @@ async fn open_sqlite(url: &str, max_connections: u32) -> Result<SqliteDb, Storag
                 .to_string(),
         ));
     }
-    if let Some(parent) = Path::new(options.get_filename()).parent() {
-        if !parent.as_os_str().is_empty() {
-            std::fs::create_dir_all(parent).map_err(|error| {
-                StorageError::Config(format!("creating {}: {error}", parent.display()))
-            })?;
-        }
-    }
+    create_private(Path::new(options.get_filename()))?;
     let writer = SqlitePoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(30))
@@ -329,7 +334,44 @@ async fn open_sqlite(url: &str, max_connections: u32) -> Result<SqliteDb, Storag
         writer,
         readers,
         appended: Arc::new(watch::channel(0).0),
+        checkpoints: Arc::new(watch::channel(0).0),
     })
+}
+
+/// Creates the database file and its directory when missing, readable by
+/// the owner only (the file holds credentials' hashes and every event;
+/// SQLite gives its `-wal` and `-shm` files the same permissions).
+fn create_private(file: &Path) -> Result<(), StorageError> {
+    let failed = |path: &Path, error: std::io::Error| {
+        StorageError::Config(format!("creating {}: {error}", path.display()))
+    };
+    if let Some(parent) = file
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
+        if !parent.exists() {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder
+                .create(parent)
+                .map_err(|error| failed(parent, error))?;
+        }
+    }
+    if !file.exists() {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(file) {
+            Ok(_) => {}
+            // Another process made it meanwhile.
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(failed(file, error)),
+        }
+    }
+    Ok(())
 }
 
 /// Runs one expression for whichever backend a `&mut Conn` holds, with

@@ -28,7 +28,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-pub const SCOPES: [&str; 4] = ["read", "write", "webhooks", "admin"];
+pub const SCOPES: [&str; 5] = ["read", "write", "webhooks", "admin", "operator"];
+/// Platform operations (feed consumers of every tenant): granted only by
+/// the CLI, never implied by `admin`.
+pub const OPERATOR: &str = "operator";
 /// Requests per minute for a key created without an explicit limit, for
 /// login tokens, and for failed attempts from one peer address.
 pub const DEFAULT_RATE_LIMIT: i32 = 60;
@@ -39,7 +42,7 @@ const CLOCK_SKEW_SECONDS: u64 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("unknown scope {0:?} (known: read, write, webhooks, admin)")]
+    #[error("unknown scope {0:?} (known: read, write, webhooks, admin, operator)")]
     UnknownScope(String),
     #[error("at least one scope is needed")]
     NoScopes,
@@ -85,11 +88,11 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// `admin` grants every scope.
+    /// `admin` grants every scope of its tenant; `operator` only when held.
     pub fn allows(&self, scope: &str) -> bool {
         self.scopes
             .iter()
-            .any(|held| held == scope || held == "admin")
+            .any(|held| held == scope || (held == "admin" && scope != OPERATOR))
     }
 
     /// Today in the tenant's time zone.
@@ -271,7 +274,7 @@ pub async fn create_user(
     let hash = tokio::task::spawn_blocking(move || hash_password(&owned))
         .await
         .map_err(|error| AuthError::Invalid(error.to_string()))??;
-    auth_store::upsert_user(
+    let saved = auth_store::upsert_user(
         db,
         &NewUser {
             tenant_id: tenant,
@@ -281,6 +284,11 @@ pub async fn create_user(
         },
     )
     .await?;
+    if !saved {
+        return Err(AuthError::Invalid(format!(
+            "username {username:?} is taken by another tenant (usernames are unique across the installation)"
+        )));
+    }
     Ok(())
 }
 

@@ -82,16 +82,45 @@ impl fmt::Debug for Config {
 
 /// Hides the password in a connection URL.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
+    // User info: `user:password@` keeps the user; a lone token (`token@`)
+    // goes entirely.
+    let authority = url.find("://").map(|scheme| {
+        let start = scheme + 3;
+        let end = url[start..]
+            .find(['/', '?'])
+            .map_or(url.len(), |offset| start + offset);
+        (scheme, start, end)
+    });
+    let at = authority.and_then(|(_, start, end)| url[start..end].rfind('@').map(|at| start + at));
+    let mut redacted = match (authority, at) {
+        (Some((scheme, _, _)), Some(at)) => {
             let credentials = &url[scheme + 3..at];
             match credentials.split_once(':') {
                 Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
+                None => format!("{}***{}", &url[..scheme + 3], &url[at..]),
             }
         }
         _ => url.to_string(),
+    };
+    // Query parameters that carry secrets (`?password=…`, `&sslpassword=…`).
+    if let Some(query_start) = redacted.find('?') {
+        let (base, query) = redacted.split_at(query_start + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _))
+                    if ["password", "pass", "token", "secret"]
+                        .iter()
+                        .any(|word| key.to_ascii_lowercase().contains(word)) =>
+                {
+                    format!("{key}=***")
+                }
+                _ => pair.to_string(),
+            })
+            .collect();
+        redacted = format!("{base}{}", query.join("&"));
     }
+    redacted
 }
 
 impl Config {
@@ -189,6 +218,22 @@ mod tests {
             .apply_env(|key| (key == "KARVON_DB_MAX_CONNECTIONS").then(|| "many".to_string()))
             .expect_err("must fail");
         assert!(error.to_string().contains("KARVON_DB_MAX_CONNECTIONS"));
+    }
+
+    #[test]
+    fn secrets_in_query_strings_and_token_user_info_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://db:5432/k?user=karvon&password=s3cret&sslmode=require"),
+            "postgres://db:5432/k?user=karvon&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("nats://s3cr3t-token@nats:4222"),
+            "nats://***@nats:4222"
+        );
+        assert_eq!(
+            redact_url("sqlite://./karvon-data/karvon.db"),
+            "sqlite://./karvon-data/karvon.db"
+        );
     }
 
     #[test]

@@ -41,12 +41,25 @@ pub struct Application {
     db: Db,
     config: Config,
     role: Role,
+    /// The process's one listener for appends and checkpoint moves, shared
+    /// by the workers and the read-your-writes waits.
+    wakeup: runner::Wakeup,
+    /// Ends that listener when the application is dropped.
+    _wakeup_stop: watch::Sender<bool>,
 }
 
 impl Application {
     /// Connects (creating the database if needed), migrates unless told not
     /// to, and binds the listener.
     pub async fn build(config: Config, role: Role) -> anyhow::Result<Self> {
+        if let Some(secret) = &config.jwt_secret {
+            anyhow::ensure!(
+                secret.len() >= 32,
+                "KARVON_JWT_SECRET must be at least 32 bytes (it has {}); \
+                 generate one with `openssl rand -hex 32`",
+                secret.len()
+            );
+        }
         let db = open_store(&config).await?;
         if config.run_migrations {
             db.migrate().await.context("applying migrations")?;
@@ -54,8 +67,11 @@ impl Application {
         runner::session::prepare_all(&db, &registry::consumers())
             .await
             .context("preparing the feed consumers")?;
+        let (wakeup_stop, wakeup_stopped) = watch::channel(false);
+        let wakeup = runner::Wakeup::start(&db, wakeup_stopped);
         let state = http::AppState {
             db: db.clone(),
+            wakeup: wakeup.clone(),
             products: Arc::new(CommandExecutor::new(db.clone())),
             stock: Arc::new(CommandExecutor::new(db.clone())),
             metrics: metrics_handle(),
@@ -89,6 +105,8 @@ impl Application {
             db,
             config,
             role,
+            wakeup,
+            _wakeup_stop: wakeup_stop,
         })
     }
 
@@ -112,7 +130,7 @@ impl Application {
         let workers = if self.role == Role::Api {
             Vec::new()
         } else {
-            workers::spawn(&self.db, &self.config, stop_rx.clone())
+            workers::spawn(&self.db, &self.config, &self.wakeup, stop_rx.clone())
         };
         tracing::info!(
             role = ?self.role,

@@ -10,13 +10,18 @@ use tokio::task::JoinHandle;
 
 use crate::Config;
 
-/// One runner per registered consumer, all woken by one shared listener.
-pub fn spawn(db: &Db, config: &Config, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+/// One runner per registered consumer, all woken by the process's one
+/// listener.
+pub fn spawn(
+    db: &Db,
+    config: &Config,
+    wakeup: &Wakeup,
+    shutdown: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
     let settings = RunnerSettings {
         batch_size: config.projection_batch_size.max(1),
         ..RunnerSettings::default()
     };
-    let wakeup = Wakeup::start(db, shutdown.clone());
     let mut tasks = vec![tokio::spawn(prune_rate_limits(
         db.clone(),
         shutdown.clone(),

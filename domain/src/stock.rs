@@ -47,7 +47,11 @@ impl Lots {
     }
 
     pub fn on_hand(&self) -> Decimal {
-        self.0.iter().map(|lot| lot.qty).sum()
+        // Saturating: a stored event beyond any real quantity must not
+        // panic a fold (commands cannot produce one: see `ensure_room`).
+        self.0
+            .iter()
+            .fold(Decimal::ZERO, |sum, lot| sum.saturating_add(lot.qty))
     }
 
     /// Chooses batches for `qty` first-expiry-first-out: dated batches by
@@ -74,7 +78,7 @@ impl Lots {
                 expiry_date: lot.expiry_date,
                 qty: take,
             });
-            remaining -= take;
+            remaining = remaining.saturating_sub(take);
         }
         if remaining > Decimal::ZERO {
             taken.push(BatchQty {
@@ -92,8 +96,8 @@ impl Lots {
         let mut qty = qty;
         if let Some(short) = self.0.iter_mut().find(|lot| lot.qty < Decimal::ZERO) {
             let settle = qty.min(-short.qty);
-            short.qty += settle;
-            qty -= settle;
+            short.qty = short.qty.saturating_add(settle);
+            qty = qty.saturating_sub(settle);
         }
         if qty > Decimal::ZERO {
             match self
@@ -101,7 +105,7 @@ impl Lots {
                 .iter_mut()
                 .find(|lot| lot.batch == batch && lot.expiry_date == expiry_date)
             {
-                Some(lot) => lot.qty += qty,
+                Some(lot) => lot.qty = lot.qty.saturating_add(qty),
                 None => self.0.push(Lot {
                     batch,
                     expiry_date,
@@ -118,7 +122,7 @@ impl Lots {
             match self.0.iter_mut().find(|lot| {
                 lot.batch == allocation.batch && lot.expiry_date == allocation.expiry_date
             }) {
-                Some(lot) => lot.qty -= allocation.qty,
+                Some(lot) => lot.qty = lot.qty.saturating_sub(allocation.qty),
                 None => self.0.push(Lot {
                     batch: allocation.batch.clone(),
                     expiry_date: allocation.expiry_date,
@@ -164,7 +168,7 @@ impl Lots {
                 ..
             } => self.add(batch.clone(), *expiry_date, qty.value()),
         }
-        self.on_hand() - before
+        self.on_hand().saturating_sub(before)
     }
 
     fn prune(&mut self) {
@@ -365,6 +369,19 @@ impl StockItem {
         &self.lots
     }
 
+    /// Refuses an increase that would take the level past 10^18 (a thousand
+    /// of the largest single quantity), so level arithmetic stays exact.
+    fn ensure_room(&self, increase: Decimal) -> Result<(), StockError> {
+        let limit = crate::values::max_amount() * Decimal::from(1000);
+        match self.on_hand().checked_add(increase) {
+            Some(level) if level <= limit => Ok(()),
+            _ => Err(StockError::Invalid {
+                field: "qty",
+                reason: "would take the stock level past 10^18",
+            }),
+        }
+    }
+
     fn ensure_available(&self, qty: Quantity) -> Result<(), StockError> {
         let available = self.on_hand();
         if qty.value() > available {
@@ -420,6 +437,7 @@ impl Aggregate for StockItem {
                     }
                     check_text("batch", batch, 64)?;
                 }
+                self.ensure_room(qty.value())?;
                 StockEvent::StockReceived {
                     warehouse_id,
                     product_id,
@@ -455,7 +473,7 @@ impl Aggregate for StockItem {
                 reason,
             } => {
                 check_text("reason", &reason, 500)?;
-                let delta = counted_qty.value() - self.on_hand();
+                let delta = counted_qty.value().saturating_sub(self.on_hand());
                 let allocations = if delta < Decimal::ZERO {
                     self.lots.allocate_fefo(-delta)
                 } else {
@@ -507,6 +525,14 @@ impl Aggregate for StockItem {
                         reason: "must be positive",
                     });
                 }
+                let total = lines
+                    .iter()
+                    .try_fold(Decimal::ZERO, |sum, line| sum.checked_add(line.qty))
+                    .ok_or(StockError::Invalid {
+                        field: "lines",
+                        reason: "total is too large",
+                    })?;
+                self.ensure_room(total)?;
                 StockEvent::StockTransferredIn {
                     warehouse_id,
                     product_id,
@@ -538,15 +564,18 @@ impl Aggregate for StockItem {
                 qty,
                 sale_id,
                 line,
-            } => StockEvent::StockReturned {
-                warehouse_id,
-                product_id,
-                qty,
-                sale_id,
-                line,
-                batch: None,
-                expiry_date: None,
-            },
+            } => {
+                self.ensure_room(qty.value())?;
+                StockEvent::StockReturned {
+                    warehouse_id,
+                    product_id,
+                    qty,
+                    sale_id,
+                    line,
+                    batch: None,
+                    expiry_date: None,
+                }
+            }
         };
         sink.write(event, self).await;
         Ok(())
@@ -622,6 +651,45 @@ mod tests {
                 purchase_order_id: None,
             })
             .then_expect_events(vec![received(10, Some("B1"), Some("2027-01-31"))]);
+    }
+
+    #[test]
+    fn receiving_past_ten_to_the_eighteen_is_refused_not_a_panic() {
+        let full: Vec<StockEvent> = (0..1000)
+            .map(|_| received(1_000_000_000_000_000, None, None))
+            .collect();
+        StockTest::with(())
+            .given(full)
+            .when(StockCommand::Receive {
+                warehouse_id: id("W1"),
+                product_id: id("P1"),
+                qty: qty(1),
+                batch: None,
+                expiry_date: None,
+                unit_cost: None,
+                supplier_id: None,
+                purchase_order_id: None,
+            })
+            .then_expect_error_message("qty: would take the stock level past 10^18");
+    }
+
+    #[test]
+    fn folding_amounts_near_the_decimal_limit_saturates_instead_of_panicking() {
+        let huge = BatchQty {
+            batch: None,
+            expiry_date: None,
+            qty: Decimal::MAX,
+        };
+        let mut lots = Lots::default();
+        let event = StockEvent::StockTransferredIn {
+            warehouse_id: id("W1"),
+            product_id: id("P1"),
+            from_warehouse_id: id("W2"),
+            transfer_id: "T".into(),
+            lines: vec![huge.clone(), huge],
+        };
+        lots.apply(&event);
+        assert_eq!(lots.on_hand(), Decimal::MAX);
     }
 
     #[test]

@@ -12,6 +12,22 @@ pub enum ValueError {
     NotPositive,
     #[error("must not be negative")]
     Negative,
+    #[error("must be at most 10^15 in magnitude")]
+    TooLarge,
+}
+
+/// The largest quantity or amount a command may carry (SPEC §2: ±10^15).
+/// Far beyond any real stock or price, and far enough below `Decimal`'s
+/// range (~7.9·10^28) that sums of them cannot overflow.
+pub fn max_amount() -> Decimal {
+    Decimal::from(1_000_000_000_000_000i64)
+}
+
+fn bounded(value: Decimal) -> Result<Decimal, ValueError> {
+    if value.abs() > max_amount() {
+        return Err(ValueError::TooLarge);
+    }
+    Ok(value)
 }
 
 /// A quantity of goods moved by a command: strictly positive.
@@ -24,7 +40,7 @@ impl Quantity {
         if value <= Decimal::ZERO {
             return Err(ValueError::NotPositive);
         }
-        Ok(Self(value.normalize()))
+        Ok(Self(bounded(value)?.normalize()))
     }
 
     pub fn value(self) -> Decimal {
@@ -56,7 +72,7 @@ impl Money {
         if value < Decimal::ZERO {
             return Err(ValueError::Negative);
         }
-        Ok(Self(value))
+        Ok(Self(bounded(value)?))
     }
 
     pub fn value(self) -> Decimal {
@@ -90,6 +106,17 @@ mod tests {
     fn quantity_refuses_zero_and_negative() {
         assert!(serde_json::from_str::<Quantity>("0").is_err());
         assert!(serde_json::from_str::<Quantity>("\"-1\"").is_err());
+    }
+
+    #[test]
+    fn amounts_beyond_ten_to_the_fifteen_are_refused() {
+        assert!(serde_json::from_str::<Quantity>("\"1000000000000000\"").is_ok());
+        assert!(serde_json::from_str::<Quantity>("\"1000000000000000.01\"").is_err());
+        assert!(serde_json::from_str::<Money>("\"79228162514264337593543950335\"").is_err());
+        assert_eq!(
+            Money::parse(Decimal::MAX).map_err(|error| error.to_string()),
+            Err("must be at most 10^15 in magnitude".to_string())
+        );
     }
 
     #[test]

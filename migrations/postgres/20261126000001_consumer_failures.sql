@@ -67,3 +67,17 @@ BEGIN
     RETURN NEW;
 END
 $$;
+
+-- Wake read-your-writes waiters (in every process) when a checkpoint
+-- moves; delivered at commit, folded per transaction.
+CREATE FUNCTION karvon_notify_checkpoints() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('karvon_checkpoints', '');
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER projection_checkpoints_notify
+    AFTER UPDATE ON projection_checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION karvon_notify_checkpoints();

@@ -278,12 +278,13 @@ impl Drop for TestApp {
     }
 }
 
-/// A key with every scope and a limit no test reaches.
+/// A key with every scope (`admin` and the CLI-only `operator`) and a
+/// limit no test reaches.
 pub async fn admin_key(db: &Db, tenant: &str) -> anyhow::Result<String> {
     let key = karvon_app::auth::create_api_key(
         db,
         tenant,
-        vec!["admin".to_string()],
+        vec!["admin".to_string(), "operator".to_string()],
         Some(1_000_000),
         None,
         None,

@@ -244,6 +244,7 @@ pub async fn skip(db: &Db, name: &str, actor: &str) -> Result<SkipOutcome, Stora
         let mut tx = conn.begin_with(begin).await?;
         let outcome = skip_within(&mut tx.as_conn(), name, actor).await?;
         tx.commit().await?;
+        db.notify_checkpoint();
         Ok(outcome)
     })
 }

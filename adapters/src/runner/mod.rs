@@ -44,7 +44,7 @@ use crate::reactions::{Commands, Reaction};
 pub use checkpoint::{SkipOutcome, SkippedEvent};
 pub use rebuild::{RebuildReport, rebuild};
 pub use session::{EVENTS_CHANNEL, Wakeup};
-pub use status::{ConsumerStatus, reached, status, wait_until_applied};
+pub use status::{ConsumerStatus, reached, status, tenant_at, wait_until_applied};
 pub use step::StepMemory;
 
 /// A read model: tables of its own, fed in batches inside the step's
@@ -291,6 +291,9 @@ impl Runner {
                 }
                 Err(error) => return Err(error),
             };
+            if applied > 0 {
+                self.db.notify_checkpoint();
+            }
             if failed.take().is_some() {
                 checkpoint::clear_failure(&self.db, name).await?;
                 tracing::info!(consumer = name, "feed consumer recovered");
@@ -326,7 +329,10 @@ impl Runner {
             let outcome = step::guarded(self, session, 1, memory).await;
             match outcome {
                 Ok(0) => return Ok(None),
-                Ok(_) => continue,
+                Ok(_) => {
+                    self.db.notify_checkpoint();
+                    continue;
+                }
                 Err(error) if error.is_poison() => {
                     let failure = checkpoint::record_failure(&self.db, name, &error).await?;
                     tracing::error!(

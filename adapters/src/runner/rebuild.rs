@@ -105,6 +105,7 @@ pub async fn rebuild(
             rebuilt?
         }
     };
+    db.notify_checkpoint();
     Ok(RebuildReport {
         events,
         position,

@@ -13,49 +13,84 @@ use crate::db::{AsConn, Backend, Conn, Db};
 
 /// The channel the events table notifies on append.
 pub const EVENTS_CHANNEL: &str = "karvon_events";
+/// The channel `projection_checkpoints` notifies when a checkpoint moves.
+pub const CHECKPOINTS_CHANNEL: &str = "karvon_checkpoints";
 
-/// Wakes feed consumers after appends: on PostgreSQL one LISTEN
-/// connection per process, on SQLite this process's own appends. Cheap to
-/// clone; every clone sees every wake-up.
+/// Wakes feed consumers after appends, and read-your-writes waiters after
+/// checkpoint moves: on PostgreSQL one LISTEN connection per process (both
+/// channels), on SQLite this process's own writes. Cheap to clone; every
+/// clone sees every wake-up.
 #[derive(Clone)]
 pub struct Wakeup {
     appends: watch::Receiver<u64>,
+    checkpoints: watch::Receiver<u64>,
 }
 
 impl Wakeup {
     /// Starts listening (PostgreSQL: a task that holds the LISTEN
     /// connection, reconnecting after errors, until `shutdown`).
     pub fn start(db: &Db, shutdown: watch::Receiver<bool>) -> Self {
-        if let Some(appends) = db.appended() {
-            return Self { appends };
+        if let Some((appends, checkpoints)) = db.local_wakeups() {
+            return Self {
+                appends,
+                checkpoints,
+            };
         }
-        let (sender, appends) = watch::channel(0u64);
+        let (appended, appends) = watch::channel(0u64);
+        let (moved, checkpoints) = watch::channel(0u64);
         if let Db::Postgres(pool) = db {
-            tokio::spawn(listen(pool.clone(), sender, shutdown));
+            tokio::spawn(listen(pool.clone(), appended, moved, shutdown));
         }
-        Self { appends }
+        Self {
+            appends,
+            checkpoints,
+        }
     }
 
     /// Resolves after the next append (at once if one happened since the
     /// last call), or after `poll` at the latest.
     pub async fn appended(&mut self, poll: Duration) {
-        tokio::select! {
-            changed = self.appends.changed() => {
-                if changed.is_err() {
-                    // The listener is gone (shutting down): poll.
-                    tokio::time::sleep(poll).await;
-                }
-            }
-            _ = tokio::time::sleep(poll) => {}
-        }
+        changed_or(&mut self.appends, poll).await;
+    }
+
+    /// Forgets the checkpoint moves seen so far: a following
+    /// [`Wakeup::checkpoint_moved`] waits for a newer one.
+    pub fn mark_checkpoints_seen(&mut self) {
+        self.checkpoints.borrow_and_update();
+    }
+
+    /// Resolves after the next checkpoint move (at once if one happened
+    /// since the last call), or after `poll` at the latest.
+    pub async fn checkpoint_moved(&mut self, poll: Duration) {
+        changed_or(&mut self.checkpoints, poll).await;
     }
 }
 
-async fn listen(pool: PgPool, sender: watch::Sender<u64>, mut shutdown: watch::Receiver<bool>) {
+async fn changed_or(receiver: &mut watch::Receiver<u64>, poll: Duration) {
+    tokio::select! {
+        changed = receiver.changed() => {
+            if changed.is_err() {
+                // The listener is gone (shutting down): poll.
+                tokio::time::sleep(poll).await;
+            }
+        }
+        _ = tokio::time::sleep(poll) => {}
+    }
+}
+
+async fn listen(
+    pool: PgPool,
+    appended: watch::Sender<u64>,
+    moved: watch::Sender<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let bump = |sender: &watch::Sender<u64>| sender.send_modify(|n| *n = n.wrapping_add(1));
     while !*shutdown.borrow() {
         let listener = async {
             let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(EVENTS_CHANNEL).await?;
+            listener
+                .listen_all([EVENTS_CHANNEL, CHECKPOINTS_CHANNEL])
+                .await?;
             Ok::<_, sqlx::Error>(listener)
         };
         let mut listener = match listener.await {
@@ -68,10 +103,14 @@ async fn listen(pool: PgPool, sender: watch::Sender<u64>, mut shutdown: watch::R
                 }
             }
         };
+        // Whatever happened while (re)connecting is not missed.
+        bump(&appended);
+        bump(&moved);
         loop {
             tokio::select! {
                 notification = listener.recv() => match notification {
-                    Ok(_) => sender.send_modify(|appends| *appends = appends.wrapping_add(1)),
+                    Ok(notification) if notification.channel() == CHECKPOINTS_CHANNEL => bump(&moved),
+                    Ok(_) => bump(&appended),
                     Err(error) => {
                         tracing::warn!(%error, "LISTEN connection lost; reconnecting");
                         break;

@@ -8,7 +8,7 @@ use karvon_projections::{Position, PositionToken};
 use uuid::Uuid;
 
 use super::rebuild::RebuildClaim;
-use super::{Consumer, Kind};
+use super::{Consumer, Kind, Wakeup};
 use crate::StorageError;
 use crate::db::{Backend, Db, Portable, on_pool};
 use crate::feed;
@@ -155,8 +155,11 @@ pub async fn reached(db: &Db, names: &[&str], target: Position) -> Result<bool, 
 
 /// Waits up to `timeout` for every named consumer to apply the event the
 /// token names (resolving a stream token once its event is committed).
+/// Checks again whenever `wakeup` reports a checkpoint move (and every
+/// 250 ms at the latest, should a notification be lost), not in a loop.
 pub async fn wait_until_applied(
     db: &Db,
+    wakeup: &mut Wakeup,
     names: &[&str],
     target: &PositionToken,
     timeout: Duration,
@@ -164,6 +167,7 @@ pub async fn wait_until_applied(
     let deadline = Instant::now() + timeout;
     let mut resolved = None;
     loop {
+        wakeup.mark_checkpoints_seen();
         if resolved.is_none() {
             resolved = feed::resolve(db, target).await?;
         }
@@ -172,9 +176,32 @@ pub async fn wait_until_applied(
                 return Ok(true);
             }
         }
-        if Instant::now() >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return Ok(false);
         }
-        tokio::time::sleep(Duration::from_millis(15)).await;
+        wakeup
+            .checkpoint_moved(left.min(Duration::from_millis(250)))
+            .await;
     }
+}
+
+/// The tenant of the event at a feed position (`None` when there is none).
+pub async fn tenant_at(db: &Db, position: Position) -> Result<Option<String>, StorageError> {
+    let select = match db.backend() {
+        Backend::Postgres => {
+            "SELECT metadata ->> 'tenant_id' FROM public.events
+              WHERE global_position = $2 AND transaction_id = $1::text::xid8"
+        }
+        Backend::Sqlite => {
+            "SELECT json_extract(metadata, '$.tenant_id') FROM events
+              WHERE global_position = $2 AND $1 = '0'"
+        }
+    };
+    let tenant: Option<Option<String>> = on_pool!(db, read, pool => sqlx::query_scalar(select)
+        .bind(position.transaction_id.to_string())
+        .bind(position.global_position)
+        .fetch_optional(pool)
+        .await?);
+    Ok(tenant.flatten())
 }

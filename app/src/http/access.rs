@@ -73,3 +73,4 @@ macro_rules! access {
 access!(ReadAccess, "read");
 access!(WriteAccess, "write");
 access!(AdminAccess, "admin");
+access!(OperatorAccess, "operator");

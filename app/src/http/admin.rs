@@ -1,5 +1,6 @@
-//! Feed-consumer administration (`/api/v1/admin/projections`, `admin`
-//! scope): where every consumer of the registry stands, rebuilding a read
+//! Feed-consumer administration (`/api/v1/admin/projections`, scope
+//! `operator`: these consumers serve every tenant, so a tenant's `admin`
+//! does not steer them): where every consumer of the registry stands, rebuilding a read
 //! model, and getting a consumer that stopped on an event going again
 //! (retry it, or skip the event and keep it on record).
 
@@ -13,9 +14,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::access::AdminAccess;
+use super::access::OperatorAccess;
 use super::envelope::{Envelope, Items, ok};
-use super::error::{AdminErrors, ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, OperatorErrors};
 
 /// The admin routes with their documentation.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -29,11 +30,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 #[utoipa::path(get, path = "/api/v1/admin/projections", tag = "operations", summary = "Every feed consumer: kind, state, position, lag, failure",
     responses((status = 200, description = "Projections", body = inline(Envelope<Items<ConsumerStatus>>)),
-        AdminErrors),
+        OperatorErrors),
     security(("bearer" = [])))]
 pub async fn projections(
     State(state): State<AppState>,
-    AdminAccess(_principal): AdminAccess,
+    OperatorAccess(_principal): OperatorAccess,
 ) -> Result<Json<Envelope<Items<ConsumerStatus>>>, ApiError> {
     let items = runner::status(&state.db, &registry::consumers()).await?;
     Ok(ok(Items { items }))
@@ -54,11 +55,11 @@ pub struct RebuildStarted {
     params(("name" = String, Path, description = "catalog or stock")),
     responses((status = 202, description = "Started; watch `generation` in the projection list", body = inline(Envelope<RebuildStarted>)),
         (status = 404, description = "No such read model", body = ErrorBody),
-        AdminErrors),
+        OperatorErrors),
     security(("bearer" = [])))]
 pub async fn rebuild_projection(
     State(state): State<AppState>,
-    AdminAccess(_principal): AdminAccess,
+    OperatorAccess(_principal): OperatorAccess,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<Envelope<RebuildStarted>>), ApiError> {
     let handler =
@@ -116,11 +117,11 @@ pub struct RetryStarted {
     responses((status = 200, description = "The consumer tries again; watch `state`", body = inline(Envelope<RetryStarted>)),
         (status = 404, description = "No such consumer", body = ErrorBody),
         (status = 409, description = "The consumer is not failed", body = ErrorBody),
-        AdminErrors),
+        OperatorErrors),
     security(("bearer" = [])))]
 pub async fn retry_consumer(
     State(state): State<AppState>,
-    AdminAccess(principal): AdminAccess,
+    OperatorAccess(principal): OperatorAccess,
     Path(name): Path<String>,
 ) -> Result<Json<Envelope<RetryStarted>>, ApiError> {
     let name = known(&name)?;
@@ -140,11 +141,11 @@ pub async fn retry_consumer(
     responses((status = 200, description = "Skipped; the consumer goes on", body = inline(Envelope<SkippedEvent>)),
         (status = 404, description = "No such consumer", body = ErrorBody),
         (status = 409, description = "The consumer is not failed", body = ErrorBody),
-        AdminErrors),
+        OperatorErrors),
     security(("bearer" = [])))]
 pub async fn skip_event(
     State(state): State<AppState>,
-    AdminAccess(principal): AdminAccess,
+    OperatorAccess(principal): OperatorAccess,
     Path(name): Path<String>,
 ) -> Result<Json<Envelope<SkippedEvent>>, ApiError> {
     let name = known(&name)?;
@@ -163,11 +164,11 @@ pub async fn skip_event(
     params(("name" = String, Path, description = "A consumer name from the projection list")),
     responses((status = 200, description = "Skipped events, oldest first", body = inline(Envelope<Items<SkippedEvent>>)),
         (status = 404, description = "No such consumer", body = ErrorBody),
-        AdminErrors),
+        OperatorErrors),
     security(("bearer" = [])))]
 pub async fn skipped_events(
     State(state): State<AppState>,
-    AdminAccess(_principal): AdminAccess,
+    OperatorAccess(_principal): OperatorAccess,
     Path(name): Path<String>,
 ) -> Result<Json<Envelope<Items<SkippedEvent>>>, ApiError> {
     let name = known(&name)?;

@@ -81,6 +81,13 @@ pub async fn create_key(
 ) -> Result<(StatusCode, Json<Envelope<CreatedKey>>), ApiError> {
     let request = command.body;
     let scopes = auth::parse_scopes(request.scopes.iter().map(String::as_str))?;
+    if scopes.iter().any(|scope| scope == auth::OPERATOR) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the operator scope is granted only by the CLI (karvon api-key create)",
+        ));
+    }
     if request
         .name
         .as_ref()

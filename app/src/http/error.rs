@@ -239,3 +239,16 @@ pub enum AdminErrors {
     #[response(status = 429, description = "Rate limited")]
     RateLimited(ErrorBody),
 }
+
+/// The errors every route behind the `operator` scope can answer
+/// (documentation only); routes add their own (400, 404) beside it.
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum OperatorErrors {
+    #[response(status = 401, description = "No or invalid credentials")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "Missing operator scope")]
+    Forbidden(ErrorBody),
+    #[response(status = 429, description = "Rate limited")]
+    RateLimited(ErrorBody),
+}

@@ -54,6 +54,8 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
+    /// Wakes read-your-writes waits when a checkpoint moves.
+    pub wakeup: karvon_adapters::runner::Wakeup,
     pub products: Arc<CommandExecutor<Product>>,
     pub stock: Arc<CommandExecutor<StockItem>>,
     pub metrics: Option<PrometheusHandle>,
@@ -115,11 +117,29 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::from_fn(drop_unusable_request_id))
         .with_state(state)
 }
 
 /// Error answers made outside handlers (405, 408, 413 from layers) get the
 /// envelope too, so every error a client sees has the same shape.
+/// A client's `X-Request-Id` goes into logs and event metadata: one that is
+/// not 1–64 characters of `[A-Za-z0-9._:-]` is dropped, and a fresh id is
+/// made instead.
+async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response {
+    let usable = request.headers().get(REQUEST_ID).is_none_or(|value| {
+        let bytes = value.as_bytes();
+        (1..=64).contains(&bytes.len())
+            && bytes
+                .iter()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"._:-".contains(byte))
+    });
+    if !usable {
+        request.headers_mut().remove(REQUEST_ID);
+    }
+    next.run(request).await
+}
+
 async fn envelope_for_bare_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();

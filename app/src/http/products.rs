@@ -216,7 +216,7 @@ pub async fn list_products(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<ProductQuery>,
 ) -> Result<Json<Envelope<Page<ProductView>>>, ApiError> {
-    wait_for_position(&state, &headers, &[names::CATALOG]).await?;
+    wait_for_position(&state, &principal, &headers, &[names::CATALOG]).await?;
     if let Some(status) = &query.status {
         if status != "active" && status != "discontinued" {
             return Err(ApiError::validation(
@@ -252,7 +252,7 @@ pub async fn get_product(
 ) -> Result<Json<Envelope<ProductView>>, ApiError> {
     let product_id =
         Id::parse(product_id).map_err(|error| ApiError::validation(format!("id: {error}")))?;
-    wait_for_position(&state, &headers, &[names::CATALOG]).await?;
+    wait_for_position(&state, &principal, &headers, &[names::CATALOG]).await?;
     let mut tx = reader(&state, &principal).await?;
     let product =
         catalog::get_product(&mut tx, principal.tenant.as_str(), product_id.as_str()).await?;

@@ -51,24 +51,40 @@ pub fn next_page<T>(items: &mut Vec<T>, limit: i64) -> Option<&T> {
 }
 
 /// Waits (at most `min_position_wait`, capped at 5 s) until `projections`
-/// have applied the command whose answer was sent as `X-Min-Position`.
+/// have applied the command whose answer was sent as `X-Min-Position`. A
+/// token of another tenant, or a malformed one, is refused at once.
 pub async fn wait_for_position(
     state: &AppState,
+    principal: &Principal,
     headers: &HeaderMap,
     projections: &[&str],
 ) -> Result<(), ApiError> {
     let Some(value) = headers.get("x-min-position") else {
         return Ok(());
     };
+    let refused =
+        || ApiError::validation("X-Min-Position is not a position a command answered with");
     let target: PositionToken = value
         .to_str()
         .ok()
         .and_then(|text| text.trim().trim_matches('"').parse().ok())
-        .ok_or_else(|| {
-            ApiError::validation("X-Min-Position is not a position a command answered with")
-        })?;
+        .ok_or_else(refused)?;
+    let tenant = principal.tenant.as_str();
+    let own = match &target {
+        // Stream ids start with their tenant.
+        PositionToken::Stream { aggregate_id, .. } => aggregate_id
+            .strip_prefix(tenant)
+            .is_some_and(|rest| rest.starts_with('/')),
+        PositionToken::Feed(position) => {
+            runner::tenant_at(&state.db, *position).await?.as_deref() == Some(tenant)
+        }
+    };
+    if !own {
+        return Err(refused());
+    }
     let wait = state.min_position_wait.min(Duration::from_secs(5));
-    if runner::wait_until_applied(&state.db, projections, &target, wait).await? {
+    let mut wakeup = state.wakeup.clone();
+    if runner::wait_until_applied(&state.db, &mut wakeup, projections, &target, wait).await? {
         Ok(())
     } else {
         Err(ApiError::new(

@@ -237,7 +237,13 @@ pub async fn inventory_levels(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<InventoryQuery>,
 ) -> Result<Json<Envelope<Page<InventoryLevel>>>, ApiError> {
-    wait_for_position(&state, &headers, &[names::CATALOG, names::STOCK]).await?;
+    wait_for_position(
+        &state,
+        &principal,
+        &headers,
+        &[names::CATALOG, names::STOCK],
+    )
+    .await?;
     let limit = page_size(query.limit)?;
     let near_expiry_days = query.near_expiry_days.unwrap_or(30);
     if !(0..=3650).contains(&near_expiry_days) {
@@ -306,11 +312,8 @@ pub async fn movement_history(
     let product_id = query
         .product_id
         .ok_or_else(|| ApiError::validation("product_id is required"))?;
-    wait_for_position(&state, &headers, &[names::STOCK]).await?;
-    let limit = match query.limit {
-        None => 10_000,
-        Some(limit) => page_size(Some(limit))?,
-    };
+    wait_for_position(&state, &principal, &headers, &[names::STOCK]).await?;
+    let limit = page_size(query.limit)?;
     let after = query
         .cursor
         .map(|cursor| cursor.parse::<Position>())

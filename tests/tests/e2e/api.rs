@@ -513,8 +513,15 @@ async fn read_your_writes_waits_for_the_position_and_refuses_garbage(backend: Ba
         .get_after("/api/v1/products/P1", &json!("not-a-position"))
         .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_error");
+    // A feed position naming no event of this tenant is refused at once.
     let (status, body) = app
         .get_after("/api/v1/products/P1", &json!("999999999.1"))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_error");
+    // The tenant's own stream, at a sequence not (yet) written: waits, then
+    // says so.
+    let (status, body) = app
+        .get_after("/api/v1/products/P1", &json!("s:Product:99:default/P1"))
         .await;
     assert_error(
         status,

@@ -29,6 +29,7 @@ mod api;
 mod auth;
 mod consumers;
 mod feed;
+mod hardening;
 mod idempotency;
 mod rebuild;
 mod runners;
