@@ -11,6 +11,7 @@
 //! - a [`PositionToken`] naming the command's last event, for read-your-writes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
@@ -52,7 +53,27 @@ pub enum CommandError<E: std::error::Error> {
 pub struct CommandExecutor<A: Aggregate> {
     store: Repository<A>,
     db: Db,
+    /// The last state this executor committed per stream: a command on a
+    /// warm stream skips the snapshot load. Trusted only as far as the
+    /// append's optimistic lock confirms it: a stale entry (another
+    /// instance wrote) makes the commit conflict, and the command is run
+    /// again on loaded state; an answer without events or a refusal is
+    /// always confirmed on loaded state.
+    warm: std::sync::Mutex<HashMap<String, Warm<A>>>,
+    /// One turn at a time per stream within this instance: concurrent
+    /// commands on a hot stream queue instead of colliding and retrying.
+    turns: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// A stream's state as last committed by this executor.
+struct Warm<A> {
+    aggregate: A,
+    sequence: usize,
+    snapshot: Option<usize>,
+}
+
+/// Streams kept warm at most; beyond it the cache starts over.
+const WARM_LIMIT: usize = 100_000;
 
 /// postgres-es or sqlite-es underneath; both hand out the same context.
 enum Repository<A: Aggregate> {
@@ -102,7 +123,61 @@ where
                 SqliteEventRepository::new(sqlite.writer.clone()),
             )),
         };
-        Self { store, db }
+        Self {
+            store,
+            db,
+            warm: Default::default(),
+            turns: Default::default(),
+        }
+    }
+
+    fn warm_context(&self, aggregate_id: &str) -> Option<EventStoreAggregateContext<A>> {
+        let warm = self.warm.lock().ok()?;
+        let entry = warm.get(aggregate_id)?;
+        Some(EventStoreAggregateContext {
+            aggregate_id: aggregate_id.to_string(),
+            aggregate: entry.aggregate.clone(),
+            current_sequence: entry.sequence,
+            current_snapshot: entry.snapshot,
+        })
+    }
+
+    fn keep_warm(&self, aggregate_id: &str, entry: Option<Warm<A>>) {
+        if let Ok(mut warm) = self.warm.lock() {
+            match entry {
+                Some(entry) => {
+                    if warm.len() >= WARM_LIMIT {
+                        warm.clear();
+                    }
+                    warm.insert(aggregate_id.to_string(), entry);
+                }
+                None => {
+                    warm.remove(aggregate_id);
+                }
+            }
+        }
+    }
+
+    /// Waits for this stream's turn in this instance.
+    async fn turn(&self, aggregate_id: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let lock = {
+            let mut turns = self.turns.lock().ok()?;
+            turns.entry(aggregate_id.to_string()).or_default().clone()
+        };
+        Some(lock.lock_owned().await)
+    }
+
+    /// Forgets the stream's turn lock once nobody waits for it.
+    fn end_turn(&self, aggregate_id: &str, turn: Option<tokio::sync::OwnedMutexGuard<()>>) {
+        drop(turn);
+        if let Ok(mut turns) = self.turns.lock() {
+            if turns
+                .get(aggregate_id)
+                .is_some_and(|lock| Arc::strong_count(lock) == 1)
+            {
+                turns.remove(aggregate_id);
+            }
+        }
     }
 
     /// Loads the aggregate's current state.
@@ -120,9 +195,32 @@ where
         if let Some(executed) = self.replay(metadata).await? {
             return Ok(executed);
         }
+        let turn = self.turn(aggregate_id).await;
+        let executed = self.execute_in_turn(aggregate_id, command, metadata).await;
+        self.end_turn(aggregate_id, turn);
+        executed
+    }
+
+    async fn execute_in_turn(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: &EventMetadata,
+    ) -> Result<Executed, CommandError<A::Error>> {
         let map = metadata.to_map();
-        for attempt in 0..MAX_ATTEMPTS {
-            let context = self.store.load(aggregate_id).await.map_err(storage_error)?;
+        let mut attempt = 0;
+        let mut trust_warm = true;
+        while attempt < MAX_ATTEMPTS {
+            let warm = if trust_warm {
+                self.warm_context(aggregate_id)
+            } else {
+                None
+            };
+            let from_warm = warm.is_some();
+            let context = match warm {
+                Some(context) => context,
+                None => self.store.load(aggregate_id).await.map_err(storage_error)?,
+            };
             // Handle on a copy: `EventSink::write` applies each event to the
             // aggregate it is given, and cqrs-es 0.5's snapshot stores apply
             // the committed events to the context's aggregate once more when
@@ -130,11 +228,14 @@ where
             // keeps the snapshot from counting every event twice.
             let mut working = context.aggregate.clone();
             let sink: EventSink<A> = EventSink::default();
-            working
-                .handle(command.clone(), &(), &sink)
-                .await
-                .map_err(CommandError::Domain)?;
+            let handled = working.handle(command.clone(), &(), &sink).await;
             let events = sink.collect().await;
+            if from_warm && (handled.is_err() || events.is_empty()) {
+                // Nothing for the append to confirm: decide on loaded state.
+                trust_warm = false;
+                continue;
+            }
+            handled.map_err(CommandError::Domain)?;
             if events.is_empty() {
                 let sequence = context.current_sequence;
                 if !self.log_no_op(aggregate_id, sequence, metadata).await? {
@@ -155,8 +256,14 @@ where
                 // SQLite key trigger (PostgreSQL uses the transaction id).
                 map.insert("commit_id".to_string(), uuid::Uuid::new_v4().to_string());
             }
+            let next = Warm {
+                aggregate: working,
+                sequence: context.current_sequence + events.len(),
+                snapshot: Some(context.current_snapshot.map_or(1, |snapshot| snapshot + 1)),
+            };
             match self.store.commit(events, context, map).await {
                 Ok(committed) => {
+                    self.keep_warm(aggregate_id, Some(next));
                     self.db.notify_appended();
                     let position = committed
                         .last()
@@ -170,6 +277,8 @@ where
                     });
                 }
                 Err(error) if is_conflict(&error) => {
+                    self.keep_warm(aggregate_id, None);
+                    trust_warm = false;
                     // Either our key was used by a concurrent twin, or another
                     // writer advanced the stream: answer from the log or retry.
                     if let Some(executed) = self.replay(metadata).await? {
@@ -177,8 +286,12 @@ where
                     }
                     let jitter = u64::from(attempt) * 3 + (u64::from(rand_byte()) % 7);
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    attempt += 1;
                 }
-                Err(error) => return Err(storage_error(error).into()),
+                Err(error) => {
+                    self.keep_warm(aggregate_id, None);
+                    return Err(storage_error(error).into());
+                }
             }
         }
         Err(CommandError::Contended)
