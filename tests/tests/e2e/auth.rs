@@ -691,3 +691,82 @@ on_both_backends!(
     the_61st_request_in_a_minute_is_refused_whatever_the_headers_say,
     the_cli_creates_tenants_and_prints_a_working_key_on_its_last_line,
 );
+
+/// A connection that does not finish its request headers is closed after
+/// the header timeout, whether it sent part of them or nothing at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_do_not_finish_their_headers_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::create_on(Backend::Sqlite).await.expect("db");
+    let mut config = test_config(&db);
+    config.header_read_timeout_ms = 1_000;
+    let app = spawn_app_with(config, Role::Api).await.expect("app");
+    let address = app.address.trim_start_matches("http://").to_string();
+
+    for partial in [
+        &b"GET /health HTTP/1.1\r\nHost: karvon\r\nX-Slow: "[..],
+        b"",
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connect");
+        stream.write_all(partial).await.expect("write");
+        let started = std::time::Instant::now();
+        let mut buffer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(8), stream.read_to_end(&mut buffer))
+            .await
+            .expect("the server kept a connection with unfinished headers open");
+        // Closed (an EOF, possibly after an error answer, or a reset).
+        let _ = read;
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(800),
+            "closed before the timeout: {elapsed:?}"
+        );
+    }
+    // A complete request is still answered.
+    let (status, _) = app.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+    app.stop().await.expect("stop");
+}
+
+/// With a cap of two connections, a third is not served until one of the
+/// two closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_until_one_closes() {
+    let db = TestDb::create_on(Backend::Sqlite).await.expect("db");
+    let mut config = test_config(&db);
+    config.max_connections = 2;
+    config.header_read_timeout_ms = 30_000;
+    let app = spawn_app_with(config, Role::Api).await.expect("app");
+    let address = app.address.trim_start_matches("http://").to_string();
+    let first = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let _second = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+
+    let url = app.url("/health");
+    let third = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .map(|response| response.status())
+    });
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served beyond the cap of two"
+    );
+    drop(first);
+    let status = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("the third connection was not served after one closed")
+        .expect("task")
+        .expect("answer");
+    assert_eq!(status, StatusCode::OK);
+    app.stop().await.expect("stop");
+}
