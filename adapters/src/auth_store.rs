@@ -262,59 +262,85 @@ pub async fn revoke_api_key(db: &Db, tenant_id: &str, key_id: Uuid) -> Result<bo
     Ok(updated == 1)
 }
 
-/// Counts a hit for `subject` in the current one-minute window and, for a
-/// key, notes its use (at most once a minute). Returns the hits so far and
-/// the seconds until the window ends.
-pub async fn hit(db: &Db, subject: &str, key_id: Option<Uuid>) -> Result<(i32, i64), StorageError> {
+/// Hits counted by one instance since its last flush: `subject` in the
+/// one-minute window starting at `window_start` (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowHits {
+    pub subject: String,
+    pub window_start: i64,
+    pub hits: i32,
+}
+
+/// Adds the hits of one instance to the shared windows in one statement
+/// and answers each window's total over all instances. PostgreSQL only:
+/// on SQLite one process owns the file and keeps its windows in memory,
+/// so there is nothing to share (the answer is empty).
+pub async fn add_hits(db: &Db, batch: &[WindowHits]) -> Result<Vec<WindowHits>, StorageError> {
+    let Db::Postgres(pool) = db else {
+        return Ok(Vec::new());
+    };
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let subjects: Vec<&str> = batch.iter().map(|hits| hits.subject.as_str()).collect();
+    let starts: Vec<i64> = batch.iter().map(|hits| hits.window_start).collect();
+    let counts: Vec<i32> = batch.iter().map(|hits| hits.hits).collect();
+    let rows = sqlx::query(
+        "INSERT INTO rate_limit_windows (subject, window_start, hits)
+         SELECT subject, to_timestamp(start::double precision), hits
+           FROM UNNEST($1::text[], $2::bigint[], $3::integer[]) AS batch(subject, start, hits)
+         ON CONFLICT (subject, window_start) DO UPDATE SET hits = rate_limit_windows.hits + excluded.hits
+         RETURNING subject, extract(epoch FROM window_start)::bigint AS window_start, hits",
+    )
+    .bind(&subjects)
+    .bind(&starts)
+    .bind(&counts)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(WindowHits {
+                subject: row.text("subject")?,
+                window_start: row.int("window_start")?,
+                hits: i32::try_from(row.int("hits")?).unwrap_or(i32::MAX),
+            })
+        })
+        .collect()
+}
+
+/// Notes that keys were used (`last_used_at`, at most once a minute each).
+pub async fn touch_keys(db: &Db, key_ids: &[Uuid]) -> Result<(), StorageError> {
+    if key_ids.is_empty() {
+        return Ok(());
+    }
+    let now = Utc::now();
     match db {
         Db::Postgres(pool) => {
-            let row = sqlx::query(
-                "WITH touched AS (
-                     UPDATE api_keys SET last_used_at = now()
-                      WHERE key_id = $2 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
-                  RETURNING 1)
-                 INSERT INTO rate_limit_windows (subject, window_start, hits)
-                 VALUES ($1, date_trunc('minute', now()), 1)
-                 ON CONFLICT (subject, window_start) DO UPDATE SET hits = rate_limit_windows.hits + 1
-                 RETURNING hits, ceil(extract(epoch FROM (window_start + interval '1 minute' - now())))::bigint AS retry_after",
+            sqlx::query(
+                "UPDATE api_keys SET last_used_at = $2
+                  WHERE key_id = ANY($1) AND (last_used_at IS NULL OR last_used_at < $3)",
             )
-            .bind(subject)
-            .bind(key_id)
-            .fetch_one(pool)
+            .bind(key_ids)
+            .bind(now)
+            .bind(now - chrono::Duration::minutes(1))
+            .execute(pool)
             .await?;
-            Ok((row.int("hits")? as i32, row.int("retry_after")?.max(1)))
         }
         Db::Sqlite(sqlite) => {
-            // SQLite has no clock arithmetic worth using: the window is
-            // computed here. One instance owns the file, so one clock.
-            let now = Utc::now();
-            let seconds = now.timestamp();
-            let window_start = seconds - seconds.rem_euclid(60);
-            let mut tx = sqlite.writer.begin().await?;
-            if let Some(key_id) = key_id {
-                sqlx::query(
-                    "UPDATE api_keys SET last_used_at = $2
-                      WHERE key_id = $1 AND (last_used_at IS NULL OR last_used_at < $3)",
-                )
-                .bind(key_id.to_string())
-                .bind(now)
-                .bind(now - chrono::Duration::minutes(1))
-                .execute(&mut *tx)
-                .await?;
-            }
-            let hits: i64 = sqlx::query_scalar(
-                "INSERT INTO rate_limit_windows (subject, window_start, hits) VALUES ($1, $2, 1)
-                 ON CONFLICT (subject, window_start) DO UPDATE SET hits = hits + 1
-                 RETURNING hits",
+            let ids: Vec<String> = key_ids.iter().map(Uuid::to_string).collect();
+            sqlx::query(
+                "UPDATE api_keys SET last_used_at = $2
+                  WHERE key_id IN (SELECT value FROM json_each($1))
+                    AND (last_used_at IS NULL OR last_used_at < $3)",
             )
-            .bind(subject)
-            .bind(window_start)
-            .fetch_one(&mut *tx)
+            .bind(json_list(&ids))
+            .bind(now)
+            .bind(now - chrono::Duration::minutes(1))
+            .execute(&sqlite.writer)
             .await?;
-            tx.commit().await?;
-            Ok((hits as i32, (window_start + 60 - seconds).max(1)))
         }
     }
+    Ok(())
 }
 
 /// Drops windows that ended more than a minute ago.

@@ -67,6 +67,7 @@ impl Application {
                     .await
                     .context("connecting the bookkeeping pool")?,
                 config.jwt_secret.as_deref(),
+                config.tenant_rate_limit,
             )),
             rebuild_batch_size: config.rebuild_batch_size.max(1),
         };

@@ -683,6 +683,89 @@ async fn an_unprivileged_owner_role_runs_everything_under_forced_rls() {
     app.stop().await.expect("stop");
 }
 
+/// Waits for a new minute when this one is about to end, so a test's
+/// requests fall into one rate-limit window.
+async fn inside_one_window(seconds_needed: i64) {
+    let second = chrono::Utc::now().timestamp() % 60;
+    if second > 60 - seconds_needed {
+        tokio::time::sleep(Duration::from_secs((61 - second) as u64)).await;
+    }
+}
+
+/// A peer repeating a bad key is refused from memory once over its limit:
+/// no counter write per request (SQLite keeps the windows in memory;
+/// PostgreSQL gets batched increments of admitted hits only) and no key
+/// lookup, while a key this instance already knows still works.
+async fn a_flood_of_bad_keys_costs_no_write_per_request(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    let plain = reqwest::Client::new();
+    let url = app.url("/api/v1/products");
+    inside_one_window(20).await;
+    assert_eq!(app.get("/api/v1/products").await.0, StatusCode::OK);
+
+    let mut unauthorized = 0;
+    let mut limited = 0;
+    for _ in 0..200 {
+        let answer = call(plain.get(&url).bearer_auth("kv0123456789ab_0000")).await;
+        match answer.0 {
+            StatusCode::UNAUTHORIZED => unauthorized += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                limited += 1;
+                assert!(answer.2.get("retry-after").is_some(), "no Retry-After");
+            }
+            other => panic!("unexpected {other}: {}", answer.1),
+        }
+    }
+    assert_eq!((unauthorized, limited), (60, 140));
+    // A prefix never seen would need a lookup: the peer is over its limit.
+    let fresh = call(plain.get(&url).bearer_auth("kvfedcba987654_0000")).await;
+    assert_refused(&fresh, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    // The admin key, known to this instance, still gets through.
+    assert_eq!(app.get("/api/v1/products").await.0, StatusCode::OK);
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let counted = fetch_strings(
+        &app.db,
+        "SELECT CAST(coalesce(sum(hits), 0) AS TEXT) FROM rate_limit_windows WHERE subject LIKE 'peer:%'",
+    )
+    .await
+    .expect("windows");
+    let counted: i64 = counted[0].parse().expect("number");
+    match backend {
+        Backend::Sqlite => assert_eq!(counted, 0, "SQLite wrote rate-limit windows"),
+        Backend::Postgres => assert_eq!(
+            counted, 60,
+            "only admitted attempts are shared, in batches, not one write per request"
+        ),
+    }
+    app.stop().await.expect("stop");
+}
+
+/// With a tenant cap, all of a tenant's keys together stay under it, while
+/// another tenant is not affected.
+async fn a_tenant_cap_limits_all_its_keys_together(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let mut config = test_config(&db);
+    config.tenant_rate_limit = 5;
+    let app = spawn_app_with(config, Role::Api).await.expect("app");
+    auth_store::create_tenant(&app.db, "acme", "UTC")
+        .await
+        .expect("tenant");
+    let first = authorized_client(&key(&app, "acme", &["read"], None).await).expect("client");
+    let second = authorized_client(&key(&app, "acme", &["read"], None).await).expect("client");
+    let other = authorized_client(&key(&app, "default", &["read"], None).await).expect("client");
+    let url = app.url("/api/v1/products");
+    inside_one_window(10).await;
+    for client in [&first, &second, &first, &second, &first] {
+        assert_eq!(call(client.get(&url)).await.0, StatusCode::OK);
+    }
+    let answer = call(second.get(&url)).await;
+    assert_refused(&answer, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert_eq!(call(other.get(&url)).await.0, StatusCode::OK);
+    app.stop().await.expect("stop");
+}
+
 on_both_backends!(
     missing_wrong_revoked_and_expired_keys_are_refused,
     scopes_are_enforced_per_route,
@@ -690,6 +773,8 @@ on_both_backends!(
     login_tokens_work_and_forged_or_stale_ones_do_not,
     the_61st_request_in_a_minute_is_refused_whatever_the_headers_say,
     the_cli_creates_tenants_and_prints_a_working_key_on_its_last_line,
+    a_flood_of_bad_keys_costs_no_write_per_request,
+    a_tenant_cap_limits_all_its_keys_together,
 );
 
 /// A connection that does not finish its request headers is closed after
