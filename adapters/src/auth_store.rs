@@ -343,19 +343,79 @@ pub async fn touch_keys(db: &Db, key_ids: &[Uuid]) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Drops windows that ended more than a minute ago.
-pub async fn prune_rate_limits(db: &Db) -> Result<u64, StorageError> {
-    Ok(match db {
-        Db::Postgres(pool) => sqlx::query(
-            "DELETE FROM rate_limit_windows WHERE window_start < now() - interval '2 minutes'",
-        )
+/// A username's failed logins in its current window: when the window
+/// began (Unix seconds) and how many.
+pub async fn login_failures(db: &Db, username: &str) -> Result<Option<(i64, i32)>, StorageError> {
+    const SELECT: &str = "SELECT window_start, failures FROM login_failures WHERE username = $1";
+    on_pool!(db, read, pool => sqlx::query(SELECT)
+        .bind(username)
+        .fetch_optional(pool)
+        .await?
+        .map(|row| Ok((row.int("window_start")?, row.int("failures")? as i32)))
+        .transpose())
+}
+
+/// Counts a failed login for `username` at `now` (Unix seconds), starting
+/// a new window when the last one began `window` seconds ago or earlier.
+/// Answers the window's start and its failures so far.
+pub async fn record_login_failure(
+    db: &Db,
+    username: &str,
+    now: i64,
+    window: i64,
+) -> Result<(i64, i32), StorageError> {
+    const UPSERT: &str = "INSERT INTO login_failures (username, window_start, failures)
+         VALUES ($1, $2, 1)
+         ON CONFLICT (username) DO UPDATE SET
+             window_start = CASE WHEN login_failures.window_start <= $2 - $3
+                                 THEN excluded.window_start ELSE login_failures.window_start END,
+             failures = CASE WHEN login_failures.window_start <= $2 - $3
+                             THEN 1 ELSE login_failures.failures + 1 END
+         RETURNING window_start, failures";
+    on_pool!(db, write, pool => {
+        let row = sqlx::query(UPSERT)
+            .bind(username)
+            .bind(now)
+            .bind(window)
+            .fetch_one(pool)
+            .await?;
+        Ok((row.int("window_start")?, row.int("failures")? as i32))
+    })
+}
+
+/// Forgets a username's failed logins (after a successful one).
+pub async fn clear_login_failures(db: &Db, username: &str) -> Result<(), StorageError> {
+    on_pool!(db, write, pool => sqlx::query("DELETE FROM login_failures WHERE username = $1")
+        .bind(username)
         .execute(pool)
         .await?
-        .rows_affected(),
-        Db::Sqlite(sqlite) => sqlx::query("DELETE FROM rate_limit_windows WHERE window_start < $1")
-            .bind(Utc::now().timestamp() - 120)
-            .execute(&sqlite.writer)
+        .rows_affected());
+    Ok(())
+}
+
+/// Drops windows that ended more than a minute ago, and failed logins
+/// older than an hour (their 15-minute windows long over).
+pub async fn prune_rate_limits(db: &Db) -> Result<u64, StorageError> {
+    let old_logins = Utc::now().timestamp() - 3600;
+    let logins = on_pool!(db, write, pool => sqlx::query("DELETE FROM login_failures WHERE window_start < $1")
+        .bind(old_logins)
+        .execute(pool)
+        .await?
+        .rows_affected());
+    Ok(logins
+        + match db {
+            Db::Postgres(pool) => sqlx::query(
+                "DELETE FROM rate_limit_windows WHERE window_start < now() - interval '2 minutes'",
+            )
+            .execute(pool)
             .await?
             .rows_affected(),
-    })
+            Db::Sqlite(sqlite) => {
+                sqlx::query("DELETE FROM rate_limit_windows WHERE window_start < $1")
+                    .bind(Utc::now().timestamp() - 120)
+                    .execute(&sqlite.writer)
+                    .await?
+                    .rows_affected()
+            }
+        })
 }

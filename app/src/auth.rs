@@ -38,6 +38,14 @@ const ISSUER: &str = "karvon";
 const AUDIENCE: &str = "karvon-api";
 const TOKEN_LIFETIME_MINUTES: i64 = 60;
 const CLOCK_SKEW_SECONDS: u64 = 30;
+/// Failed logins for one username within [`LOGIN_WINDOW_SECONDS`] after
+/// which it answers 429 until the window ends (SPEC §3).
+pub const LOGIN_FAILURES: i32 = 10;
+pub const LOGIN_WINDOW_SECONDS: i64 = 15 * 60;
+/// Password verifications (Argon2, ~19 MiB each) running at once; others
+/// wait up to [`ARGON2_WAIT`], then answer 429.
+const ARGON2_CONCURRENCY: usize = 4;
+const ARGON2_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -669,6 +677,8 @@ pub struct Authenticator {
     limits: std::sync::Arc<RateLimiter>,
     /// Requests per minute over all credentials of one tenant (0: none).
     tenant_limit: i32,
+    /// Bounds the Argon2 verifications in flight (memory and CPU).
+    password_checks: tokio::sync::Semaphore,
 }
 
 /// What a verified credential stands for: the principal, the subject its
@@ -690,6 +700,7 @@ impl Authenticator {
             keys: KeyCache::default(),
             limits,
             tenant_limit,
+            password_checks: tokio::sync::Semaphore::new(ARGON2_CONCURRENCY),
         }
     }
 
@@ -756,8 +767,12 @@ impl Authenticator {
     }
 
     /// Exchanges a username and password for a login token. Every attempt
-    /// is counted against `peer` first; an unknown user takes as long to
-    /// refuse as a wrong password.
+    /// is counted against `peer` first; a username with
+    /// [`LOGIN_FAILURES`] failed logins in its window answers 429 until the
+    /// window ends, whoever asks (the failures are in the store, so every
+    /// instance sees them; known and unknown usernames alike). At most
+    /// [`ARGON2_CONCURRENCY`] passwords are checked at once. An unknown user
+    /// takes as long to refuse as a wrong password.
     pub async fn login(
         &self,
         username: &str,
@@ -769,15 +784,39 @@ impl Authenticator {
             key_id: None,
             limit: DEFAULT_RATE_LIMIT,
         }])?;
+        if username.is_empty() || username.len() > 128 {
+            // No such user can exist (see `create_user`).
+            return Err(AuthFailure::WrongPassword);
+        }
+        let now = epoch_seconds();
+        let failed_before = auth_store::login_failures(&self.db, username).await?;
+        if let Some((start, failures)) = failed_before {
+            let ends = start + LOGIN_WINDOW_SECONDS;
+            if failures >= LOGIN_FAILURES && ends > now {
+                return Err(AuthFailure::RateLimited {
+                    retry_after: (ends - now) as u64,
+                });
+            }
+        }
         let user = auth_store::user(&self.db, username).await?;
+        let Ok(Ok(permit)) =
+            tokio::time::timeout(ARGON2_WAIT, self.password_checks.acquire()).await
+        else {
+            return Err(AuthFailure::RateLimited { retry_after: 1 });
+        };
         let verified = verify_password(
             user.as_ref().map(|user| user.password_hash.clone()),
             password,
         )
         .await;
+        drop(permit);
         let Some(user) = user.filter(|_| verified) else {
+            auth_store::record_login_failure(&self.db, username, now, LOGIN_WINDOW_SECONDS).await?;
             return Err(AuthFailure::WrongPassword);
         };
+        if failed_before.is_some() {
+            auth_store::clear_login_failures(&self.db, username).await?;
+        }
         let (token, expires_at) = self
             .tokens
             .issue(&user.username, &user.tenant_id, &user.scopes)

@@ -766,6 +766,62 @@ async fn a_tenant_cap_limits_all_its_keys_together(backend: Backend) {
     app.stop().await.expect("stop");
 }
 
+/// Ten wrong passwords for one username lock it (429 with Retry-After) even
+/// for the right password, from any address; another user still logs in.
+async fn ten_failed_logins_lock_the_username_not_others(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let mut config = test_config(&db);
+    config.jwt_secret = Some(JWT_SECRET.to_string());
+    let app = spawn_app_with(config, Role::Api).await.expect("app");
+    for user in ["dilnoza", "bobur"] {
+        karvon_app::auth::create_user(
+            &app.db,
+            "default",
+            user,
+            "correct horse battery",
+            vec!["read".into()],
+        )
+        .await
+        .expect("user");
+    }
+    let plain = reqwest::Client::new();
+    let login = |username: &str, password: &str| {
+        plain
+            .post(app.url("/api/auth/login"))
+            .json(&json!({"username": username, "password": password}))
+    };
+    for attempt in 1..=10 {
+        let answer = call(login("dilnoza", "wrong password")).await;
+        assert_eq!(answer.0, StatusCode::UNAUTHORIZED, "attempt {attempt}");
+    }
+    let locked = call(login("dilnoza", "correct horse battery")).await;
+    assert_refused(&locked, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    let retry_after: u64 = locked
+        .2
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=900).contains(&retry_after), "{retry_after}");
+    let (status, body, _) = call(login("bobur", "correct horse battery")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The lock is the username's, held in the store: a second instance on
+    // the same database (another address, as far as it knows) refuses too.
+    let mut config = test_config(&db);
+    config.jwt_secret = Some(JWT_SECRET.to_string());
+    let other = spawn_app_with(config, Role::Api).await.expect("app");
+    let answer = call(
+        plain
+            .post(other.url("/api/auth/login"))
+            .json(&json!({"username": "dilnoza", "password": "correct horse battery"})),
+    )
+    .await;
+    assert_refused(&answer, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    other.stop().await.expect("stop");
+    app.stop().await.expect("stop");
+}
+
 on_both_backends!(
     missing_wrong_revoked_and_expired_keys_are_refused,
     scopes_are_enforced_per_route,
@@ -775,6 +831,7 @@ on_both_backends!(
     the_cli_creates_tenants_and_prints_a_working_key_on_its_last_line,
     a_flood_of_bad_keys_costs_no_write_per_request,
     a_tenant_cap_limits_all_its_keys_together,
+    ten_failed_logins_lock_the_username_not_others,
 );
 
 /// A connection that does not finish its request headers is closed after
