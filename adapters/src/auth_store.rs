@@ -264,74 +264,160 @@ pub async fn revoke_api_key(db: &Db, tenant_id: &str, key_id: Uuid) -> Result<bo
     Ok(updated == 1)
 }
 
-/// Counts a hit for `subject` in the current one-minute window and, for a
-/// key, notes its use (at most once a minute). Returns the hits so far and
-/// the seconds until the window ends.
-pub async fn hit(db: &Db, subject: &str, key_id: Option<Uuid>) -> Result<(i32, i64), StorageError> {
-    match db {
-        Db::Postgres(pool) => {
-            let row = sqlx::query(
-                "WITH touched AS (
-                     UPDATE api_keys SET last_used_at = now()
-                      WHERE key_id = $2 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
-                  RETURNING 1)
-                 INSERT INTO rate_limit_windows (subject, window_start, hits)
-                 VALUES ($1, date_trunc('minute', now()), 1)
-                 ON CONFLICT (subject, window_start) DO UPDATE SET hits = rate_limit_windows.hits + 1
-                 RETURNING hits, ceil(extract(epoch FROM (window_start + interval '1 minute' - now())))::bigint AS retry_after",
-            )
-            .bind(subject)
-            .bind(key_id)
-            .fetch_one(pool)
-            .await?;
-            Ok((row.int("hits")? as i32, row.int("retry_after")?.max(1)))
-        }
-        Db::Sqlite(sqlite) => {
-            // SQLite has no clock arithmetic worth using: the window is
-            // computed here. One instance owns the file, so one clock.
-            let now = Utc::now();
-            let seconds = now.timestamp();
-            let window_start = seconds - seconds.rem_euclid(60);
-            let mut tx = sqlite.writer.begin().await?;
-            if let Some(key_id) = key_id {
-                sqlx::query(
-                    "UPDATE api_keys SET last_used_at = $2
-                      WHERE key_id = $1 AND (last_used_at IS NULL OR last_used_at < $3)",
-                )
-                .bind(key_id.to_string())
-                .bind(now)
-                .bind(now - chrono::Duration::minutes(1))
-                .execute(&mut *tx)
-                .await?;
-            }
-            let hits: i64 = sqlx::query_scalar(
-                "INSERT INTO rate_limit_windows (subject, window_start, hits) VALUES ($1, $2, 1)
-                 ON CONFLICT (subject, window_start) DO UPDATE SET hits = hits + 1
-                 RETURNING hits",
-            )
-            .bind(subject)
-            .bind(window_start)
-            .fetch_one(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok((hits as i32, (window_start + 60 - seconds).max(1)))
-        }
-    }
+/// Hits counted by one instance since its last flush: `subject` in the
+/// one-minute window starting at `window_start` (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowHits {
+    pub subject: String,
+    pub window_start: i64,
+    pub hits: i32,
 }
 
-/// Drops windows that ended more than a minute ago.
-pub async fn prune_rate_limits(db: &Db) -> Result<u64, StorageError> {
-    Ok(match db {
-        Db::Postgres(pool) => sqlx::query(
-            "DELETE FROM rate_limit_windows WHERE window_start < now() - interval '2 minutes'",
-        )
+/// Adds the hits of one instance to the shared windows in one statement
+/// and answers each window's total over all instances. PostgreSQL only:
+/// on SQLite one process owns the file and keeps its windows in memory,
+/// so there is nothing to share (the answer is empty).
+pub async fn add_hits(db: &Db, batch: &[WindowHits]) -> Result<Vec<WindowHits>, StorageError> {
+    let Db::Postgres(pool) = db else {
+        return Ok(Vec::new());
+    };
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let subjects: Vec<&str> = batch.iter().map(|hits| hits.subject.as_str()).collect();
+    let starts: Vec<i64> = batch.iter().map(|hits| hits.window_start).collect();
+    let counts: Vec<i32> = batch.iter().map(|hits| hits.hits).collect();
+    let rows = sqlx::query(
+        "INSERT INTO rate_limit_windows (subject, window_start, hits)
+         SELECT subject, to_timestamp(start::double precision), hits
+           FROM UNNEST($1::text[], $2::bigint[], $3::integer[]) AS batch(subject, start, hits)
+         ON CONFLICT (subject, window_start) DO UPDATE SET hits = rate_limit_windows.hits + excluded.hits
+         RETURNING subject, extract(epoch FROM window_start)::bigint AS window_start, hits",
+    )
+    .bind(&subjects)
+    .bind(&starts)
+    .bind(&counts)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(WindowHits {
+                subject: row.text("subject")?,
+                window_start: row.int("window_start")?,
+                hits: i32::try_from(row.int("hits")?).unwrap_or(i32::MAX),
+            })
+        })
+        .collect()
+}
+
+/// Notes that keys were used (`last_used_at`, at most once a minute each).
+pub async fn touch_keys(db: &Db, key_ids: &[Uuid]) -> Result<(), StorageError> {
+    if key_ids.is_empty() {
+        return Ok(());
+    }
+    let now = Utc::now();
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::query(
+                "UPDATE api_keys SET last_used_at = $2
+                  WHERE key_id = ANY($1) AND (last_used_at IS NULL OR last_used_at < $3)",
+            )
+            .bind(key_ids)
+            .bind(now)
+            .bind(now - chrono::Duration::minutes(1))
+            .execute(pool)
+            .await?;
+        }
+        Db::Sqlite(sqlite) => {
+            let ids: Vec<String> = key_ids.iter().map(Uuid::to_string).collect();
+            sqlx::query(
+                "UPDATE api_keys SET last_used_at = $2
+                  WHERE key_id IN (SELECT value FROM json_each($1))
+                    AND (last_used_at IS NULL OR last_used_at < $3)",
+            )
+            .bind(json_list(&ids))
+            .bind(now)
+            .bind(now - chrono::Duration::minutes(1))
+            .execute(&sqlite.writer)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A username's failed logins in its current window: when the window
+/// began (Unix seconds) and how many.
+pub async fn login_failures(db: &Db, username: &str) -> Result<Option<(i64, i32)>, StorageError> {
+    const SELECT: &str = "SELECT window_start, failures FROM login_failures WHERE username = $1";
+    on_pool!(db, read, pool => sqlx::query(SELECT)
+        .bind(username)
+        .fetch_optional(pool)
+        .await?
+        .map(|row| Ok((row.int("window_start")?, row.int("failures")? as i32)))
+        .transpose())
+}
+
+/// Counts a failed login for `username` at `now` (Unix seconds), starting
+/// a new window when the last one began `window` seconds ago or earlier.
+/// Answers the window's start and its failures so far.
+pub async fn record_login_failure(
+    db: &Db,
+    username: &str,
+    now: i64,
+    window: i64,
+) -> Result<(i64, i32), StorageError> {
+    const UPSERT: &str = "INSERT INTO login_failures (username, window_start, failures)
+         VALUES ($1, $2, 1)
+         ON CONFLICT (username) DO UPDATE SET
+             window_start = CASE WHEN login_failures.window_start <= $2 - $3
+                                 THEN excluded.window_start ELSE login_failures.window_start END,
+             failures = CASE WHEN login_failures.window_start <= $2 - $3
+                             THEN 1 ELSE login_failures.failures + 1 END
+         RETURNING window_start, failures";
+    on_pool!(db, write, pool => {
+        let row = sqlx::query(UPSERT)
+            .bind(username)
+            .bind(now)
+            .bind(window)
+            .fetch_one(pool)
+            .await?;
+        Ok((row.int("window_start")?, row.int("failures")? as i32))
+    })
+}
+
+/// Forgets a username's failed logins (after a successful one).
+pub async fn clear_login_failures(db: &Db, username: &str) -> Result<(), StorageError> {
+    on_pool!(db, write, pool => sqlx::query("DELETE FROM login_failures WHERE username = $1")
+        .bind(username)
         .execute(pool)
         .await?
-        .rows_affected(),
-        Db::Sqlite(sqlite) => sqlx::query("DELETE FROM rate_limit_windows WHERE window_start < $1")
-            .bind(Utc::now().timestamp() - 120)
-            .execute(&sqlite.writer)
+        .rows_affected());
+    Ok(())
+}
+
+/// Drops windows that ended more than a minute ago, and failed logins
+/// older than an hour (their 15-minute windows long over).
+pub async fn prune_rate_limits(db: &Db) -> Result<u64, StorageError> {
+    let old_logins = Utc::now().timestamp() - 3600;
+    let logins = on_pool!(db, write, pool => sqlx::query("DELETE FROM login_failures WHERE window_start < $1")
+        .bind(old_logins)
+        .execute(pool)
+        .await?
+        .rows_affected());
+    Ok(logins
+        + match db {
+            Db::Postgres(pool) => sqlx::query(
+                "DELETE FROM rate_limit_windows WHERE window_start < now() - interval '2 minutes'",
+            )
+            .execute(pool)
             .await?
             .rows_affected(),
-    })
+            Db::Sqlite(sqlite) => {
+                sqlx::query("DELETE FROM rate_limit_windows WHERE window_start < $1")
+                    .bind(Utc::now().timestamp() - 120)
+                    .execute(&sqlite.writer)
+                    .await?
+                    .rows_affected()
+            }
+        })
 }

@@ -4,9 +4,11 @@
 //! and a SHA-256 of the secret, compared in constant time) and login tokens
 //! (HS256 JWTs with `exp`, `iss`, `aud` checked and bounded clock skew).
 //! The tenant comes only from the credential. Every authenticated request
-//! is counted against its credential's per-minute limit in the database,
-//! so the limit holds across instances; failed attempts are counted per
-//! peer address (never per a header a client can set).
+//! is counted against its credential's per-minute limit (and, when
+//! configured, its tenant's), failed attempts against the peer address
+//! (never a header a client can set). Counting is in memory
+//! ([`RateLimiter`]); on PostgreSQL the counts are shared through the
+//! database in batches, so limits hold across instances.
 //!
 //! [`Authenticator`] is the service the HTTP layer asks: it takes the
 //! bearer credential and the peer address as plain strings and answers a
@@ -39,6 +41,14 @@ const ISSUER: &str = "karvon";
 const AUDIENCE: &str = "karvon-api";
 const TOKEN_LIFETIME_MINUTES: i64 = 60;
 const CLOCK_SKEW_SECONDS: u64 = 30;
+/// Failed logins for one username within [`LOGIN_WINDOW_SECONDS`] after
+/// which it answers 429 until the window ends (SPEC §3).
+pub const LOGIN_FAILURES: i32 = 10;
+pub const LOGIN_WINDOW_SECONDS: i64 = 15 * 60;
+/// Password verifications (Argon2, ~19 MiB each) running at once; others
+/// wait up to [`ARGON2_WAIT`], then answer 429.
+const ARGON2_CONCURRENCY: usize = 4;
+const ARGON2_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -315,23 +325,46 @@ pub async fn verify_password(stored_hash: Option<String>, password: String) -> b
 /// API keys recently read from the store, by prefix. An entry is used for
 /// at most [`KeyCache::TTL`]; a revocation through this instance drops it
 /// at once, one through another instance takes effect within the TTL.
+/// Prefixes the store did not know are remembered for
+/// [`KeyCache::UNKNOWN_TTL`], so repeating a bad key costs no lookup (key
+/// prefixes are random, so a key created meanwhile never has one of them).
+/// Both maps hold at most [`KeyCache::LIMIT`] entries.
 #[derive(Default)]
 pub struct KeyCache {
     entries: std::sync::Mutex<
         std::collections::HashMap<String, (auth_store::StoredApiKey, std::time::Instant)>,
     >,
+    unknown: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+/// What the cache knows of a prefix.
+enum Cached {
+    Key(auth_store::StoredApiKey),
+    Unknown,
+    Missing,
 }
 
 impl KeyCache {
     pub const TTL: std::time::Duration = std::time::Duration::from_secs(5);
+    pub const UNKNOWN_TTL: std::time::Duration = std::time::Duration::from_secs(30);
     const LIMIT: usize = 10_000;
 
-    fn get(&self, prefix: &str) -> Option<auth_store::StoredApiKey> {
-        let entries = self.entries.lock().ok()?;
-        entries
-            .get(prefix)
-            .filter(|(_, at)| at.elapsed() < Self::TTL)
-            .map(|(key, _)| key.clone())
+    fn get(&self, prefix: &str) -> Cached {
+        if let Ok(entries) = self.entries.lock()
+            && let Some((key, _)) = entries
+                .get(prefix)
+                .filter(|(_, at)| at.elapsed() < Self::TTL)
+        {
+            return Cached::Key(key.clone());
+        }
+        if let Ok(unknown) = self.unknown.lock()
+            && unknown
+                .get(prefix)
+                .is_some_and(|at| at.elapsed() < Self::UNKNOWN_TTL)
+        {
+            return Cached::Unknown;
+        }
+        Cached::Missing
     }
 
     fn put(&self, prefix: &str, key: auth_store::StoredApiKey) {
@@ -343,11 +376,266 @@ impl KeyCache {
         }
     }
 
+    fn put_unknown(&self, prefix: &str) {
+        if let Ok(mut unknown) = self.unknown.lock() {
+            if unknown.len() >= Self::LIMIT {
+                unknown.retain(|_, at| at.elapsed() < Self::UNKNOWN_TTL);
+                if unknown.len() >= Self::LIMIT {
+                    unknown.clear();
+                }
+            }
+            unknown.insert(prefix.to_string(), std::time::Instant::now());
+        }
+    }
+
     /// Forgets a key (after revoking it).
     pub fn forget(&self, key_id: Uuid) {
         if let Ok(mut entries) = self.entries.lock() {
             entries.retain(|_, (key, _)| key.key_id != key_id);
         }
+    }
+}
+
+/// Whether `prefix` has the shape of the prefixes Karvon creates
+/// (`kv` and 12 lowercase hex digits); others are refused unlooked-up.
+fn plausible_prefix(prefix: &str) -> bool {
+    prefix.len() == 14
+        && prefix.starts_with("kv")
+        && prefix[2..]
+            .bytes()
+            .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+}
+
+/// Seconds of the Unix epoch at which the current one-minute window began.
+fn window_start(now: i64) -> i64 {
+    now - now.rem_euclid(60)
+}
+
+fn epoch_seconds() -> i64 {
+    Utc::now().timestamp()
+}
+
+/// One subject's count in the current window.
+#[derive(Debug, Default)]
+struct Window {
+    start: i64,
+    /// Hits admitted here and not yet sent to the shared windows.
+    local: i32,
+    /// Hits sent, not yet answered.
+    in_flight: i32,
+    /// The shared total (every instance) as last answered, ours included.
+    shared: i32,
+    /// The key counted under this subject, noted as used once per window.
+    key_id: Option<Uuid>,
+    key_touched: bool,
+}
+
+impl Window {
+    fn count(&self) -> i32 {
+        self.shared
+            .saturating_add(self.in_flight)
+            .saturating_add(self.local)
+    }
+}
+
+/// A subject to count a request under, and its limit per minute.
+pub struct Charge<'a> {
+    pub subject: &'a str,
+    pub key_id: Option<Uuid>,
+    pub limit: i32,
+}
+
+/// Fixed one-minute request windows per subject (a key, a user, a tenant,
+/// a peer address), decided in memory: a request costs no database work.
+///
+/// On SQLite the windows live only here: one process owns the file, so one
+/// process sees every request. On PostgreSQL the windows are also shared
+/// through `rate_limit_windows`, so limits hold across instances: every
+/// [`RateLimiter::FLUSH_INTERVAL`] (sooner when a subject gathers
+/// [`RateLimiter::FLUSH_HITS`] hits) one statement adds this instance's
+/// new hits and answers the totals, and a request is decided on the last
+/// total answered plus the hits counted here since. Between two flushes an
+/// instance does not see the others' hits, so with `n` instances a subject
+/// can get up to about `n - 1` flush intervals' worth of requests (and at
+/// most `FLUSH_HITS` each) beyond its limit; a flush that fails keeps its
+/// hits for the next one, and hits not yet flushed when a process stops
+/// are forgotten.
+///
+/// Memory is bounded: at most [`RateLimiter::MAX_SUBJECTS`] windows; when
+/// full, windows of past minutes go first, then every window (their counts
+/// restart, on PostgreSQL until the next flush answers the totals).
+pub struct RateLimiter {
+    windows: std::sync::Mutex<std::collections::HashMap<String, Window>>,
+    flush_now: tokio::sync::Notify,
+}
+
+impl RateLimiter {
+    pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+    pub const FLUSH_HITS: i32 = 32;
+    const MAX_SUBJECTS: usize = 100_000;
+
+    fn new() -> Self {
+        Self {
+            windows: std::sync::Mutex::default(),
+            flush_now: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn windows(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Window>> {
+        self.windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts one request under every charge, or under none: a request
+    /// over any of the limits is refused (and not counted) with the
+    /// seconds until the window ends.
+    pub fn admit(&self, charges: &[Charge<'_>]) -> Result<(), AuthFailure> {
+        let now = epoch_seconds();
+        let start = window_start(now);
+        let retry_after = (start + 60 - now).max(1) as u64;
+        let mut windows = self.windows();
+        for charge in charges {
+            let count = windows
+                .get(charge.subject)
+                .filter(|window| window.start == start)
+                .map_or(0, Window::count);
+            if count >= charge.limit {
+                return Err(AuthFailure::RateLimited { retry_after });
+            }
+        }
+        if windows.len() + charges.len() > Self::MAX_SUBJECTS {
+            windows.retain(|_, window| window.start == start);
+            if windows.len() + charges.len() > Self::MAX_SUBJECTS {
+                tracing::warn!("rate-limit windows full: forgetting this minute's counts");
+                windows.clear();
+            }
+        }
+        let mut flush = false;
+        for charge in charges {
+            let window = windows.entry(charge.subject.to_string()).or_default();
+            if window.start != start {
+                *window = Window {
+                    start,
+                    ..Window::default()
+                };
+            }
+            window.local += 1;
+            if charge.key_id.is_some() {
+                window.key_id = charge.key_id;
+            }
+            flush |= window.local >= Self::FLUSH_HITS;
+        }
+        drop(windows);
+        if flush {
+            self.flush_now.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The seconds until `subject` may be counted again, when it is at or
+    /// over `limit` in this window; counts nothing.
+    pub fn over(&self, subject: &str, limit: i32) -> Option<u64> {
+        let now = epoch_seconds();
+        let start = window_start(now);
+        let windows = self.windows();
+        let window = windows
+            .get(subject)
+            .filter(|window| window.start == start)?;
+        (window.count() >= limit).then(|| (start + 60 - now).max(1) as u64)
+    }
+
+    /// Sends the hits counted since the last flush to the shared windows
+    /// (PostgreSQL) and notes keys used for the first time this window.
+    async fn flush(&self, db: &Db) {
+        let now = epoch_seconds();
+        let start = window_start(now);
+        let mut batch = Vec::new();
+        let mut keys = Vec::new();
+        {
+            let mut windows = self.windows();
+            windows.retain(|_, window| window.start >= start - 60);
+            for (subject, window) in windows.iter_mut() {
+                if let Some(key_id) = window.key_id.filter(|_| !window.key_touched) {
+                    window.key_touched = true;
+                    keys.push(key_id);
+                }
+                if db.backend() == karvon_adapters::db::Backend::Postgres
+                    && window.local > 0
+                    && window.in_flight == 0
+                {
+                    window.in_flight = window.local;
+                    window.local = 0;
+                    batch.push(auth_store::WindowHits {
+                        subject: subject.clone(),
+                        window_start: window.start,
+                        hits: window.in_flight,
+                    });
+                }
+            }
+        }
+        if let Err(error) = auth_store::touch_keys(db, &keys).await {
+            tracing::debug!(%error, "noting API key use failed");
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let answered = auth_store::add_hits(db, &batch).await;
+        let mut windows = self.windows();
+        match answered {
+            Ok(totals) => {
+                for total in totals {
+                    if let Some(window) = windows
+                        .get_mut(&total.subject)
+                        .filter(|window| window.start == total.window_start)
+                    {
+                        window.shared = window.shared.max(total.hits);
+                    }
+                }
+                for sent in &batch {
+                    if let Some(window) = windows
+                        .get_mut(&sent.subject)
+                        .filter(|window| window.start == sent.window_start)
+                    {
+                        window.in_flight = 0;
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "sharing rate-limit counts failed; retrying with the next flush");
+                for sent in &batch {
+                    if let Some(window) = windows
+                        .get_mut(&sent.subject)
+                        .filter(|window| window.start == sent.window_start)
+                    {
+                        window.local += window.in_flight;
+                        window.in_flight = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Flushes until the limiter is dropped (the application with it).
+    fn spawn_flusher(limiter: &std::sync::Arc<Self>, db: Db) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let limiter = std::sync::Arc::downgrade(limiter);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(Self::FLUSH_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let Some(notified) = limiter.upgrade() else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = notified.flush_now.notified() => {}
+                }
+                notified.flush(&db).await;
+            }
+        });
     }
 }
 
@@ -387,15 +675,18 @@ pub struct IssuedToken {
 }
 
 /// Checks credentials and counts requests against their rate limits.
-/// Shared by every request of one instance (it caches API keys).
+/// Shared by every request of one instance (it caches API keys and keeps
+/// the rate-limit windows).
 pub struct Authenticator {
     /// Tenants, users and keys.
     db: Db,
-    /// Rate-limit counters (asynchronous commit on PostgreSQL: a crash may
-    /// forget a few hits, never a credential or an event).
-    bookkeeping: Db,
     tokens: TokenKeys,
     keys: KeyCache,
+    limits: std::sync::Arc<RateLimiter>,
+    /// Requests per minute over all credentials of one tenant (0: none).
+    tenant_limit: i32,
+    /// Bounds the Argon2 verifications in flight (memory and CPU).
+    password_checks: tokio::sync::Semaphore,
 }
 
 /// What a verified credential stands for: the principal, the subject its
@@ -404,12 +695,20 @@ type Verified = Option<(Principal, String, Option<Uuid>, i32)>;
 
 impl Authenticator {
     /// `jwt_secret` signs login tokens; see [`TokenKeys::new`] for `None`.
-    pub fn new(db: Db, bookkeeping: Db, jwt_secret: Option<&str>) -> Self {
+    /// `bookkeeping` receives the shared rate-limit counts (asynchronous
+    /// commit on PostgreSQL: a crash may forget a few hits, never a
+    /// credential or an event); `tenant_limit` caps the requests per minute
+    /// of all of a tenant's credentials together (0: no cap).
+    pub fn new(db: Db, bookkeeping: Db, jwt_secret: Option<&str>, tenant_limit: i32) -> Self {
+        let limits = std::sync::Arc::new(RateLimiter::new());
+        RateLimiter::spawn_flusher(&limits, bookkeeping);
         Self {
             db,
-            bookkeeping,
             tokens: TokenKeys::new(jwt_secret),
             keys: KeyCache::default(),
+            limits,
+            tenant_limit,
+            password_checks: tokio::sync::Semaphore::new(ARGON2_CONCURRENCY),
         }
     }
 
@@ -432,46 +731,100 @@ impl Authenticator {
     }
 
     /// Who `bearer` is, counting the request (see [`Self::authorize`]).
+    ///
+    /// No request costs a database write, and a failed one costs at most a
+    /// key lookup: a peer at its limit of failed attempts is refused before
+    /// any lookup (only credentials this instance can check from memory —
+    /// a cached key, a token's signature — still get through), and
+    /// prefixes the store did not know are remembered for a while.
     pub async fn authenticate(
         &self,
         bearer: Option<&str>,
         peer: &str,
     ) -> Result<Principal, AuthFailure> {
+        let peer = peer_subject(peer);
         let verified = match bearer {
             Some(token) if token.matches('.').count() == 2 => self.verify_token(token).await?,
-            Some(token) => self.verify_key(token).await?,
+            Some(token) => self.verify_key(token, &peer).await?,
             None => None,
         };
         let Some((principal, subject, key_id, limit)) = verified else {
             // Failed attempts are limited per peer address.
-            self.count(&peer_subject(peer), None, DEFAULT_RATE_LIMIT)
-                .await?;
+            self.limits.admit(&[Charge {
+                subject: &peer,
+                key_id: None,
+                limit: DEFAULT_RATE_LIMIT,
+            }])?;
             return Err(AuthFailure::Unauthenticated);
         };
-        self.count(&subject, key_id, limit).await?;
+        let tenant = format!("tenant:{}", principal.tenant.as_str());
+        let mut charges = vec![Charge {
+            subject: &subject,
+            key_id,
+            limit,
+        }];
+        if self.tenant_limit > 0 {
+            charges.push(Charge {
+                subject: &tenant,
+                key_id: None,
+                limit: self.tenant_limit,
+            });
+        }
+        self.limits.admit(&charges)?;
         Ok(principal)
     }
 
     /// Exchanges a username and password for a login token. Every attempt
-    /// is counted against `peer` first; an unknown user takes as long to
-    /// refuse as a wrong password.
+    /// is counted against `peer` first; a username with
+    /// [`LOGIN_FAILURES`] failed logins in its window answers 429 until the
+    /// window ends, whoever asks (the failures are in the store, so every
+    /// instance sees them; known and unknown usernames alike). At most
+    /// [`ARGON2_CONCURRENCY`] passwords are checked at once. An unknown user
+    /// takes as long to refuse as a wrong password.
     pub async fn login(
         &self,
         username: &str,
         password: String,
         peer: &str,
     ) -> Result<IssuedToken, AuthFailure> {
-        self.count(&peer_subject(peer), None, DEFAULT_RATE_LIMIT)
-            .await?;
+        self.limits.admit(&[Charge {
+            subject: &peer_subject(peer),
+            key_id: None,
+            limit: DEFAULT_RATE_LIMIT,
+        }])?;
+        if username.is_empty() || username.len() > 128 {
+            // No such user can exist (see `create_user`).
+            return Err(AuthFailure::WrongPassword);
+        }
+        let now = epoch_seconds();
+        let failed_before = auth_store::login_failures(&self.db, username).await?;
+        if let Some((start, failures)) = failed_before {
+            let ends = start + LOGIN_WINDOW_SECONDS;
+            if failures >= LOGIN_FAILURES && ends > now {
+                return Err(AuthFailure::RateLimited {
+                    retry_after: (ends - now) as u64,
+                });
+            }
+        }
         let user = auth_store::user(&self.db, username).await?;
+        let Ok(Ok(permit)) =
+            tokio::time::timeout(ARGON2_WAIT, self.password_checks.acquire()).await
+        else {
+            return Err(AuthFailure::RateLimited { retry_after: 1 });
+        };
         let verified = verify_password(
             user.as_ref().map(|user| user.password_hash.clone()),
             password,
         )
         .await;
+        drop(permit);
         let Some(user) = user.filter(|_| verified) else {
+            auth_store::record_login_failure(&self.db, username, now, LOGIN_WINDOW_SECONDS).await?;
             return Err(AuthFailure::WrongPassword);
         };
+        if failed_before.is_some() {
+            auth_store::clear_login_failures(&self.db, username).await?;
+        }
         let (token, expires_at) = self
             .tokens
             .issue(&user.username, &user.tenant_id, &user.scopes)
@@ -490,30 +843,24 @@ impl Authenticator {
         Ok(revoked)
     }
 
-    /// Counts a request for `subject`; refuses it beyond `limit` per minute.
-    async fn count(
-        &self,
-        subject: &str,
-        key_id: Option<Uuid>,
-        limit: i32,
-    ) -> Result<(), AuthFailure> {
-        let (hits, retry_after) = auth_store::hit(&self.bookkeeping, subject, key_id).await?;
-        if hits > limit {
-            return Err(AuthFailure::RateLimited {
-                retry_after: retry_after as u64,
-            });
-        }
-        Ok(())
-    }
-
-    async fn verify_key(&self, token: &str) -> Result<Verified, AuthFailure> {
+    async fn verify_key(&self, token: &str, peer: &str) -> Result<Verified, AuthFailure> {
         let Some((prefix, secret)) = token.split_once('_') else {
             return Ok(None);
         };
+        if !plausible_prefix(prefix) {
+            return Ok(None);
+        }
         let stored = match self.keys.get(prefix) {
-            Some(stored) => stored,
-            None => {
+            Cached::Key(stored) => stored,
+            Cached::Unknown => return Ok(None),
+            Cached::Missing => {
+                // A lookup is the one piece of database work a failed
+                // attempt can cost: not for a peer already at its limit.
+                if let Some(retry_after) = self.limits.over(peer, DEFAULT_RATE_LIMIT) {
+                    return Err(AuthFailure::RateLimited { retry_after });
+                }
                 let Some(stored) = auth_store::api_key_by_prefix(&self.db, prefix).await? else {
+                    self.keys.put_unknown(prefix);
                     return Ok(None);
                 };
                 self.keys.put(prefix, stored.clone());

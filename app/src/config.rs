@@ -38,6 +38,16 @@ pub struct Config {
     pub rebuild_batch_size: i64,
     /// How long a query waits for `X-Min-Position` (`KARVON_MIN_POSITION_WAIT_MS`).
     pub min_position_wait_ms: u64,
+    /// Connections served at once; further ones wait in the listen backlog
+    /// (`KARVON_MAX_CONNECTIONS`).
+    pub max_connections: usize,
+    /// A connection that has not sent a request's complete headers this
+    /// long after it opened (or after its previous answer) is closed
+    /// (`KARVON_HEADER_READ_TIMEOUT_MS`).
+    pub header_read_timeout_ms: u64,
+    /// Requests per minute over all keys and users of one tenant; 0 = no
+    /// cap beyond the per-key limits (`KARVON_TENANT_RATE_LIMIT`).
+    pub tenant_rate_limit: i32,
 }
 
 impl Default for Config {
@@ -56,6 +66,9 @@ impl Default for Config {
             projection_batch_size: 1000,
             rebuild_batch_size: 5000,
             min_position_wait_ms: 5000,
+            max_connections: 1024,
+            header_read_timeout_ms: 10_000,
+            tenant_rate_limit: 0,
         }
     }
 }
@@ -76,6 +89,9 @@ impl fmt::Debug for Config {
             .field("projection_batch_size", &self.projection_batch_size)
             .field("rebuild_batch_size", &self.rebuild_batch_size)
             .field("min_position_wait_ms", &self.min_position_wait_ms)
+            .field("max_connections", &self.max_connections)
+            .field("header_read_timeout_ms", &self.header_read_timeout_ms)
+            .field("tenant_rate_limit", &self.tenant_rate_limit)
             .finish()
     }
 }
@@ -188,6 +204,15 @@ impl Config {
         }
         if let Some(value) = var("KARVON_MIN_POSITION_WAIT_MS") {
             self.min_position_wait_ms = parsed("KARVON_MIN_POSITION_WAIT_MS", value)?;
+        }
+        if let Some(value) = var("KARVON_MAX_CONNECTIONS") {
+            self.max_connections = parsed("KARVON_MAX_CONNECTIONS", value)?;
+        }
+        if let Some(value) = var("KARVON_HEADER_READ_TIMEOUT_MS") {
+            self.header_read_timeout_ms = parsed("KARVON_HEADER_READ_TIMEOUT_MS", value)?;
+        }
+        if let Some(value) = var("KARVON_TENANT_RATE_LIMIT") {
+            self.tenant_rate_limit = parsed("KARVON_TENANT_RATE_LIMIT", value)?;
         }
         Ok(())
     }

@@ -83,6 +83,7 @@ impl Application {
                     .await
                     .context("connecting the bookkeeping pool")?,
                 config.jwt_secret.as_deref(),
+                config.tenant_rate_limit,
             )),
             rebuild_batch_size: config.rebuild_batch_size.max(1),
         };
@@ -141,20 +142,18 @@ impl Application {
             mqtt = if self.config.mqtt_url.is_some() { "configured (meter ingestion not built yet)" } else { "off" },
             "karvon started"
         );
-        let mut http_stop = stop_rx.clone();
+        let http_stop = stop_rx.clone();
+        let limits = ServeLimits {
+            max_connections: self.config.max_connections.max(1),
+            header_read_timeout: Duration::from_millis(self.config.header_read_timeout_ms.max(1)),
+        };
         let http = async move {
             match self.listener {
-                Some(listener) => axum::serve(
-                    listener,
-                    self.router
-                        .into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move {
-                    let _ = http_stop.wait_for(|stop| *stop).await;
-                })
-                .await
-                .context("serving HTTP"),
+                Some(listener) => serve(listener, self.router, limits, http_stop)
+                    .await
+                    .context("serving HTTP"),
                 None => {
+                    let mut http_stop = http_stop;
                     let _ = http_stop.wait_for(|stop| *stop).await;
                     Ok(())
                 }
@@ -171,6 +170,82 @@ impl Application {
         self.db.close().await;
         Ok(())
     }
+}
+
+/// What the listener allows one instance.
+#[derive(Debug, Clone, Copy)]
+struct ServeLimits {
+    /// Connections served at once; the next one is accepted when one closes.
+    max_connections: usize,
+    /// Time a connection has to send complete request headers, from when
+    /// it opened or its previous answer was written.
+    header_read_timeout: Duration,
+}
+
+/// Serves HTTP/1.1 (what `axum::serve` served with our features) on
+/// `listener` until `stop`, then stops accepting and waits for the
+/// requests in hand. Unlike `axum::serve` it closes connections that are
+/// slow to send their headers and holds at most `max_connections`: a
+/// connection beyond that stays in the kernel's backlog, unaccepted,
+/// until one closes. Handlers still read `ConnectInfo<SocketAddr>`.
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: ServeLimits,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    use tower::Service;
+
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut make_service = router.into_make_service_with_connect_info::<SocketAddr>();
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.context("connection slots closed")?,
+            () = stopped(&mut stop) => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stopped(&mut stop) => break,
+        };
+        let (stream, remote) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: the listener is
+                // fine, try again shortly (as axum::serve does).
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = match make_service.call(remote).await {
+            Ok(service) => service,
+            Err(never) => match never {},
+        };
+        let connection =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %remote, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Db> {

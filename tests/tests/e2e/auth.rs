@@ -683,6 +683,145 @@ async fn an_unprivileged_owner_role_runs_everything_under_forced_rls() {
     app.stop().await.expect("stop");
 }
 
+/// Waits for a new minute when this one is about to end, so a test's
+/// requests fall into one rate-limit window.
+async fn inside_one_window(seconds_needed: i64) {
+    let second = chrono::Utc::now().timestamp() % 60;
+    if second > 60 - seconds_needed {
+        tokio::time::sleep(Duration::from_secs((61 - second) as u64)).await;
+    }
+}
+
+/// A peer repeating a bad key is refused from memory once over its limit:
+/// no counter write per request (SQLite keeps the windows in memory;
+/// PostgreSQL gets batched increments of admitted hits only) and no key
+/// lookup, while a key this instance already knows still works.
+async fn a_flood_of_bad_keys_costs_no_write_per_request(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    let plain = reqwest::Client::new();
+    let url = app.url("/api/v1/products");
+    inside_one_window(20).await;
+    assert_eq!(app.get("/api/v1/products").await.0, StatusCode::OK);
+
+    let mut unauthorized = 0;
+    let mut limited = 0;
+    for _ in 0..200 {
+        let answer = call(plain.get(&url).bearer_auth("kv0123456789ab_0000")).await;
+        match answer.0 {
+            StatusCode::UNAUTHORIZED => unauthorized += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                limited += 1;
+                assert!(answer.2.get("retry-after").is_some(), "no Retry-After");
+            }
+            other => panic!("unexpected {other}: {}", answer.1),
+        }
+    }
+    assert_eq!((unauthorized, limited), (60, 140));
+    // A prefix never seen would need a lookup: the peer is over its limit.
+    let fresh = call(plain.get(&url).bearer_auth("kvfedcba987654_0000")).await;
+    assert_refused(&fresh, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    // The admin key, known to this instance, still gets through.
+    assert_eq!(app.get("/api/v1/products").await.0, StatusCode::OK);
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let counted = fetch_strings(
+        &app.db,
+        "SELECT CAST(coalesce(sum(hits), 0) AS TEXT) FROM rate_limit_windows WHERE subject LIKE 'peer:%'",
+    )
+    .await
+    .expect("windows");
+    let counted: i64 = counted[0].parse().expect("number");
+    match backend {
+        Backend::Sqlite => assert_eq!(counted, 0, "SQLite wrote rate-limit windows"),
+        Backend::Postgres => assert_eq!(
+            counted, 60,
+            "only admitted attempts are shared, in batches, not one write per request"
+        ),
+    }
+    app.stop().await.expect("stop");
+}
+
+/// With a tenant cap, all of a tenant's keys together stay under it, while
+/// another tenant is not affected.
+async fn a_tenant_cap_limits_all_its_keys_together(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let mut config = test_config(&db);
+    config.tenant_rate_limit = 5;
+    let app = spawn_app_with(config, Role::Api).await.expect("app");
+    auth_store::create_tenant(&app.db, "acme", "UTC")
+        .await
+        .expect("tenant");
+    let first = authorized_client(&key(&app, "acme", &["read"], None).await).expect("client");
+    let second = authorized_client(&key(&app, "acme", &["read"], None).await).expect("client");
+    let other = authorized_client(&key(&app, "default", &["read"], None).await).expect("client");
+    let url = app.url("/api/v1/products");
+    inside_one_window(10).await;
+    for client in [&first, &second, &first, &second, &first] {
+        assert_eq!(call(client.get(&url)).await.0, StatusCode::OK);
+    }
+    let answer = call(second.get(&url)).await;
+    assert_refused(&answer, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert_eq!(call(other.get(&url)).await.0, StatusCode::OK);
+    app.stop().await.expect("stop");
+}
+
+/// Ten wrong passwords for one username lock it (429 with Retry-After) even
+/// for the right password, from any address; another user still logs in.
+async fn ten_failed_logins_lock_the_username_not_others(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let mut config = test_config(&db);
+    config.jwt_secret = Some(JWT_SECRET.to_string());
+    let app = spawn_app_with(config, Role::Api).await.expect("app");
+    for user in ["dilnoza", "bobur"] {
+        karvon_app::auth::create_user(
+            &app.db,
+            "default",
+            user,
+            "correct horse battery",
+            vec!["read".into()],
+        )
+        .await
+        .expect("user");
+    }
+    let plain = reqwest::Client::new();
+    let login = |username: &str, password: &str| {
+        plain
+            .post(app.url("/api/auth/login"))
+            .json(&json!({"username": username, "password": password}))
+    };
+    for attempt in 1..=10 {
+        let answer = call(login("dilnoza", "wrong password")).await;
+        assert_eq!(answer.0, StatusCode::UNAUTHORIZED, "attempt {attempt}");
+    }
+    let locked = call(login("dilnoza", "correct horse battery")).await;
+    assert_refused(&locked, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    let retry_after: u64 = locked
+        .2
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=900).contains(&retry_after), "{retry_after}");
+    let (status, body, _) = call(login("bobur", "correct horse battery")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The lock is the username's, held in the store: a second instance on
+    // the same database (another address, as far as it knows) refuses too.
+    let mut config = test_config(&db);
+    config.jwt_secret = Some(JWT_SECRET.to_string());
+    let other = spawn_app_with(config, Role::Api).await.expect("app");
+    let answer = call(
+        plain
+            .post(other.url("/api/auth/login"))
+            .json(&json!({"username": "dilnoza", "password": "correct horse battery"})),
+    )
+    .await;
+    assert_refused(&answer, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    other.stop().await.expect("stop");
+    app.stop().await.expect("stop");
+}
+
 on_both_backends!(
     missing_wrong_revoked_and_expired_keys_are_refused,
     scopes_are_enforced_per_route,
@@ -690,4 +829,86 @@ on_both_backends!(
     login_tokens_work_and_forged_or_stale_ones_do_not,
     the_61st_request_in_a_minute_is_refused_whatever_the_headers_say,
     the_cli_creates_tenants_and_prints_a_working_key_on_its_last_line,
+    a_flood_of_bad_keys_costs_no_write_per_request,
+    a_tenant_cap_limits_all_its_keys_together,
+    ten_failed_logins_lock_the_username_not_others,
 );
+
+/// A connection that does not finish its request headers is closed after
+/// the header timeout, whether it sent part of them or nothing at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_do_not_finish_their_headers_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::create_on(Backend::Sqlite).await.expect("db");
+    let mut config = test_config(&db);
+    config.header_read_timeout_ms = 1_000;
+    let app = spawn_app_with(config, Role::Api).await.expect("app");
+    let address = app.address.trim_start_matches("http://").to_string();
+
+    for partial in [
+        &b"GET /health HTTP/1.1\r\nHost: karvon\r\nX-Slow: "[..],
+        b"",
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connect");
+        stream.write_all(partial).await.expect("write");
+        let started = std::time::Instant::now();
+        let mut buffer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(8), stream.read_to_end(&mut buffer))
+            .await
+            .expect("the server kept a connection with unfinished headers open");
+        // Closed (an EOF, possibly after an error answer, or a reset).
+        let _ = read;
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(800),
+            "closed before the timeout: {elapsed:?}"
+        );
+    }
+    // A complete request is still answered.
+    let (status, _) = app.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+    app.stop().await.expect("stop");
+}
+
+/// With a cap of two connections, a third is not served until one of the
+/// two closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_until_one_closes() {
+    let db = TestDb::create_on(Backend::Sqlite).await.expect("db");
+    let mut config = test_config(&db);
+    config.max_connections = 2;
+    config.header_read_timeout_ms = 30_000;
+    let app = spawn_app_with(config, Role::Api).await.expect("app");
+    let address = app.address.trim_start_matches("http://").to_string();
+    let first = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let _second = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+
+    let url = app.url("/health");
+    let third = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .map(|response| response.status())
+    });
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served beyond the cap of two"
+    );
+    drop(first);
+    let status = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("the third connection was not served after one closed")
+        .expect("task")
+        .expect("answer");
+    assert_eq!(status, StatusCode::OK);
+    app.stop().await.expect("stop");
+}
