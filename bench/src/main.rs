@@ -9,6 +9,8 @@
 //!    the same events through cqrs-es's inline `GenericQuery` path (the
 //!    postgres-es / sqlite-es view repository, one load + save per event).
 //!
+//! Phases: receipts with 8 clients over 64 and over 8 streams, 16 clients
+//! on one hot stream, and inventory-levels reads; each beside raw commits.
 //! Knobs: `KARVON_BENCH_SECS` (default 10), `KARVON_BENCH_EVENTS`
 //! (default 1,000,000), `KARVON_BENCH_BASELINE_EVENTS` (default 20,000),
 //! `KARVON_BENCH_BACKENDS` (default `postgres,sqlite`).
@@ -95,27 +97,84 @@ async fn commands(db: &TestDb, seconds: u64) -> anyhow::Result<()> {
         .await;
     }
     // Every request carries the app's API key: authentication and the
-    // per-key rate-limit counter are part of what is measured.
-    let client = app.client.clone();
+    // per-key rate limit are part of what is measured.
+    let receipts = app.url("/api/v1/stock/receipts");
+    let receipt = |product: usize| serde_json::json!({"warehouse_id": "W1", "product_id": format!("P{product}"), "qty": "1"});
+    let mut phases = Vec::new();
+    // Each client owns 8 stock items (64 streams): no cross-client contention.
+    let (url, body) = (receipts.clone(), receipt);
+    phases.push((
+        "receipts, 8 clients, 64 streams",
+        drive(&app, 8, seconds, move |client, worker, n| {
+            client.post(&url).json(&body(worker * 8 + n % 8))
+        })
+        .await,
+    ));
+    let (url, body) = (receipts.clone(), receipt);
+    phases.push((
+        "receipts, 8 clients, 8 streams",
+        drive(&app, 8, seconds, move |client, worker, _| {
+            client.post(&url).json(&body(worker))
+        })
+        .await,
+    ));
+    let (url, body) = (receipts.clone(), receipt);
+    phases.push((
+        "receipts, 16 clients, 1 hot stream",
+        drive(&app, 16, seconds, move |client, _, _| {
+            client.post(&url).json(&body(0))
+        })
+        .await,
+    ));
+    let levels = app.url("/api/integrations/inventory-levels?limit=50");
+    phases.push((
+        "GET inventory-levels (50 rows), 8 clients",
+        drive(&app, 8, seconds, move |client, _, _| client.get(&levels)).await,
+    ));
+
+    let baseline_rate = raw_commits(&app.db, seconds).await?;
+    println!("== HTTP: {seconds}s per phase; every request authenticated and rate-limited ==");
+    for (name, (rate, latencies, failures)) in &phases {
+        println!(
+            "{name:<42} {rate:>7.0}/s  p50 {:.2} ms  p99 {:.2} ms  ({failures} failed)  ratio {:.2}",
+            latencies.percentile(0.50),
+            latencies.percentile(0.99),
+            rate / baseline_rate
+        );
+    }
+    println!(
+        "baseline: {baseline_rate:>9.0} single-row commits/s (raw INSERT + COMMIT, 8 tasks, same store)\n"
+    );
+    app.stop().await?;
+    Ok(())
+}
+
+/// Runs `clients` concurrent clients for `seconds`, each sending the
+/// request `make(client, worker, n)` in a loop; returns the rate of
+/// successful requests, their latencies and the failures.
+async fn drive(
+    app: &karvon_tests::TestApp,
+    clients: usize,
+    seconds: u64,
+    make: impl Fn(&reqwest::Client, usize, usize) -> reqwest::RequestBuilder + Send + Sync + 'static,
+) -> (f64, Latencies, u64) {
+    let make = Arc::new(make);
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for worker in 0..8usize {
-        let (client, url, stop) = (
-            client.clone(),
-            app.url("/api/v1/stock/receipts"),
-            stop.clone(),
-        );
+    for worker in 0..clients {
+        let (client, stop, make) = (app.client.clone(), stop.clone(), make.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut failures = 0u64;
             let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                // Each client owns 8 stock items: no cross-client contention.
-                let body = serde_json::json!({"warehouse_id": "W1", "product_id": format!("P{}", worker * 8 + n % 8), "qty": "1"});
+                let request = make(&client, worker, n);
                 n += 1;
                 let started = Instant::now();
-                match client.post(&url).json(&body).send().await {
-                    Ok(response) if response.status().is_success() => latencies.push(started.elapsed()),
+                match request.send().await {
+                    Ok(response) if response.status().is_success() => {
+                        latencies.push(started.elapsed())
+                    }
                     _ => failures += 1,
                 }
             }
@@ -128,33 +187,14 @@ async fn commands(db: &TestDb, seconds: u64) -> anyhow::Result<()> {
     let mut all = Vec::new();
     let mut failures = 0;
     for task in tasks {
-        let (latencies, failed) = task.await?;
-        all.extend(latencies);
-        failures += failed;
+        if let Ok((latencies, failed)) = task.await {
+            all.extend(latencies);
+            failures += failed;
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.sort();
-    let latencies = Latencies(all);
-    let karvon_rate = latencies.0.len() as f64 / elapsed;
-
-    let baseline_rate = raw_commits(&app.db, seconds).await?;
-    println!("== HTTP commands: POST /api/v1/stock/receipts, 8 clients, {seconds}s ==");
-    println!(
-        "karvon:   {karvon_rate:>9.0} commands/s  p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  ({} ok, {failures} failed)",
-        latencies.percentile(0.50),
-        latencies.percentile(0.95),
-        latencies.percentile(0.99),
-        latencies.0.len()
-    );
-    println!(
-        "baseline: {baseline_rate:>9.0} single-row commits/s (raw INSERT + COMMIT, 8 tasks, same store)"
-    );
-    println!(
-        "ratio:    {:>9.2} of the raw commit rate\n",
-        karvon_rate / baseline_rate
-    );
-    app.stop().await?;
-    Ok(())
+    (all.len() as f64 / elapsed, Latencies(all), failures)
 }
 
 /// Raw commits: one-row transactions from 8 tasks (on SQLite through the
