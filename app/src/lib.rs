@@ -86,6 +86,7 @@ impl Application {
                 config.tenant_rate_limit,
             )),
             rebuild_batch_size: config.rebuild_batch_size.max(1),
+            consumer_figures_at: Arc::default(),
         };
         let settings = http::HttpSettings {
             max_body_bytes: config.max_body_bytes,

@@ -181,6 +181,11 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let password = match std::env::var("KARVON_USER_PASSWORD") {
                 Ok(password) => password,
+                // At a terminal: asked for, not echoed. Piped: one line.
+                Err(_) if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+                    rpassword::prompt_password(format!("Password for {username}: "))
+                        .context("reading the password from the terminal")?
+                }
                 Err(_) => {
                     let mut line = String::new();
                     std::io::stdin()

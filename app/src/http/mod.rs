@@ -68,6 +68,8 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Authenticator>,
     /// Events per step when rebuilding.
     pub rebuild_batch_size: i64,
+    /// When `/metrics` last refreshed the feed consumers' gauges.
+    pub consumer_figures_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 #[derive(Debug, Clone)]

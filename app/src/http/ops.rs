@@ -77,7 +77,26 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Envelope<Readin
 #[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    if let Ok(statuses) = runner::status(&state.db, &registry::consumers()).await {
+    // The consumers' figures cost a count over the unapplied events (and on
+    // PostgreSQL a pg_locks scan): at most once per interval, however often
+    // and by however many scrapers this is asked.
+    let due = state
+        .consumer_figures_at
+        .lock()
+        .map(|mut at| {
+            let due = at.is_none_or(|at| at.elapsed() >= CONSUMER_FIGURES_EVERY);
+            if due {
+                *at = Some(std::time::Instant::now());
+            }
+            due
+        })
+        .unwrap_or(false);
+    let statuses = if due {
+        runner::status(&state.db, &registry::consumers()).await.ok()
+    } else {
+        None
+    };
+    if let Some(statuses) = statuses {
         for status in statuses {
             metrics::gauge!("karvon_projection_lag_events", "projection" => status.name.clone())
                 .set(status.lag_events as f64);
@@ -97,6 +116,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         .unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
+
+/// How often `/metrics` refreshes the feed consumers' gauges.
+const CONSUMER_FIGURES_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Unknown routes.
 pub async fn not_found() -> ApiError {
