@@ -14,7 +14,7 @@ command -v schemathesis >/dev/null || pip install --quiet schemathesis
 cargo build --release -p karvon-app --bin karvon
 karvon=target/release/karvon
 $karvon migrate
-key=$($karvon api-key create --tenant default --scopes admin --rate-limit 1000000 | tail -n 1)
+key=$($karvon api-key create --tenant default --scopes admin,operator --rate-limit 1000000 | tail -n 1)
 $karvon serve &
 server=$!
 cleanup() {

@@ -44,8 +44,8 @@ pub struct Application {
     /// The process's one listener for appends and checkpoint moves, shared
     /// by the workers and the read-your-writes waits.
     wakeup: runner::Wakeup,
-    /// Ends that listener when the application is dropped.
-    _wakeup_stop: watch::Sender<bool>,
+    /// Ends that listener (at shutdown, or when the application is dropped).
+    wakeup_stop: watch::Sender<bool>,
 }
 
 impl Application {
@@ -108,7 +108,7 @@ impl Application {
             config,
             role,
             wakeup,
-            _wakeup_stop: wakeup_stop,
+            wakeup_stop,
         })
     }
 
@@ -168,6 +168,7 @@ impl Application {
             let _ = worker.await;
         }
         http.await.context("HTTP task")??;
+        let _ = self.wakeup_stop.send(true);
         self.db.close().await;
         Ok(())
     }

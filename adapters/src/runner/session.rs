@@ -95,6 +95,7 @@ async fn listen(
         };
         let mut listener = match listener.await {
             Ok(listener) => listener,
+            Err(_) if pool.is_closed() => return,
             Err(error) => {
                 tracing::warn!(%error, "cannot LISTEN for appends; consumers poll meanwhile");
                 tokio::select! {
@@ -111,6 +112,7 @@ async fn listen(
                 notification = listener.recv() => match notification {
                     Ok(notification) if notification.channel() == CHECKPOINTS_CHANNEL => bump(&moved),
                     Ok(_) => bump(&appended),
+                    Err(_) if pool.is_closed() => return,
                     Err(error) => {
                         tracing::warn!(%error, "LISTEN connection lost; reconnecting");
                         break;
