@@ -91,18 +91,6 @@ impl<A: Aggregate> Repository<A> {
             Repository::Sqlite(store) => store.load_aggregate(aggregate_id).await,
         }
     }
-
-    async fn commit(
-        &self,
-        events: Vec<A::Event>,
-        context: EventStoreAggregateContext<A>,
-        metadata: HashMap<String, String>,
-    ) -> Result<Vec<cqrs_es::EventEnvelope<A>>, AggregateError<A::Error>> {
-        match self {
-            Repository::Postgres(store) => store.commit(events, context, metadata).await,
-            Repository::Sqlite(store) => store.commit(events, context, metadata).await,
-        }
-    }
 }
 
 impl<A> CommandExecutor<A>
@@ -261,22 +249,21 @@ where
                 sequence: context.current_sequence + events.len(),
                 snapshot: Some(context.current_snapshot.map_or(1, |snapshot| snapshot + 1)),
             };
-            match self.store.commit(events, context, map).await {
-                Ok(committed) => {
+            let count = events.len();
+            match self.append(aggregate_id, events, context, &next, map).await {
+                Ok(()) => {
+                    let position = stream_token::<A>(aggregate_id, next.sequence);
                     self.keep_warm(aggregate_id, Some(next));
                     self.db.notify_appended();
-                    let position = committed
-                        .last()
-                        .map(|event| stream_token::<A>(aggregate_id, event.sequence));
                     metrics::counter!("karvon_events_appended_total", "aggregate" => A::TYPE)
-                        .increment(committed.len() as u64);
+                        .increment(count as u64);
                     return Ok(Executed {
-                        position,
+                        position: Some(position),
                         replayed: false,
                         response_id: metadata.response_id.clone(),
                     });
                 }
-                Err(error) if is_conflict(&error) => {
+                Err(Appended::Conflict) => {
                     self.keep_warm(aggregate_id, None);
                     trust_warm = false;
                     // Either our key was used by a concurrent twin, or another
@@ -288,13 +275,41 @@ where
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
                     attempt += 1;
                 }
-                Err(error) => {
+                Err(Appended::Failed(error)) => {
                     self.keep_warm(aggregate_id, None);
-                    return Err(storage_error(error).into());
+                    return Err(error.into());
                 }
             }
         }
         Err(CommandError::Contended)
+    }
+
+    /// Appends a command's events and the stream's new snapshot, atomically;
+    /// a concurrent writer (or a twin with the same idempotency key) makes
+    /// it a [`Appended::Conflict`].
+    async fn append(
+        &self,
+        aggregate_id: &str,
+        events: Vec<A::Event>,
+        context: EventStoreAggregateContext<A>,
+        next: &Warm<A>,
+        metadata: HashMap<String, String>,
+    ) -> Result<(), Appended> {
+        match &self.store {
+            Repository::Postgres(_) => {
+                let Db::Postgres(pool) = &self.db else {
+                    return Err(Appended::Failed(StorageError::Config(
+                        "a PostgreSQL event store on another backend".to_string(),
+                    )));
+                };
+                append_postgres(pool, aggregate_id, &events, &context, next, &metadata).await
+            }
+            Repository::Sqlite(store) => match store.commit(events, context, metadata).await {
+                Ok(_) => Ok(()),
+                Err(error) if is_conflict(&error) => Err(Appended::Conflict),
+                Err(error) => Err(Appended::Failed(storage_error(error))),
+            },
+        }
     }
 
     /// Records the key of a command that changed nothing, so that reusing
@@ -374,6 +389,96 @@ where
             return Err(CommandError::KeyReused);
         }
         Ok(Some(executed))
+    }
+}
+
+/// How an append ended, when it did not succeed.
+enum Appended {
+    Conflict,
+    Failed(StorageError),
+}
+
+/// One statement, one round trip: the events (with the same columns and
+/// encoding postgres-es writes) and the stream's snapshot, as one implicit
+/// transaction. The events' primary key is the optimistic lock; a snapshot
+/// that is not at the expected version also fails the statement (division
+/// by zero), so neither half can land without the other.
+async fn append_postgres<A: Aggregate>(
+    pool: &sqlx::PgPool,
+    aggregate_id: &str,
+    events: &[A::Event],
+    context: &EventStoreAggregateContext<A>,
+    next: &Warm<A>,
+    metadata: &HashMap<String, String>,
+) -> Result<(), Appended> {
+    use cqrs_es::DomainEvent;
+    let encode =
+        |error: serde_json::Error| Appended::Failed(StorageError::EventStore(error.to_string()));
+    let metadata = serde_json::to_value(metadata).map_err(encode)?;
+    let mut sequences = Vec::with_capacity(events.len());
+    let mut types = Vec::with_capacity(events.len());
+    let mut versions = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    for (offset, event) in events.iter().enumerate() {
+        sequences.push((context.current_sequence + offset + 1) as i64);
+        types.push(event.event_type());
+        versions.push(event.event_version());
+        payloads.push(serde_json::to_value(event).map_err(encode)?);
+    }
+    let metadatas = vec![metadata; events.len()];
+    let snapshot = serde_json::to_value(&next.aggregate).map_err(encode)?;
+    const EVENTS: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                             event_version, payload, metadata)
+             SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload, e.metadata
+               FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])
+                    WITH ORDINALITY AS e(sequence, event_type, event_version, payload, metadata, n)
+              ORDER BY e.n";
+    let statement = match context.current_snapshot {
+        None => format!(
+            "WITH appended AS ({EVENTS}),
+                  snapshot AS (INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence,
+                                                      current_snapshot, payload)
+                               VALUES ($1, $2, $8, $10, $9))
+             SELECT 1"
+        ),
+        Some(_) => format!(
+            "WITH appended AS ({EVENTS}),
+                  snapshot AS (UPDATE snapshots
+                                  SET last_sequence = $8, payload = $9, current_snapshot = $10
+                                WHERE aggregate_type = $1 AND aggregate_id = $2
+                                  AND current_snapshot = $11
+                               RETURNING 1)
+             SELECT 1 / (SELECT count(*)::int FROM snapshot)"
+        ),
+    };
+    let query = sqlx::query(&statement)
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .bind(sequences)
+        .bind(types)
+        .bind(versions)
+        .bind(payloads)
+        .bind(metadatas)
+        .bind(next.sequence as i64)
+        .bind(snapshot)
+        .bind(next.snapshot.unwrap_or(1) as i64);
+    let query = match context.current_snapshot {
+        Some(previous) => query.bind(previous as i64),
+        None => query,
+    };
+    match query.execute(pool).await {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            let code = error
+                .as_database_error()
+                .and_then(|error| error.code())
+                .map(|code| code.to_string());
+            match code.as_deref() {
+                // A twin took the sequence or the key; the snapshot moved.
+                Some("23505" | "22012") => Err(Appended::Conflict),
+                _ => Err(Appended::Failed(error.into())),
+            }
+        }
     }
 }
 
