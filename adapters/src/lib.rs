@@ -13,7 +13,7 @@
 //! - [`reactions`]: the commands reactors ask for, and their dispatcher;
 //! - [`registry`]: the one list of feed consumers;
 //! - [`transfers`]: the reactor that books the receiving side of a stock
-//!   transfer.
+//!   transfer; [`sales_stock`]: the reactor that makes stock follow sales.
 
 pub mod auth_store;
 pub mod db;
@@ -24,6 +24,7 @@ pub mod read_models;
 pub mod records;
 pub mod registry;
 pub mod runner;
+pub mod sales_stock;
 pub mod store;
 pub mod transfers;
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::read_models::catalog::CatalogProjection;
 use crate::read_models::stock::StockProjection;
 use crate::runner::Consumer;
+use crate::sales_stock::SalesStock;
 use crate::transfers::TransferProcess;
 
 /// Every feed consumer Karvon runs, each a fresh instance (a projection
@@ -15,6 +16,7 @@ pub fn consumers() -> Vec<Consumer> {
         Consumer::Projection(Arc::new(CatalogProjection)),
         Consumer::Projection(Arc::new(StockProjection::default())),
         Consumer::Reactor(Arc::new(TransferProcess)),
+        Consumer::Reactor(Arc::new(SalesStock)),
     ]
 }
 

@@ -67,6 +67,11 @@ pub fn product_stream_id(tenant: &TenantId, product: &Id) -> String {
     format!("{tenant}/{product}")
 }
 
+/// The aggregate id of a sale stream: `<tenant>/<sale>`.
+pub fn sale_stream_id(tenant: &TenantId, sale: &Id) -> String {
+    format!("{tenant}/{sale}")
+}
+
 /// The aggregate id of a stock item stream: `<tenant>/<warehouse>/<product>`.
 pub fn stock_stream_id(tenant: &TenantId, warehouse: &Id, product: &Id) -> String {
     format!("{tenant}/{warehouse}/{product}")

@@ -8,6 +8,7 @@
 
 pub mod ids;
 pub mod product;
+pub mod sale;
 pub mod stock;
 pub mod values;
 

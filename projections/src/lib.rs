@@ -27,4 +27,6 @@ pub mod names {
     pub const STOCK: &str = "stock";
     /// Not a read model: the process manager that completes transfers.
     pub const TRANSFERS: &str = "transfers";
+    /// Not a read model: the reactor that makes stock follow sales.
+    pub const SALES_STOCK: &str = "sales_stock";
 }

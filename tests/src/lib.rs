@@ -741,3 +741,26 @@ pub fn system_metadata() -> karvon_projections::EventMetadata {
         response_id: None,
     }
 }
+
+/// Waits until every stored event is settled (PostgreSQL: below every open
+/// transaction, so one feed read sees them all).
+pub async fn wait_settled(store: &Db) {
+    if store.backend() != Backend::Postgres {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let unsettled = fetch_strings(
+            store,
+            "SELECT CAST(count(*) AS TEXT) FROM events
+              WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())",
+        )
+        .await
+        .expect("count");
+        if unsettled == ["0"] {
+            return;
+        }
+        assert!(Instant::now() < deadline, "events never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

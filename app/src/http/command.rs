@@ -7,12 +7,13 @@ use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use chrono::Utc;
 use karvon_adapters::store::Executed;
+use karvon_domain::ids::product_stream_id;
 use karvon_domain::{Id, TenantId};
 use karvon_projections::{EventMetadata, Source};
 
-use super::REQUEST_ID;
 use super::envelope::{CommandData, Envelope, Replayed};
 use super::error::ApiError;
+use super::{AppState, REQUEST_ID};
 use crate::auth::Principal;
 
 /// What every command answers: its status, `idempotent-replayed` when
@@ -99,4 +100,32 @@ fn header_text(value: Option<&HeaderValue>) -> Option<String> {
     value
         .and_then(|value| value.to_str().ok())
         .map(str::to_string)
+}
+
+/// Whether the tenant's catalogue has `product_id`. Registration is
+/// permanent, so a positive answer is kept (bounded) and never goes stale.
+pub async fn product_known(
+    state: &AppState,
+    tenant: &TenantId,
+    product_id: &Id,
+) -> Result<bool, ApiError> {
+    const CACHE_LIMIT: usize = 1_000_000;
+    let stream = product_stream_id(tenant, product_id);
+    if state
+        .known_products
+        .read()
+        .is_ok_and(|known| known.contains(&stream))
+    {
+        return Ok(true);
+    }
+    if !state.products.load(&stream).await?.is_registered() {
+        return Ok(false);
+    }
+    if let Ok(mut known) = state.known_products.write() {
+        if known.len() >= CACHE_LIMIT {
+            known.clear();
+        }
+        known.insert(stream);
+    }
+    Ok(true)
 }

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use karvon_adapters::StorageError;
 use karvon_adapters::store::CommandError;
 use karvon_domain::product::ProductError;
+use karvon_domain::sale::SaleError;
 use karvon_domain::stock::StockError;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -109,6 +110,22 @@ impl From<ProductError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "discontinued", message)
             }
             ProductError::Invalid { .. } => ApiError::validation(message),
+        }
+    }
+}
+
+impl From<SaleError> for ApiError {
+    fn from(error: SaleError) -> Self {
+        let message = error.to_string();
+        match error {
+            SaleError::AlreadyRecorded(_) => {
+                ApiError::new(StatusCode::CONFLICT, "already_exists", message)
+            }
+            SaleError::NotRecorded => ApiError::not_found("sale not found"),
+            SaleError::NothingToRefund | SaleError::RefundTooLarge { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refund_refused", message)
+            }
+            SaleError::Invalid { .. } => ApiError::validation(message),
         }
     }
 }

@@ -23,6 +23,7 @@ mod openapi;
 mod ops;
 mod products;
 mod query;
+mod sales;
 mod stock;
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use axum::response::{IntoResponse, Response};
 use karvon_adapters::db::Db;
 use karvon_adapters::store::CommandExecutor;
 use karvon_domain::product::Product;
+use karvon_domain::sale::Sale;
 use karvon_domain::stock::StockItem;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -58,6 +60,7 @@ pub struct AppState {
     pub wakeup: karvon_adapters::runner::Wakeup,
     pub products: Arc<CommandExecutor<Product>>,
     pub stock: Arc<CommandExecutor<StockItem>>,
+    pub sales: Arc<CommandExecutor<Sale>>,
     pub metrics: Option<PrometheusHandle>,
     /// Upper bound for `X-Min-Position` waits.
     pub min_position_wait: Duration,
@@ -85,6 +88,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
     let (api, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(products::routes())
         .merge(stock::routes())
+        .merge(sales::routes())
         .merge(auth::routes())
         .merge(admin::routes())
         .merge(ops::routes())

@@ -20,6 +20,7 @@ use super::error::ErrorBody;
     tags(
         (name = "products", description = "The catalogue"),
         (name = "stock", description = "Stock movements and levels"),
+        (name = "sales", description = "Sales and refunds; stock follows them"),
         (name = "auth", description = "Login and API keys"),
         (name = "operations", description = "Health, readiness, metrics, projections"),
     )

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::NaiveDate;
 use karvon_adapters::read_models::stock::{self, InventoryLevel, MovementView};
-use karvon_domain::ids::{product_stream_id, stock_stream_id};
+use karvon_domain::ids::stock_stream_id;
 use karvon_domain::stock::StockCommand;
 use karvon_domain::{Id, Money, Quantity, TenantId};
 use karvon_projections::{Position, names};
@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::access::{ReadAccess, WriteAccess};
-use super::command::{CommandAnswer, CommandContext, accepted, new_id};
+use super::command::{CommandAnswer, CommandContext, accepted, new_id, product_known};
 use super::envelope::{CommandData, Envelope, Page, ok};
 use super::error::{ApiError, CommandErrors, ErrorBody, QueryErrors};
 use super::extract::{ApiQuery, JsonCommand};
@@ -345,31 +345,12 @@ async fn ensure_product(
     tenant: &TenantId,
     product_id: &Id,
 ) -> Result<(), ApiError> {
-    const CACHE_LIMIT: usize = 1_000_000;
-    let stream = product_stream_id(tenant, product_id);
-    let known = |stream: &str| {
-        state
-            .known_products
-            .read()
-            .is_ok_and(|known| known.contains(stream))
-    };
-    if known(&stream) {
+    if product_known(state, tenant, product_id).await? {
         return Ok(());
     }
-    let product = state.products.load(&stream).await?;
-    if product.is_registered() {
-        if let Ok(mut known) = state.known_products.write() {
-            if known.len() >= CACHE_LIMIT {
-                known.clear();
-            }
-            known.insert(stream);
-        }
-    } else {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_product",
-            format!("product {product_id} is not registered"),
-        ));
-    }
-    Ok(())
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_product",
+        format!("product {product_id} is not registered"),
+    ))
 }

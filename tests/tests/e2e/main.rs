@@ -34,4 +34,5 @@ mod hardening;
 mod idempotency;
 mod rebuild;
 mod runners;
+mod sales;
 mod sqlite;
