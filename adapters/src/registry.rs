@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::read_models::catalog::CatalogProjection;
+use crate::read_models::sales::SalesProjection;
 use crate::read_models::stock::StockProjection;
 use crate::runner::Consumer;
 use crate::sales_stock::SalesStock;
@@ -15,6 +16,7 @@ pub fn consumers() -> Vec<Consumer> {
     vec![
         Consumer::Projection(Arc::new(CatalogProjection)),
         Consumer::Projection(Arc::new(StockProjection::default())),
+        Consumer::Projection(Arc::new(SalesProjection)),
         Consumer::Reactor(Arc::new(TransferProcess)),
         Consumer::Reactor(Arc::new(SalesStock)),
     ]

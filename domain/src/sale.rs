@@ -130,6 +130,8 @@ pub enum SaleEvent {
         sale_id: Id,
         /// The sale's branch, where the goods go back to.
         branch_id: Id,
+        /// The sale's cashier, for refunds by cashier.
+        cashier: String,
         refund_id: String,
         occurred_at: DateTime<Utc>,
         reason: String,
@@ -306,10 +308,10 @@ impl Aggregate for Sale {
                 lines,
             } => {
                 let sale_id = self.sale_id.clone().ok_or(SaleError::NotRecorded)?;
-                let branch_id = self
+                let (branch_id, cashier) = self
                     .details
                     .as_ref()
-                    .map(|details| details.branch_id.clone())
+                    .map(|details| (details.branch_id.clone(), details.cashier.clone()))
                     .ok_or(SaleError::NotRecorded)?;
                 if reason.chars().count() > 500 {
                     return Err(SaleError::Invalid {
@@ -325,6 +327,7 @@ impl Aggregate for Sale {
                     SaleEvent::SaleRefunded {
                         sale_id,
                         branch_id,
+                        cashier,
                         refund_id,
                         occurred_at,
                         reason,
@@ -478,6 +481,7 @@ mod tests {
             .then_expect_events(vec![SaleEvent::SaleRefunded {
                 sale_id: id("S1"),
                 branch_id: id("B1"),
+                cashier: "dilnoza".into(),
                 refund_id: "R1".into(),
                 occurred_at: "2026-11-26T09:00:00Z".parse().expect("time"),
                 reason: "broken".into(),
@@ -503,6 +507,7 @@ mod tests {
         let first = SaleEvent::SaleRefunded {
             sale_id: id("S1"),
             branch_id: id("B1"),
+            cashier: "dilnoza".into(),
             refund_id: "R0".into(),
             occurred_at: "2026-11-26T08:00:00Z".parse().expect("time"),
             reason: "x".into(),

@@ -15,6 +15,7 @@
 pub mod catalog;
 pub mod metadata;
 pub mod position;
+pub mod sales;
 pub mod stock;
 
 pub use metadata::{EventMetadata, Source};
@@ -25,6 +26,7 @@ pub use position::{Position, PositionParseError, PositionToken};
 pub mod names {
     pub const CATALOG: &str = "catalog";
     pub const STOCK: &str = "stock";
+    pub const SALES: &str = "sales";
     /// Not a read model: the process manager that completes transfers.
     pub const TRANSFERS: &str = "transfers";
     /// Not a read model: the reactor that makes stock follow sales.

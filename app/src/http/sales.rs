@@ -1,31 +1,40 @@
 //! Sales: recording a sale that happened at a branch, and refunding it
-//! (commands on the `Sale` aggregate). Stock follows through the
-//! `sales_stock` reactor.
+//! (commands on the `Sale` aggregate; stock follows through the
+//! `sales_stock` reactor), and sales per period (the `sales` read model).
 
+use std::collections::BTreeMap;
+
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+use karvon_adapters::read_models::sales as sales_model;
 use karvon_domain::ids::sale_stream_id;
 use karvon_domain::sale::{
     PaymentType, RefundRequest, SaleCommand, SaleDetails, SaleLine, SaleType,
 };
 use karvon_domain::{Id, Money, Quantity};
-use serde::Deserialize;
+use karvon_projections::names;
+use karvon_projections::sales::{self, Totals};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::access::WriteAccess;
+use super::access::{ReadAccess, WriteAccess};
 use super::command::{CommandAnswer, CommandContext, accepted, new_id, path_id, product_known};
-use super::envelope::{CommandData, Envelope};
-use super::error::{ApiError, CommandErrors, ErrorBody};
-use super::extract::JsonCommand;
+use super::envelope::{CommandData, Envelope, ok};
+use super::error::{ApiError, CommandErrors, ErrorBody, QueryErrors};
+use super::extract::{ApiQuery, JsonCommand};
+use super::query::{finish, reader, wait_for_position};
 
 /// The sales routes with their documentation.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(record_sale))
         .routes(routes!(refund_sale))
+        .routes(routes!(real_time_sales))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -185,4 +194,164 @@ pub async fn refund_sale(
         )
         .await?;
     Ok(accepted(StatusCode::CREATED, executed, context))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SalesQuery {
+    /// `daily`, `weekly` (ISO weeks from Monday), `monthly` or `yearly`.
+    period: Option<String>,
+    /// First local date (default: a year before `date_to`).
+    date_from: Option<NaiveDate>,
+    /// Last local date (default: today in the tenant's zone).
+    date_to: Option<NaiveDate>,
+    branch_id: Option<String>,
+}
+
+/// Totals of one bucket, branch or cashier.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SalesTotals {
+    #[schema(value_type = String)]
+    pub total_amount: Decimal,
+    #[schema(value_type = String)]
+    pub retail_amount: Decimal,
+    #[schema(value_type = String)]
+    pub wholesale_amount: Decimal,
+    #[schema(value_type = String)]
+    pub refunds_amount: Decimal,
+    #[schema(value_type = String)]
+    pub net_amount: Decimal,
+    pub sales_count: i64,
+    #[schema(value_type = String)]
+    pub items_sold: Decimal,
+}
+
+impl From<&Totals> for SalesTotals {
+    fn from(totals: &Totals) -> Self {
+        Self {
+            total_amount: totals.total_amount,
+            retail_amount: totals.retail_amount,
+            wholesale_amount: totals.wholesale_amount,
+            refunds_amount: totals.refunds_amount,
+            net_amount: totals.net_amount(),
+            sales_count: totals.sales_count,
+            items_sold: totals.items_sold,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SalesBucket {
+    /// The period's first local date.
+    pub period_start: NaiveDate,
+    #[serde(flatten)]
+    pub totals: SalesTotals,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BranchSales {
+    pub branch_id: String,
+    #[serde(flatten)]
+    pub totals: SalesTotals,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CashierSales {
+    pub cashier: String,
+    #[serde(flatten)]
+    pub totals: SalesTotals,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RealTimeSales {
+    pub period: String,
+    pub date_from: NaiveDate,
+    pub date_to: NaiveDate,
+    /// Oldest first; periods without sales or refunds are left out.
+    pub buckets: Vec<SalesBucket>,
+    /// One row per branch over the whole range.
+    pub by_branch: Vec<BranchSales>,
+    /// One row per cashier over the whole range.
+    pub by_cashier: Vec<CashierSales>,
+}
+
+#[utoipa::path(get, path = "/api/integrations/real-time-sales", tag = "sales",
+    summary = "Sales per period in the tenant's time zone, with totals per branch and cashier",
+    params(SalesQuery, ("X-Min-Position" = Option<String>, Header, description = "Wait until the read model includes this command position")),
+    responses((status = 200, description = "OK", body = inline(Envelope<RealTimeSales>)), QueryErrors),
+    security(("bearer" = [])))]
+pub async fn real_time_sales(
+    State(state): State<AppState>,
+    ReadAccess(principal): ReadAccess,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<SalesQuery>,
+) -> Result<Json<Envelope<RealTimeSales>>, ApiError> {
+    let period = query.period.unwrap_or_else(|| "daily".to_string());
+    if !sales::PERIODS.contains(&period.as_str()) {
+        return Err(ApiError::validation(
+            "period must be daily, weekly, monthly or yearly",
+        ));
+    }
+    let date_to = query.date_to.unwrap_or_else(|| principal.today());
+    let date_from = query
+        .date_from
+        .unwrap_or_else(|| date_to - chrono::Duration::days(365));
+    if date_from > date_to {
+        return Err(ApiError::validation("date_from must not be after date_to"));
+    }
+    if (date_to - date_from).num_days() > 3660 {
+        return Err(ApiError::validation("the range must be at most ten years"));
+    }
+    let branch = query.branch_id.as_deref();
+    wait_for_position(&state, &principal, &headers, &[names::SALES]).await?;
+    let tenant = principal.tenant.as_str();
+    let first = sales::period_start(&period, date_from);
+    let mut tx = reader(&state, &principal).await?;
+    let rows = sales_model::buckets(&mut tx, tenant, &period, first, date_to, branch).await?;
+    let per_branch =
+        sales_model::daily(&mut tx, tenant, "branch", date_from, date_to, branch).await?;
+    let per_cashier =
+        sales_model::daily(&mut tx, tenant, "cashier", date_from, date_to, branch).await?;
+    finish(tx).await?;
+    let sum = |rows: Vec<(String, Totals)>| {
+        let mut sums: BTreeMap<String, Totals> = BTreeMap::new();
+        for (key, totals) in rows {
+            sums.entry(key).or_default().add(&totals);
+        }
+        sums
+    };
+    let by_branch = sum(per_branch
+        .iter()
+        .map(|row| (row.branch_id.clone(), row.totals()))
+        .collect())
+    .iter()
+    .map(|(branch_id, totals)| BranchSales {
+        branch_id: branch_id.clone(),
+        totals: totals.into(),
+    })
+    .collect();
+    let by_cashier = sum(per_cashier
+        .iter()
+        .map(|row| (row.cashier.clone(), row.totals()))
+        .collect())
+    .iter()
+    .map(|(cashier, totals)| CashierSales {
+        cashier: cashier.clone(),
+        totals: totals.into(),
+    })
+    .collect();
+    Ok(ok(RealTimeSales {
+        period,
+        date_from,
+        date_to,
+        buckets: rows
+            .iter()
+            .map(|row| SalesBucket {
+                period_start: row.period_start,
+                totals: (&row.totals()).into(),
+            })
+            .collect(),
+        by_branch,
+        by_cashier,
+    }))
 }

@@ -594,7 +594,10 @@ async fn operational_endpoints_and_unknown_routes(backend: Backend) {
         .iter()
         .filter_map(|p| p["name"].as_str())
         .collect();
-    assert_eq!(names, ["catalog", "stock", "transfers", "sales_stock"]);
+    assert_eq!(
+        names,
+        ["catalog", "stock", "sales", "transfers", "sales_stock"]
+    );
     app.stop().await.expect("stop");
 }
 
@@ -628,6 +631,7 @@ async fn the_openapi_document_covers_every_route_with_its_auth_and_errors(backen
         ("post", "/api/v1/stock/transfers"),
         ("post", "/api/v1/sales"),
         ("post", "/api/v1/sales/{id}/refund"),
+        ("get", "/api/integrations/real-time-sales"),
         ("get", "/api/integrations/inventory-levels"),
         ("get", "/api/integrations/product-movement-history"),
         ("get", "/api/v1/admin/projections"),

@@ -300,3 +300,269 @@ on_both_backends!(
     invalid_sales_are_refused_and_record_nothing,
     a_reactor_crash_mid_batch_deducts_nothing_twice,
 );
+
+/// The fields of a totals row as numbers, in a fixed order: total, retail,
+/// wholesale, refunds, net, count, items.
+fn totals(row: &Value) -> [Decimal; 7] {
+    let number = |field: &str| -> Decimal {
+        match &row[field] {
+            Value::String(text) => text.parse().expect("decimal"),
+            Value::Number(number) => number.to_string().parse().expect("number"),
+            other => panic!("{field}: {other}"),
+        }
+    };
+    [
+        number("total_amount"),
+        number("retail_amount"),
+        number("wholesale_amount"),
+        number("refunds_amount"),
+        number("net_amount"),
+        number("sales_count"),
+        number("items_sold"),
+    ]
+}
+
+fn d(values: [&str; 7]) -> [Decimal; 7] {
+    values.map(|value| value.parse().expect("decimal"))
+}
+
+async fn sales_buckets_follow_the_tenants_calendar(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    karvon_adapters::auth_store::create_tenant(&app.db, "tash", "Asia/Tashkent")
+        .await
+        .expect("tenant");
+    let token = karvon_app::auth::create_api_key(
+        &app.db,
+        "tash",
+        vec!["admin".into(), "operator".into()],
+        Some(100_000),
+        None,
+        None,
+    )
+    .await
+    .expect("key")
+    .key;
+    let client = karvon_tests::authorized_client(&token).expect("client");
+    let post = |path: &str, body: Value| {
+        let request = client.post(app.url(path)).json(&body);
+        async move {
+            let response = request.send().await.expect("sent");
+            let status = response.status();
+            let body: Value = response.json().await.expect("json");
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            body["data"]["position"]
+                .as_str()
+                .expect("position")
+                .to_string()
+        }
+    };
+    let with = |id: &str, branch: &str, cashier: &str, kind: &str, at: &str, lines: Value| {
+        json!({"sale_id": id, "branch_id": branch, "cashier": cashier, "sale_type": kind,
+               "payment_type": "card", "occurred_at": at, "lines": lines})
+    };
+    // Sunday 23:30 and Monday 00:30 in Tashkent are both Sunday in UTC.
+    post(
+        "/api/v1/sales",
+        with(
+            "S1",
+            "B1",
+            "ali",
+            "retail",
+            "2026-11-29T23:30:00+05:00",
+            json!([{"product_id": "P1", "qty": "2", "unit_price": "1000"},
+               {"product_id": "P2", "qty": "1", "unit_price": "500.50"}]),
+        ),
+    )
+    .await;
+    post(
+        "/api/v1/sales",
+        with(
+            "S2",
+            "B1",
+            "vali",
+            "wholesale",
+            "2026-11-30T00:30:00+05:00",
+            json!([{"product_id": "P1", "qty": "10", "unit_price": "900"}]),
+        ),
+    )
+    .await;
+    post(
+        "/api/v1/sales",
+        with(
+            "S3",
+            "B2",
+            "ali",
+            "retail",
+            "2026-12-01T10:00:00+05:00",
+            json!([{"product_id": "P2", "qty": "4", "unit_price": "250"}]),
+        ),
+    )
+    .await;
+    let last = post(
+        "/api/v1/sales/S1/refund",
+        json!({"occurred_at": "2026-12-01T00:10:00+05:00",
+        "reason": "broken", "lines": [{"product_id": "P1", "qty": "1"}]}),
+    )
+    .await;
+
+    let query = |period: &str, extra: &str| {
+        let request = client
+            .get(app.url(&format!(
+                "/api/integrations/real-time-sales?period={period}&date_from=2026-11-29&date_to=2026-12-01{extra}"
+            )))
+            .header("X-Min-Position", last.clone());
+        async move {
+            let response = request.send().await.expect("sent");
+            assert_eq!(response.status(), StatusCode::OK);
+            let body: Value = response.json().await.expect("json");
+            body["data"].clone()
+        }
+    };
+    let buckets = |data: &Value| -> Vec<(String, [Decimal; 7])> {
+        data["buckets"]
+            .as_array()
+            .expect("buckets")
+            .iter()
+            .map(|row| {
+                (
+                    row["period_start"].as_str().unwrap_or_default().to_string(),
+                    totals(row),
+                )
+            })
+            .collect()
+    };
+    let daily = query("daily", "").await;
+    assert_eq!(
+        buckets(&daily),
+        vec![
+            (
+                "2026-11-29".to_string(),
+                d(["2500.50", "2500.50", "0", "0", "2500.50", "1", "3"])
+            ),
+            (
+                "2026-11-30".to_string(),
+                d(["9000", "0", "9000", "0", "9000", "1", "10"])
+            ),
+            (
+                "2026-12-01".to_string(),
+                d(["1000", "1000", "0", "1000", "0", "1", "4"])
+            ),
+        ]
+    );
+    let weekly = query("weekly", "").await;
+    assert_eq!(
+        buckets(&weekly),
+        vec![
+            (
+                "2026-11-23".to_string(),
+                d(["2500.50", "2500.50", "0", "0", "2500.50", "1", "3"])
+            ),
+            (
+                "2026-11-30".to_string(),
+                d(["10000", "1000", "9000", "1000", "9000", "2", "14"])
+            ),
+        ]
+    );
+    let monthly = query("monthly", "").await;
+    assert_eq!(
+        buckets(&monthly),
+        vec![
+            (
+                "2026-11-01".to_string(),
+                d(["11500.50", "2500.50", "9000", "0", "11500.50", "2", "13"])
+            ),
+            (
+                "2026-12-01".to_string(),
+                d(["1000", "1000", "0", "1000", "0", "1", "4"])
+            ),
+        ]
+    );
+    let yearly = query("yearly", "").await;
+    assert_eq!(
+        buckets(&yearly),
+        vec![(
+            "2026-01-01".to_string(),
+            d(["12500.50", "3500.50", "9000", "1000", "11500.50", "3", "17"])
+        )]
+    );
+    let named = |data: &Value, list: &str, key: &str| -> Vec<(String, [Decimal; 7])> {
+        data[list]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|row| {
+                (
+                    row[key].as_str().unwrap_or_default().to_string(),
+                    totals(row),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        named(&daily, "by_branch", "branch_id"),
+        vec![
+            (
+                "B1".to_string(),
+                d(["11500.50", "2500.50", "9000", "1000", "10500.50", "2", "13"])
+            ),
+            (
+                "B2".to_string(),
+                d(["1000", "1000", "0", "0", "1000", "1", "4"])
+            ),
+        ]
+    );
+    assert_eq!(
+        named(&daily, "by_cashier", "cashier"),
+        vec![
+            (
+                "ali".to_string(),
+                d(["3500.50", "3500.50", "0", "1000", "2500.50", "2", "7"])
+            ),
+            (
+                "vali".to_string(),
+                d(["9000", "0", "9000", "0", "9000", "1", "10"])
+            ),
+        ]
+    );
+    let branch = query("daily", "&branch_id=B2").await;
+    assert_eq!(
+        buckets(&branch),
+        vec![(
+            "2026-12-01".to_string(),
+            d(["1000", "1000", "0", "0", "1000", "1", "4"])
+        )]
+    );
+    // The default tenant sees none of it.
+    let (_, other) = app
+        .get("/api/integrations/real-time-sales?period=yearly&date_from=2026-01-01&date_to=2026-12-31")
+        .await;
+    assert_eq!(other["data"]["buckets"], json!([]), "{other}");
+
+    // A rebuild of the read model answers the same.
+    let rebuilt = client
+        .post(app.url("/api/v1/admin/projections/sales/rebuild"))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("rebuild");
+    assert_eq!(rebuilt.status(), StatusCode::ACCEPTED);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = app.get("/api/v1/admin/projections").await;
+        let generation = body["data"]["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|item| item["name"] == "sales"))
+            .map(|item| item["generation"].clone());
+        if generation == Some(json!(1)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rebuild never swapped in");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(query("daily", "").await, daily);
+    assert_eq!(query("weekly", "").await, weekly);
+    app.stop().await.expect("stop");
+}
+
+on_both_backends!(sales_buckets_follow_the_tenants_calendar);

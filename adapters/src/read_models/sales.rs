@@ -1,0 +1,253 @@
+//! Sales buckets (`sales.buckets`): the pure fold
+//! `karvon_projections::sales`, kept per tenant, period, period start and
+//! slice (all, a branch, a cashier at a branch), in the tenant's time zone.
+
+use std::collections::HashMap;
+
+use chrono::NaiveDate;
+use karvon_domain::sale::Sale;
+use karvon_projections::names;
+use karvon_projections::sales::{self, BucketKey, Slice, Totals};
+use rust_decimal::Decimal;
+
+use crate::StorageError;
+use crate::db::Conn;
+use crate::feed::FeedEvent;
+use crate::read_models::Reader;
+use crate::records::{self, Record, Value, record};
+use crate::runner::Projection;
+
+/// One bucket as stored. `slice` is `all`, `branch` or `cashier`; `branch`
+/// and `cashier` are empty where the slice does not name them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BucketRow {
+    pub tenant_id: String,
+    pub period: String,
+    pub period_start: NaiveDate,
+    pub slice: String,
+    pub branch_id: String,
+    pub cashier: String,
+    pub total_amount: Decimal,
+    pub retail_amount: Decimal,
+    pub wholesale_amount: Decimal,
+    pub refunds_amount: Decimal,
+    pub sales_count: i64,
+    pub items_sold: Decimal,
+}
+
+record! {
+    BucketRow => "buckets", key(tenant_id, period, slice, branch_id, cashier, period_start),
+    index buckets_range_idx(tenant_id, period, slice, period_start),
+    {
+        tenant_id, period, period_start, slice, branch_id, cashier, total_amount,
+        retail_amount, wholesale_amount, refunds_amount, sales_count, items_sold,
+    }
+}
+
+type Key = (String, String, String, String, String, NaiveDate);
+
+impl BucketRow {
+    fn id(&self) -> Key {
+        (
+            self.tenant_id.clone(),
+            self.period.clone(),
+            self.slice.clone(),
+            self.branch_id.clone(),
+            self.cashier.clone(),
+            self.period_start,
+        )
+    }
+
+    fn key(&self) -> Vec<Value> {
+        vec![
+            Value::Text(Some(self.tenant_id.clone())),
+            Value::Text(Some(self.period.clone())),
+            Value::Text(Some(self.slice.clone())),
+            Value::Text(Some(self.branch_id.clone())),
+            Value::Text(Some(self.cashier.clone())),
+            Value::Date(Some(self.period_start)),
+        ]
+    }
+
+    fn empty(tenant: &str, key: &BucketKey) -> Self {
+        let (slice, branch_id, cashier) = match &key.slice {
+            Slice::All => ("all", String::new(), String::new()),
+            Slice::Branch(branch) => ("branch", branch.clone(), String::new()),
+            Slice::Cashier { branch, cashier } => ("cashier", branch.clone(), cashier.clone()),
+        };
+        Self {
+            tenant_id: tenant.to_string(),
+            period: key.period.to_string(),
+            period_start: key.period_start,
+            slice: slice.to_string(),
+            branch_id,
+            cashier,
+            total_amount: Decimal::ZERO,
+            retail_amount: Decimal::ZERO,
+            wholesale_amount: Decimal::ZERO,
+            refunds_amount: Decimal::ZERO,
+            sales_count: 0,
+            items_sold: Decimal::ZERO,
+        }
+    }
+
+    pub fn totals(&self) -> Totals {
+        Totals {
+            total_amount: self.total_amount,
+            retail_amount: self.retail_amount,
+            wholesale_amount: self.wholesale_amount,
+            refunds_amount: self.refunds_amount,
+            sales_count: self.sales_count,
+            items_sold: self.items_sold,
+        }
+    }
+
+    fn add(&mut self, totals: &Totals) {
+        let mut sum = self.totals();
+        sum.add(totals);
+        self.total_amount = sum.total_amount;
+        self.retail_amount = sum.retail_amount;
+        self.wholesale_amount = sum.wholesale_amount;
+        self.refunds_amount = sum.refunds_amount;
+        self.sales_count = sum.sales_count;
+        self.items_sold = sum.items_sold;
+    }
+}
+
+/// The sales read model. It reads each tenant's time zone from `tenants`
+/// when it first meets the tenant in a step.
+#[derive(Default)]
+pub struct SalesProjection;
+
+#[async_trait::async_trait]
+impl Projection for SalesProjection {
+    fn name(&self) -> &'static str {
+        names::SALES
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &[BucketRow::TABLE]
+    }
+
+    async fn create_tables(&self, conn: &mut Conn<'_>, schema: &str) -> Result<(), StorageError> {
+        records::create::<BucketRow>(conn, schema).await
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut Conn<'_>,
+        schema: &str,
+        events: &[FeedEvent],
+    ) -> Result<(), StorageError> {
+        let sale_events = super::events_of::<Sale>(events)?;
+        if sale_events.is_empty() {
+            return Ok(());
+        }
+        let mut zones: HashMap<String, chrono_tz::Tz> = HashMap::new();
+        let mut changes: Vec<BucketRow> = Vec::new();
+        for (event, payload) in &sale_events {
+            let tenant = &event.metadata.tenant_id;
+            if !zones.contains_key(tenant) {
+                zones.insert(tenant.clone(), time_zone(conn, tenant).await?);
+            }
+            let zone = zones[tenant];
+            for (key, totals) in sales::changes(payload, |at| at.with_timezone(&zone).date_naive())
+            {
+                let mut row = BucketRow::empty(tenant, &key);
+                row.add(&totals);
+                changes.push(row);
+            }
+        }
+        let keys = changes.iter().map(BucketRow::key).collect();
+        let mut rows: HashMap<Key, BucketRow> = records::load::<BucketRow>(conn, schema, keys)
+            .await?
+            .into_iter()
+            .map(|row| (row.id(), row))
+            .collect();
+        for change in changes {
+            rows.entry(change.id())
+                .and_modify(|row| row.add(&change.totals()))
+                .or_insert(change);
+        }
+        let rows: Vec<BucketRow> = rows.into_values().collect();
+        records::upsert(conn, schema, &rows).await
+    }
+}
+
+/// The tenant's time zone (UTC when unknown or unreadable).
+async fn time_zone(conn: &mut Conn<'_>, tenant: &str) -> Result<chrono_tz::Tz, StorageError> {
+    let zone = records::fetch(
+        conn,
+        "SELECT time_zone FROM tenants WHERE tenant_id = $1",
+        vec![Value::Text(Some(tenant.to_string()))],
+        |row| row.text("time_zone"),
+    )
+    .await?;
+    Ok(zone
+        .first()
+        .and_then(|zone| zone.parse().ok())
+        .unwrap_or(chrono_tz::UTC))
+}
+
+/// The buckets of `period` from `from` to `to` (period starts, inclusive),
+/// for the whole tenant or one branch, oldest first.
+pub async fn buckets(
+    reader: &mut Reader,
+    tenant: &str,
+    period: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+    branch: Option<&str>,
+) -> Result<Vec<BucketRow>, StorageError> {
+    let (slice, branch) = match branch {
+        Some(branch) => ("branch", branch),
+        None => ("all", ""),
+    };
+    select(reader, tenant, period, slice, from, to, branch).await
+}
+
+/// The daily rows of `slice` (`branch` or `cashier`) over a range, to sum
+/// per branch or cashier; `branch` narrows to one branch.
+pub async fn daily(
+    reader: &mut Reader,
+    tenant: &str,
+    slice: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+    branch: Option<&str>,
+) -> Result<Vec<BucketRow>, StorageError> {
+    let mut rows = select(reader, tenant, "daily", slice, from, to, "").await?;
+    if let Some(branch) = branch {
+        rows.retain(|row| row.branch_id == branch);
+    }
+    Ok(rows)
+}
+
+async fn select(
+    reader: &mut Reader,
+    tenant: &str,
+    period: &str,
+    slice: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+    branch: &str,
+) -> Result<Vec<BucketRow>, StorageError> {
+    let mut conn = reader.conn();
+    let statement = format!(
+        "SELECT {} FROM {}
+          WHERE tenant_id = $1 AND period = $2 AND slice = $3
+            AND period_start BETWEEN $4 AND $5 AND ($6 = '' OR branch_id = $6)
+          ORDER BY period_start, branch_id, cashier",
+        BucketRow::column_list(),
+        conn.backend().table(names::SALES, BucketRow::TABLE),
+    );
+    let params = vec![
+        Value::Text(Some(tenant.to_string())),
+        Value::Text(Some(period.to_string())),
+        Value::Text(Some(slice.to_string())),
+        Value::Date(Some(from)),
+        Value::Date(Some(to)),
+        Value::Text(Some(branch.to_string())),
+    ];
+    records::fetch_records(&mut conn, &statement, params).await
+}
