@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::read_models::catalog::CatalogProjection;
+use crate::read_models::customers::CustomersProjection;
 use crate::read_models::sales::SalesProjection;
 use crate::read_models::stock::StockProjection;
 use crate::runner::Consumer;
@@ -17,6 +18,7 @@ pub fn consumers() -> Vec<Consumer> {
         Consumer::Projection(Arc::new(CatalogProjection)),
         Consumer::Projection(Arc::new(StockProjection::default())),
         Consumer::Projection(Arc::new(SalesProjection)),
+        Consumer::Projection(Arc::new(CustomersProjection)),
         Consumer::Reactor(Arc::new(TransferProcess)),
         Consumer::Reactor(Arc::new(SalesStock)),
     ]

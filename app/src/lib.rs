@@ -75,6 +75,7 @@ impl Application {
             products: Arc::new(CommandExecutor::new(db.clone())),
             stock: Arc::new(CommandExecutor::new(db.clone())),
             sales: Arc::new(CommandExecutor::new(db.clone())),
+            customers: Arc::new(CommandExecutor::new(db.clone())),
             metrics: metrics_handle(),
             min_position_wait: Duration::from_millis(config.min_position_wait_ms),
             known_products: Arc::default(),

@@ -67,6 +67,11 @@ pub fn product_stream_id(tenant: &TenantId, product: &Id) -> String {
     format!("{tenant}/{product}")
 }
 
+/// The aggregate id of a customer stream: `<tenant>/<customer>`.
+pub fn customer_stream_id(tenant: &TenantId, customer: &Id) -> String {
+    format!("{tenant}/{customer}")
+}
+
 /// The aggregate id of a sale stream: `<tenant>/<sale>`.
 pub fn sale_stream_id(tenant: &TenantId, sale: &Id) -> String {
     format!("{tenant}/{sale}")

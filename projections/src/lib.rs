@@ -13,6 +13,7 @@
 //! - a read model can be dropped and rebuilt from position zero at any time.
 
 pub mod catalog;
+pub mod customers;
 pub mod metadata;
 pub mod position;
 pub mod sales;
@@ -27,6 +28,7 @@ pub mod names {
     pub const CATALOG: &str = "catalog";
     pub const STOCK: &str = "stock";
     pub const SALES: &str = "sales";
+    pub const CUSTOMERS: &str = "customers";
     /// Not a read model: the process manager that completes transfers.
     pub const TRANSFERS: &str = "transfers";
     /// Not a read model: the reactor that makes stock follow sales.

@@ -3,6 +3,7 @@
 //! queries. Every row carries its tenant and every query filters by it.
 
 pub mod catalog;
+pub mod customers;
 pub mod sales;
 pub mod stock;
 

@@ -10,6 +10,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use karvon_adapters::StorageError;
 use karvon_adapters::store::CommandError;
+use karvon_domain::customer::CustomerError;
 use karvon_domain::product::ProductError;
 use karvon_domain::sale::SaleError;
 use karvon_domain::stock::StockError;
@@ -110,6 +111,19 @@ impl From<ProductError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "discontinued", message)
             }
             ProductError::Invalid { .. } => ApiError::validation(message),
+        }
+    }
+}
+
+impl From<CustomerError> for ApiError {
+    fn from(error: CustomerError) -> Self {
+        let message = error.to_string();
+        match error {
+            CustomerError::AlreadyRegistered(_) => {
+                ApiError::new(StatusCode::CONFLICT, "already_exists", message)
+            }
+            CustomerError::NotRegistered => ApiError::not_found("customer not found"),
+            CustomerError::Invalid { .. } => ApiError::validation(message),
         }
     }
 }

@@ -16,6 +16,7 @@ mod access;
 mod admin;
 mod auth;
 mod command;
+mod customers;
 mod envelope;
 mod error;
 mod extract;
@@ -37,6 +38,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use karvon_adapters::db::Db;
 use karvon_adapters::store::CommandExecutor;
+use karvon_domain::customer::Customer;
 use karvon_domain::product::Product;
 use karvon_domain::sale::Sale;
 use karvon_domain::stock::StockItem;
@@ -61,6 +63,7 @@ pub struct AppState {
     pub products: Arc<CommandExecutor<Product>>,
     pub stock: Arc<CommandExecutor<StockItem>>,
     pub sales: Arc<CommandExecutor<Sale>>,
+    pub customers: Arc<CommandExecutor<Customer>>,
     pub metrics: Option<PrometheusHandle>,
     /// Upper bound for `X-Min-Position` waits.
     pub min_position_wait: Duration,
@@ -89,6 +92,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(products::routes())
         .merge(stock::routes())
         .merge(sales::routes())
+        .merge(customers::routes())
         .merge(auth::routes())
         .merge(admin::routes())
         .merge(ops::routes())

@@ -21,6 +21,7 @@ use super::error::ErrorBody;
         (name = "products", description = "The catalogue"),
         (name = "stock", description = "Stock movements and levels"),
         (name = "sales", description = "Sales and refunds; stock follows them"),
+        (name = "customers", description = "Customers and their purchases"),
         (name = "auth", description = "Login and API keys"),
         (name = "operations", description = "Health, readiness, metrics, projections"),
     )

@@ -596,7 +596,14 @@ async fn operational_endpoints_and_unknown_routes(backend: Backend) {
         .collect();
     assert_eq!(
         names,
-        ["catalog", "stock", "sales", "transfers", "sales_stock"]
+        [
+            "catalog",
+            "stock",
+            "sales",
+            "customers",
+            "transfers",
+            "sales_stock"
+        ]
     );
     app.stop().await.expect("stop");
 }
@@ -632,6 +639,11 @@ async fn the_openapi_document_covers_every_route_with_its_auth_and_errors(backen
         ("post", "/api/v1/sales"),
         ("post", "/api/v1/sales/{id}/refund"),
         ("get", "/api/integrations/real-time-sales"),
+        ("post", "/api/v1/customers"),
+        ("get", "/api/v1/customers"),
+        ("get", "/api/v1/customers/{id}"),
+        ("put", "/api/v1/customers/{id}"),
+        ("get", "/api/integrations/customer-purchase-history"),
         ("get", "/api/integrations/inventory-levels"),
         ("get", "/api/integrations/product-movement-history"),
         ("get", "/api/v1/admin/projections"),

@@ -28,6 +28,7 @@ macro_rules! on_both_backends {
 mod api;
 mod auth;
 mod consumers;
+mod customers;
 mod executor;
 mod feed;
 mod hardening;
