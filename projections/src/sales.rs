@@ -131,9 +131,159 @@ pub fn changes(
         .collect()
 }
 
+/// One product of one sale: (sale, product, quantity, revenue).
+pub type SaleProduct<'a> = (&'a str, &'a str, Decimal, Decimal);
+
+/// A product's sales over a period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductSales {
+    pub product_id: String,
+    pub qty_sold: Decimal,
+    pub revenue: Decimal,
+    pub sales_count: i64,
+}
+
+/// The best sellers by quantity (ties by product id), at most `limit`.
+pub fn top_sellers<'a>(
+    rows: impl IntoIterator<Item = SaleProduct<'a>>,
+    limit: usize,
+) -> Vec<ProductSales> {
+    let mut products: std::collections::BTreeMap<&str, ProductSales> = Default::default();
+    for (_, product, qty, revenue) in rows {
+        let entry = products.entry(product).or_insert_with(|| ProductSales {
+            product_id: product.to_string(),
+            qty_sold: Decimal::ZERO,
+            revenue: Decimal::ZERO,
+            sales_count: 0,
+        });
+        entry.qty_sold += qty;
+        entry.revenue += revenue;
+        entry.sales_count += 1;
+    }
+    let mut ranked: Vec<ProductSales> = products.into_values().collect();
+    ranked.sort_by(|a, b| {
+        b.qty_sold
+            .cmp(&a.qty_sold)
+            .then(a.product_id.cmp(&b.product_id))
+    });
+    ranked.truncate(limit);
+    ranked
+}
+
+/// A product bought together with another.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Together {
+    pub product_id: String,
+    /// Sales containing both.
+    pub together: i64,
+    /// together / all sales in the period.
+    pub support: Decimal,
+    /// together / sales containing the given product.
+    pub confidence: Decimal,
+}
+
+/// Products most often in the same sale as `product` (ties by product id),
+/// at most `limit`; ratios rounded to 4 decimals.
+pub fn bought_together<'a>(
+    rows: impl IntoIterator<Item = SaleProduct<'a>>,
+    product: &str,
+    limit: usize,
+) -> Vec<Together> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut sales: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (sale, item, _, _) in rows {
+        sales.entry(sale).or_default().insert(item);
+    }
+    let all = sales.len() as i64;
+    let with: Vec<&BTreeSet<&str>> = sales
+        .values()
+        .filter(|items| items.contains(product))
+        .collect();
+    let base = with.len() as i64;
+    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+    for items in &with {
+        for item in items.iter().filter(|item| **item != product) {
+            *counts.entry(item).or_default() += 1;
+        }
+    }
+    let ratio = |part: i64, whole: i64| {
+        let mut ratio = if whole == 0 {
+            Decimal::ZERO
+        } else {
+            (Decimal::from(part) / Decimal::from(whole)).round_dp(4)
+        };
+        ratio.rescale(4);
+        ratio
+    };
+    let mut ranked: Vec<Together> = counts
+        .into_iter()
+        .map(|(item, together)| Together {
+            product_id: item.to_string(),
+            together,
+            support: ratio(together, all),
+            confidence: ratio(together, base),
+        })
+        .collect();
+    ranked.sort_by(|a, b| {
+        b.together
+            .cmp(&a.together)
+            .then(a.product_id.cmp(&b.product_id))
+    });
+    ranked.truncate(limit);
+    ranked
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_sellers_and_products_bought_together() {
+        let d = |value: i64| Decimal::from(value);
+        let rows = vec![
+            ("S1", "P1", d(2), d(20)),
+            ("S1", "P2", d(1), d(5)),
+            ("S2", "P1", d(1), d(10)),
+            ("S2", "P3", d(4), d(8)),
+            ("S3", "P2", d(1), d(5)),
+            ("S4", "P1", d(1), d(10)),
+            ("S4", "P2", d(2), d(10)),
+        ];
+        let top = top_sellers(rows.clone(), 2);
+        assert_eq!(
+            top.iter()
+                .map(|row| (row.product_id.as_str(), row.qty_sold, row.sales_count))
+                .collect::<Vec<_>>(),
+            [("P1", d(4), 3), ("P2", d(4), 3)]
+        );
+        let together = bought_together(rows, "P1", 10);
+        // P1 is in S1, S2, S4 (3 of 4 sales); P2 shares S1 and S4, P3 S2.
+        assert_eq!(
+            together
+                .iter()
+                .map(|row| (
+                    row.product_id.as_str(),
+                    row.together,
+                    row.support,
+                    row.confidence
+                ))
+                .collect::<Vec<_>>(),
+            [
+                (
+                    "P2",
+                    2,
+                    "0.5".parse().expect("d"),
+                    "0.6667".parse().expect("d")
+                ),
+                (
+                    "P3",
+                    1,
+                    "0.25".parse().expect("d"),
+                    "0.3333".parse().expect("d")
+                ),
+            ]
+        );
+    }
 
     #[test]
     fn weeks_start_on_monday_months_and_years_on_their_first_day() {

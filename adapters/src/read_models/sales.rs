@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use chrono::NaiveDate;
-use karvon_domain::sale::Sale;
+use karvon_domain::sale::{Sale, SaleEvent};
 use karvon_projections::names;
 use karvon_projections::sales::{self, BucketKey, Slice, Totals};
 use rust_decimal::Decimal;
@@ -114,6 +114,24 @@ impl BucketRow {
     }
 }
 
+/// One product of one sale (its lines summed), on the sale's local day:
+/// what top sellers and products bought together are computed from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SaleProductRow {
+    pub tenant_id: String,
+    pub sale_id: String,
+    pub product_id: String,
+    pub day: NaiveDate,
+    pub qty: Decimal,
+    pub revenue: Decimal,
+}
+
+record! {
+    SaleProductRow => "sale_products", key(tenant_id, sale_id, product_id),
+    index sale_products_day_idx(tenant_id, day),
+    { tenant_id, sale_id, product_id, day, qty, revenue }
+}
+
 /// The sales read model. It reads each tenant's time zone from `tenants`
 /// when it first meets the tenant in a step.
 #[derive(Default)]
@@ -126,11 +144,12 @@ impl Projection for SalesProjection {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &[BucketRow::TABLE]
+        &[BucketRow::TABLE, SaleProductRow::TABLE]
     }
 
     async fn create_tables(&self, conn: &mut Conn<'_>, schema: &str) -> Result<(), StorageError> {
-        records::create::<BucketRow>(conn, schema).await
+        records::create::<BucketRow>(conn, schema).await?;
+        records::create::<SaleProductRow>(conn, schema).await
     }
 
     async fn apply(
@@ -145,12 +164,38 @@ impl Projection for SalesProjection {
         }
         let mut zones: HashMap<String, chrono_tz::Tz> = HashMap::new();
         let mut changes: Vec<BucketRow> = Vec::new();
+        let mut products: Vec<SaleProductRow> = Vec::new();
         for (event, payload) in &sale_events {
             let tenant = &event.metadata.tenant_id;
             if !zones.contains_key(tenant) {
                 zones.insert(tenant.clone(), time_zone(conn, tenant).await?);
             }
             let zone = zones[tenant];
+            if let SaleEvent::SaleRecorded {
+                sale_id, details, ..
+            } = payload
+            {
+                let day = details.occurred_at.with_timezone(&zone).date_naive();
+                let mut per_product: Vec<SaleProductRow> = Vec::new();
+                for line in &details.lines {
+                    let product = line.product_id.to_string();
+                    match per_product.iter_mut().find(|row| row.product_id == product) {
+                        Some(row) => {
+                            row.qty += line.qty.value();
+                            row.revenue += line.amount();
+                        }
+                        None => per_product.push(SaleProductRow {
+                            tenant_id: tenant.clone(),
+                            sale_id: sale_id.to_string(),
+                            product_id: product,
+                            day,
+                            qty: line.qty.value(),
+                            revenue: line.amount(),
+                        }),
+                    }
+                }
+                products.extend(per_product);
+            }
             for (key, totals) in sales::changes(payload, |at| at.with_timezone(&zone).date_naive())
             {
                 let mut row = BucketRow::empty(tenant, &key);
@@ -170,7 +215,9 @@ impl Projection for SalesProjection {
                 .or_insert(change);
         }
         let rows: Vec<BucketRow> = rows.into_values().collect();
-        records::upsert(conn, schema, &rows).await
+        records::upsert(conn, schema, &rows).await?;
+        // A sale is recorded once: its product rows are new.
+        records::upsert(conn, schema, &products).await
     }
 }
 
@@ -248,6 +295,27 @@ async fn select(
         Value::Date(Some(from)),
         Value::Date(Some(to)),
         Value::Text(Some(branch.to_string())),
+    ];
+    records::fetch_records(&mut conn, &statement, params).await
+}
+
+/// The products of every sale from `from` to `to` (local days).
+pub async fn sale_products(
+    reader: &mut Reader,
+    tenant: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<SaleProductRow>, StorageError> {
+    let mut conn = reader.conn();
+    let statement = format!(
+        "SELECT {} FROM {} WHERE tenant_id = $1 AND day BETWEEN $2 AND $3",
+        SaleProductRow::column_list(),
+        conn.backend().table(names::SALES, SaleProductRow::TABLE),
+    );
+    let params = vec![
+        Value::Text(Some(tenant.to_string())),
+        Value::Date(Some(from)),
+        Value::Date(Some(to)),
     ];
     records::fetch_records(&mut conn, &statement, params).await
 }

@@ -24,6 +24,7 @@ mod openapi;
 mod ops;
 mod products;
 mod query;
+mod recommendations;
 mod sales;
 mod stock;
 
@@ -93,6 +94,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(stock::routes())
         .merge(sales::routes())
         .merge(customers::routes())
+        .merge(recommendations::routes())
         .merge(auth::routes())
         .merge(admin::routes())
         .merge(ops::routes())

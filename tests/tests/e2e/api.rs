@@ -644,6 +644,7 @@ async fn the_openapi_document_covers_every_route_with_its_auth_and_errors(backen
         ("get", "/api/v1/customers/{id}"),
         ("put", "/api/v1/customers/{id}"),
         ("get", "/api/integrations/customer-purchase-history"),
+        ("get", "/api/integrations/product-recommendations"),
         ("get", "/api/integrations/inventory-levels"),
         ("get", "/api/integrations/product-movement-history"),
         ("get", "/api/v1/admin/projections"),

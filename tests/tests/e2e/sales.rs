@@ -566,3 +566,95 @@ async fn sales_buckets_follow_the_tenants_calendar(backend: Backend) {
 }
 
 on_both_backends!(sales_buckets_follow_the_tenants_calendar);
+
+async fn recommendations_rank_top_sellers_and_products_bought_together(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    app.post("/api/v1/products", &product("P1", "dairy", None))
+        .await;
+    let now = chrono::Utc::now().to_rfc3339();
+    let line =
+        |product: &str, qty: &str| json!({"product_id": product, "qty": qty, "unit_price": "10"});
+    let mut last = Value::Null;
+    for (id, lines) in [
+        ("S1", json!([line("P1", "2"), line("P2", "1")])),
+        ("S2", json!([line("P1", "1"), line("P3", "3")])),
+        ("S3", json!([line("P2", "1")])),
+        ("S4", json!([line("P1", "1"), line("P2", "2")])),
+    ] {
+        let mut body = sale(id, "B1", lines);
+        body["occurred_at"] = json!(now);
+        let (status, response) = app.post("/api/v1/sales", &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{response}");
+        last = response["data"]["position"].clone();
+    }
+    let (status, top) = app
+        .get_after(
+            "/api/integrations/product-recommendations?period=all",
+            &last,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{top}");
+    let ranked: Vec<(String, String, i64, Value)> = top["data"]["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|item| {
+            (
+                item["product_id"].as_str().unwrap_or_default().to_string(),
+                item["qty_sold"].as_str().unwrap_or_default().to_string(),
+                item["sales_count"].as_i64().unwrap_or_default(),
+                item["name"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ranked,
+        vec![
+            ("P1".to_string(), "4".to_string(), 3, json!("Product P1")),
+            ("P2".to_string(), "4".to_string(), 3, Value::Null),
+            ("P3".to_string(), "3".to_string(), 1, Value::Null),
+        ]
+    );
+    let (status, together) = app
+        .get("/api/integrations/product-recommendations?period=monthly&product_id=P1")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{together}");
+    let pairs: Vec<(String, i64, String, String)> = together["data"]["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|item| {
+            (
+                item["product_id"].as_str().unwrap_or_default().to_string(),
+                item["together"].as_i64().unwrap_or_default(),
+                item["support"].as_str().unwrap_or_default().to_string(),
+                item["confidence"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pairs,
+        vec![
+            (
+                "P2".to_string(),
+                2,
+                "0.5000".to_string(),
+                "0.6667".to_string()
+            ),
+            (
+                "P3".to_string(),
+                1,
+                "0.2500".to_string(),
+                "0.3333".to_string()
+            ),
+        ]
+    );
+    let (status, _) = app
+        .get("/api/integrations/product-recommendations?period=decade")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    app.stop().await.expect("stop");
+}
+
+on_both_backends!(recommendations_rank_top_sellers_and_products_bought_together);
