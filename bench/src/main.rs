@@ -10,7 +10,8 @@
 //!    postgres-es / sqlite-es view repository, one load + save per event).
 //!
 //! Phases: receipts with 8 clients over 64 and over 8 streams, 16 clients
-//! on one hot stream, and inventory-levels reads; each beside raw commits.
+//! on one hot stream, sales of 3 lines, real-time-sales and
+//! inventory-levels reads; each beside raw commits.
 //! Knobs: `KARVON_BENCH_SECS` (default 10), `KARVON_BENCH_EVENTS`
 //! (default 1,000,000), `KARVON_BENCH_BASELINE_EVENTS` (default 20,000),
 //! `KARVON_BENCH_BACKENDS` (default `postgres,sqlite`).
@@ -125,6 +126,28 @@ async fn commands(db: &TestDb, seconds: u64) -> anyhow::Result<()> {
             client.post(&url).json(&body(0))
         })
         .await,
+    ));
+    let sales_url = app.url("/api/v1/sales");
+    phases.push((
+        "sales of 3 lines, 8 clients",
+        drive(&app, 8, seconds, move |client, worker, n| {
+            let body = serde_json::json!({
+                "sale_id": format!("S{worker}-{n}"), "branch_id": format!("B{}", worker % 4),
+                "cashier": format!("c{worker}"), "sale_type": "retail", "payment_type": "card",
+                "occurred_at": chrono::Utc::now().to_rfc3339(),
+                "lines": [
+                    {"product_id": format!("P{}", n % 64), "qty": "1", "unit_price": "12500"},
+                    {"product_id": format!("P{}", (n + 7) % 64), "qty": "2", "unit_price": "3000"},
+                    {"product_id": format!("P{}", (n + 13) % 64), "qty": "1", "unit_price": "990.50"},
+                ]});
+            client.post(&sales_url).json(&body)
+        })
+        .await,
+    ));
+    let report = app.url("/api/integrations/real-time-sales?period=daily");
+    phases.push((
+        "GET real-time-sales (daily, a year), 8 clients",
+        drive(&app, 8, seconds, move |client, _, _| client.get(&report)).await,
     ));
     let levels = app.url("/api/integrations/inventory-levels?limit=50");
     phases.push((
