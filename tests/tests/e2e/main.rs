@@ -36,3 +36,4 @@ mod rebuild;
 mod runners;
 mod sales;
 mod sqlite;
+mod webhooks;
