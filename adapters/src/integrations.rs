@@ -707,6 +707,22 @@ mod tests {
     }
 
     #[test]
+    fn a_generated_key_file_is_private_and_reused() {
+        let dir = std::env::temp_dir().join(format!("karvon-key-{}", Uuid::now_v7().simple()));
+        let path = dir.join("secrets.key");
+        let first = SecretsKey::load_or_create(&path).expect("created");
+        let second = SecretsKey::load_or_create(&path).expect("reused");
+        assert_eq!(first.0, second.0);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("file").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn keys_parse_from_hex_or_base64() {
         let hex_key = "00".repeat(32);
         assert!(SecretsKey::parse(&hex_key).is_ok());
