@@ -11,6 +11,8 @@
 //! - [`records`]: read-model rows declared once, stored on either backend;
 //! - [`read_models`]: the tables behind the query API and their queries;
 //! - [`reactions`]: the commands reactors ask for, and their dispatcher;
+//! - [`integrations`]: the integration registry (settings, sealed secrets),
+//!   Standard Webhooks signatures and seen webhook ids;
 //! - [`registry`]: the one list of feed consumers;
 //! - [`transfers`]: the reactor that books the receiving side of a stock
 //!   transfer; [`sales_stock`]: the reactor that makes stock follow sales.
@@ -18,6 +20,7 @@
 pub mod auth_store;
 pub mod db;
 pub mod feed;
+pub mod integrations;
 pub mod postgres;
 pub mod reactions;
 pub mod read_models;

@@ -48,6 +48,11 @@ pub struct Config {
     /// Requests per minute over all keys and users of one tenant; 0 = no
     /// cap beyond the per-key limits (`KARVON_TENANT_RATE_LIMIT`).
     pub tenant_rate_limit: i32,
+    /// Key sealing integration secrets: 32 bytes as 64 hex digits or
+    /// base64 (`KARVON_SECRETS_KEY`). Unset on SQLite: `secrets.key` beside
+    /// the database file is used (created, mode 0600, when missing). Unset
+    /// on PostgreSQL: integrations with secrets are refused (409).
+    pub secrets_key: Option<String>,
 }
 
 impl Default for Config {
@@ -69,6 +74,7 @@ impl Default for Config {
             max_connections: 1024,
             header_read_timeout_ms: 10_000,
             tenant_rate_limit: 0,
+            secrets_key: None,
         }
     }
 }
@@ -92,6 +98,7 @@ impl fmt::Debug for Config {
             .field("max_connections", &self.max_connections)
             .field("header_read_timeout_ms", &self.header_read_timeout_ms)
             .field("tenant_rate_limit", &self.tenant_rate_limit)
+            .field("secrets_key", &self.secrets_key.as_ref().map(|_| "<set>"))
             .finish()
     }
 }
@@ -214,6 +221,9 @@ impl Config {
         if let Some(value) = var("KARVON_TENANT_RATE_LIMIT") {
             self.tenant_rate_limit = parsed("KARVON_TENANT_RATE_LIMIT", value)?;
         }
+        if let Some(value) = var("KARVON_SECRETS_KEY") {
+            self.secrets_key = Some(value).filter(|value| !value.is_empty());
+        }
         Ok(())
     }
 }
@@ -272,6 +282,7 @@ mod tests {
                 "{:?}",
                 Config {
                     jwt_secret: Some("x".into()),
+                    secrets_key: Some("x".into()),
                     ..Config::default()
                 }
             )

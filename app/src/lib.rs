@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use karvon_adapters::db::Db;
+use karvon_adapters::integrations::SecretsKey;
 use karvon_adapters::registry;
 use karvon_adapters::runner::{self, Projection, RebuildReport};
 use karvon_adapters::store::CommandExecutor;
@@ -60,6 +61,7 @@ impl Application {
                 secret.len()
             );
         }
+        let secrets_key = secrets_key(&config)?;
         let db = open_store(&config).await?;
         if config.run_migrations {
             db.migrate().await.context("applying migrations")?;
@@ -89,6 +91,7 @@ impl Application {
             )),
             rebuild_batch_size: config.rebuild_batch_size.max(1),
             consumer_figures_at: Arc::default(),
+            secrets_key,
         };
         let settings = http::HttpSettings {
             max_body_bytes: config.max_body_bytes,
@@ -174,6 +177,38 @@ impl Application {
         self.db.close().await;
         Ok(())
     }
+}
+
+/// The key sealing integration secrets: `KARVON_SECRETS_KEY`, else on
+/// SQLite `secrets.key` beside the database file (created on first start,
+/// mode 0600, reused after), else none: on PostgreSQL several instances
+/// must share one key, so none is invented and integrations with secrets
+/// are refused until one is configured.
+fn secrets_key(config: &Config) -> anyhow::Result<Option<SecretsKey>> {
+    if let Some(text) = &config.secrets_key {
+        return SecretsKey::parse(text)
+            .map(Some)
+            .map_err(|why| anyhow::anyhow!("KARVON_SECRETS_KEY {why}"));
+    }
+    let url = &config.database_url;
+    let Some(file) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        tracing::warn!(
+            "KARVON_SECRETS_KEY is not set: integrations with secrets will be refused \
+             (generate one with `openssl rand -hex 32`)"
+        );
+        return Ok(None);
+    };
+    let file = file.split('?').next().unwrap_or_default();
+    if file.is_empty() || file.contains(":memory:") {
+        return Ok(Some(SecretsKey::generate()));
+    }
+    let path = std::path::Path::new(file).with_file_name("secrets.key");
+    SecretsKey::load_or_create(&path)
+        .map(Some)
+        .map_err(|why| anyhow::anyhow!("integration secrets key: {why}"))
 }
 
 /// What the listener allows one instance.

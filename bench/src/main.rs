@@ -132,14 +132,14 @@ async fn commands(db: &TestDb, seconds: u64) -> anyhow::Result<()> {
         "sales of 3 lines, 8 clients",
         drive(&app, 8, seconds, move |client, worker, n| {
             let body = serde_json::json!({
-                "sale_id": format!("S{worker}-{n}"), "branch_id": format!("B{}", worker % 4),
-                "cashier": format!("c{worker}"), "sale_type": "retail", "payment_type": "card",
-                "occurred_at": chrono::Utc::now().to_rfc3339(),
-                "lines": [
-                    {"product_id": format!("P{}", n % 64), "qty": "1", "unit_price": "12500"},
-                    {"product_id": format!("P{}", (n + 7) % 64), "qty": "2", "unit_price": "3000"},
-                    {"product_id": format!("P{}", (n + 13) % 64), "qty": "1", "unit_price": "990.50"},
-                ]});
+            "sale_id": format!("S{worker}-{n}"), "branch_id": format!("B{}", worker % 4),
+            "cashier": format!("c{worker}"), "sale_type": "retail", "payment_type": "card",
+            "occurred_at": chrono::Utc::now().to_rfc3339(),
+            "lines": [
+                {"product_id": format!("P{}", n % 64), "qty": "1", "unit_price": "12500"},
+                {"product_id": format!("P{}", (n + 7) % 64), "qty": "2", "unit_price": "3000"},
+                {"product_id": format!("P{}", (n + 13) % 64), "qty": "1", "unit_price": "990.50"},
+            ]});
             client.post(&sales_url).json(&body)
         })
         .await,

@@ -2,8 +2,10 @@
 //! request passes through (request id, tracing, timeout, body limit, panic
 //! catcher, envelope for errors produced outside handlers, metrics).
 //!
-//! Routes are grouped by feature: `products`, `stock`, `auth` (login and
-//! API keys), `admin` (projections) and `ops` (health, readiness, metrics).
+//! Routes are grouped by feature: `products`, `stock`, `sales`,
+//! `integrations` (the registry), `webhooks` (inbound third-party
+//! webhooks), `auth` (login and API keys), `admin` (projections) and `ops`
+//! (health, readiness, metrics).
 //! Each exposes `routes()`, an `OpenApiRouter` whose `routes!(…)` lines
 //! register a handler and its `#[utoipa::path]` documentation at once;
 //! [`router`] merges them into the `openapi` skeleton. Shared pieces:
@@ -20,6 +22,7 @@ mod customers;
 mod envelope;
 mod error;
 mod extract;
+mod integrations;
 mod openapi;
 mod ops;
 mod products;
@@ -27,6 +30,7 @@ mod query;
 mod recommendations;
 mod sales;
 mod stock;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,6 +81,9 @@ pub struct AppState {
     pub rebuild_batch_size: i64,
     /// When `/metrics` last refreshed the feed consumers' gauges.
     pub consumer_figures_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// Seals integration secrets; `None` on PostgreSQL without
+    /// `KARVON_SECRETS_KEY` (integrations with secrets are refused).
+    pub secrets_key: Option<karvon_adapters::integrations::SecretsKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +102,8 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(sales::routes())
         .merge(customers::routes())
         .merge(recommendations::routes())
+        .merge(integrations::routes())
+        .merge(webhooks::routes())
         .merge(auth::routes())
         .merge(admin::routes())
         .merge(ops::routes())

@@ -81,13 +81,21 @@ pub async fn register_product(
     headers: HeaderMap,
     command: JsonCommand<RegisterProduct>,
 ) -> Result<CommandAnswer, ApiError> {
-    let request = command.body;
-    let context = CommandContext::new(
-        &principal,
-        &headers,
-        command.fingerprint,
-        request.product_id.to_string(),
-    )?;
+    let fingerprint = command.fingerprint;
+    register(&state, command.body, |id| {
+        CommandContext::new(&principal, &headers, fingerprint, id)
+    })
+    .await
+}
+
+/// Registers a product (`POST /products`, and `product_created` webhooks);
+/// `context` makes the metadata given the id the command answers.
+pub(super) async fn register(
+    state: &AppState,
+    request: RegisterProduct,
+    context: impl FnOnce(String) -> Result<CommandContext, ApiError>,
+) -> Result<CommandAnswer, ApiError> {
+    let context = context(request.product_id.to_string())?;
     let details = ProductDetails {
         sku: request.sku,
         name: request.name,

@@ -102,19 +102,27 @@ pub async fn record_sale(
     headers: HeaderMap,
     command: JsonCommand<RecordSale>,
 ) -> Result<CommandAnswer, ApiError> {
-    let request = command.body;
-    let context = CommandContext::new(
-        &principal,
-        &headers,
-        command.fingerprint,
-        request.sale_id.to_string(),
-    )?;
+    let fingerprint = command.fingerprint;
+    record(&state, command.body, |id| {
+        CommandContext::new(&principal, &headers, fingerprint, id)
+    })
+    .await
+}
+
+/// Records a sale (`POST /sales`, and `order_created` webhooks); `context`
+/// makes the metadata given the id the command answers.
+pub(super) async fn record(
+    state: &AppState,
+    request: RecordSale,
+    context: impl FnOnce(String) -> Result<CommandContext, ApiError>,
+) -> Result<CommandAnswer, ApiError> {
+    let context = context(request.sale_id.to_string())?;
     // A sale is a fact: it is recorded even for products the catalogue
     // does not know yet, and says which.
     let mut unknown_products: Vec<Id> = Vec::new();
     for line in &request.lines {
         if !unknown_products.contains(&line.product_id)
-            && !product_known(&state, &context.tenant, &line.product_id).await?
+            && !product_known(state, &context.tenant, &line.product_id).await?
         {
             unknown_products.push(line.product_id.clone());
         }

@@ -153,7 +153,21 @@ pub async fn adjust_stock(
     headers: HeaderMap,
     command: JsonCommand<AdjustStock>,
 ) -> Result<CommandAnswer, ApiError> {
-    let request = command.body;
+    let fingerprint = command.fingerprint;
+    adjust(&state, command.body, |id| {
+        CommandContext::new(&principal, &headers, fingerprint, id)
+    })
+    .await
+}
+
+/// Sets stock to a counted quantity (`POST /stock/adjustments`, and
+/// `stock_updated` webhooks); `context` makes the metadata given the id the
+/// command answers.
+pub(super) async fn adjust(
+    state: &AppState,
+    request: AdjustStock,
+    context: impl FnOnce(String) -> Result<CommandContext, ApiError>,
+) -> Result<CommandAnswer, ApiError> {
     let (warehouse, product) = (request.warehouse_id.clone(), request.product_id.clone());
     let stock_command = StockCommand::Adjust {
         warehouse_id: request.warehouse_id,
@@ -161,8 +175,8 @@ pub async fn adjust_stock(
         counted_qty: request.counted_qty,
         reason: request.reason,
     };
-    let context = CommandContext::new(&principal, &headers, command.fingerprint, new_id())?;
-    run_stock_command(&state, context, &warehouse, &product, stock_command).await
+    let context = context(new_id())?;
+    run_stock_command(state, context, &warehouse, &product, stock_command).await
 }
 
 #[utoipa::path(post, path = "/api/v1/stock/transfers", tag = "stock", summary = "Transfer stock between warehouses",

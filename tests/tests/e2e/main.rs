@@ -37,3 +37,4 @@ mod rebuild;
 mod runners;
 mod sales;
 mod sqlite;
+mod webhooks;

@@ -1,0 +1,766 @@
+//! The integration registry (SPEC §3 "Integrations"): which external
+//! systems a tenant connects (1C, REGOS, Acrel, third-party webhooks), with
+//! their settings and secrets. This is configuration, not an event-sourced
+//! aggregate: one plain row per integration in `integrations`.
+//!
+//! - [`validate`] checks a kind's settings and secrets and fills defaults;
+//! - [`SecretsKey`] seals each secret value with ChaCha20-Poly1305 (a random
+//!   nonce per value; the integration id and secret name are the associated
+//!   data, so a ciphertext cannot be moved to another row or name);
+//! - [`verify_signature`] checks Standard Webhooks signatures over the raw
+//!   body; [`record_delivery`] remembers applied webhook ids.
+//!
+//! Secrets never leave this module in plain text except through
+//! [`SecretsKey::open`], and nothing here logs them.
+
+use std::fmt;
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chacha20poly1305::aead::{Aead, KeyInit, OsRng, Payload};
+use chacha20poly1305::{AeadCore, ChaCha20Poly1305, Key, Nonce};
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::StorageError;
+use crate::db::{Db, Portable, on_pool};
+
+/// The kinds the registry accepts.
+pub const KINDS: [&str; 5] = ["1c_soap", "1c_odata", "regos", "acrel", "webhook_source"];
+
+/// How far a webhook timestamp may be from now, either way.
+pub const TIMESTAMP_TOLERANCE_SECS: i64 = 5 * 60;
+
+// ---------------------------------------------------------------------------
+// Kinds: settings and secrets
+
+enum Expect {
+    /// A non-empty string.
+    Text,
+    /// A positive integer.
+    Count,
+    /// A list of strings.
+    Texts,
+    /// A list of `whsec_…` signing secrets (at least one).
+    SigningSecrets,
+}
+
+struct Field {
+    name: &'static str,
+    expect: Expect,
+    /// `None`: required; `Some(Value::Null)`: optional without default.
+    default: Option<fn() -> Value>,
+}
+
+const fn required(name: &'static str, expect: Expect) -> Field {
+    Field {
+        name,
+        expect,
+        default: None,
+    }
+}
+
+const fn optional(name: &'static str, expect: Expect, default: fn() -> Value) -> Field {
+    Field {
+        name,
+        expect,
+        default: Some(default),
+    }
+}
+
+fn none() -> Value {
+    Value::Null
+}
+
+fn schema(kind: &str) -> Option<(Vec<Field>, Vec<Field>)> {
+    use Expect::*;
+    Some(match kind {
+        "1c_soap" => (
+            vec![
+                required("url", Text),
+                required("namespace", Text),
+                optional("products_operation", Text, || "GetProductList".into()),
+                optional("clients_operation", Text, || "GetClientList".into()),
+                optional("chunk_size", Count, || 100.into()),
+            ],
+            vec![required("username", Text), required("password", Text)],
+        ),
+        "1c_odata" => (
+            vec![
+                required("base_url", Text),
+                optional("products_entity", Text, || "Catalog_Номенклатура".into()),
+                optional("clients_entity", Text, || "Catalog_Контрагенты".into()),
+                optional("page_size", Count, || 100.into()),
+            ],
+            vec![required("username", Text), required("password", Text)],
+        ),
+        "regos" => (
+            vec![
+                required("base_url", Text),
+                required("connected_integration_id", Text),
+                required("sync_time", Text),
+            ],
+            vec![required("integration_key", Text)],
+        ),
+        "acrel" => (
+            vec![
+                required("mqtt_url", Text),
+                optional("topic_prefix", Text, || "acrel".into()),
+                optional("ip_allowlist", Texts, none),
+            ],
+            vec![required("signing_secrets", SigningSecrets)],
+        ),
+        "webhook_source" => (
+            vec![optional("ip_allowlist", Texts, none)],
+            vec![required("signing_secrets", SigningSecrets)],
+        ),
+        _ => return None,
+    })
+}
+
+/// Checks `settings` and `secrets` of `kind`; answers the settings with
+/// defaults filled in. The message names the kind and the field.
+pub fn validate(
+    kind: &str,
+    settings: &Map<String, Value>,
+    secrets: &Map<String, Value>,
+) -> Result<Map<String, Value>, String> {
+    let Some((setting_fields, secret_fields)) = schema(kind) else {
+        return Err(format!(
+            "unknown integration kind {kind:?} (known: {})",
+            KINDS.join(", ")
+        ));
+    };
+    let settings = check(kind, "settings", &setting_fields, settings)?;
+    check(kind, "secrets", &secret_fields, secrets)?;
+    Ok(settings)
+}
+
+fn check(
+    kind: &str,
+    part: &str,
+    fields: &[Field],
+    given: &Map<String, Value>,
+) -> Result<Map<String, Value>, String> {
+    if let Some(unknown) = given
+        .keys()
+        .find(|key| !fields.iter().any(|field| field.name == key.as_str()))
+    {
+        let known: Vec<&str> = fields.iter().map(|field| field.name).collect();
+        return Err(format!(
+            "{kind}: unknown {part} key {unknown:?} (known: {})",
+            known.join(", ")
+        ));
+    }
+    let mut out = Map::new();
+    for field in fields {
+        let value = match (given.get(field.name), field.default) {
+            (Some(Value::Null) | None, None) => {
+                return Err(format!("{kind}: {part}.{} is required", field.name));
+            }
+            (Some(Value::Null) | None, Some(default)) => default(),
+            (Some(value), _) => {
+                check_value(&field.expect, value)
+                    .map_err(|why| format!("{kind}: {part}.{} {why}", field.name))?;
+                value.clone()
+            }
+        };
+        if !value.is_null() {
+            out.insert(field.name.to_string(), value);
+        }
+    }
+    Ok(out)
+}
+
+fn check_value(expect: &Expect, value: &Value) -> Result<(), String> {
+    match expect {
+        Expect::Text => match value.as_str() {
+            Some(text) if !text.trim().is_empty() && text.len() <= 2048 => Ok(()),
+            _ => Err("must be a non-empty string of at most 2048 bytes".into()),
+        },
+        Expect::Count => match value.as_u64() {
+            Some(count) if (1..=1_000_000).contains(&count) => Ok(()),
+            _ => Err("must be an integer from 1 to 1000000".into()),
+        },
+        Expect::Texts => match value.as_array() {
+            Some(items) if items.iter().all(Value::is_string) => Ok(()),
+            _ => Err("must be a list of strings".into()),
+        },
+        Expect::SigningSecrets => match value.as_array() {
+            Some(items) if !items.is_empty() && items.len() <= 10 => {
+                for item in items {
+                    let text = item.as_str().ok_or("must hold strings")?;
+                    signing_key(text)?;
+                }
+                Ok(())
+            }
+            _ => Err("must be a list of 1 to 10 `whsec_…` secrets".into()),
+        },
+    }
+}
+
+/// The HMAC key of a Standard Webhooks secret: `whsec_` + base64 of 24–64
+/// random bytes (the prefix is optional).
+pub fn signing_key(secret: &str) -> Result<Vec<u8>, String> {
+    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+    let key = STANDARD
+        .decode(encoded)
+        .map_err(|_| "must be `whsec_` followed by base64".to_string())?;
+    if !(24..=64).contains(&key.len()) {
+        return Err(format!(
+            "must encode 24 to 64 bytes (this one has {})",
+            key.len()
+        ));
+    }
+    Ok(key)
+}
+
+// ---------------------------------------------------------------------------
+// Secrets at rest
+
+/// The 32-byte key that seals integration secrets. `Debug` never shows it.
+#[derive(Clone)]
+pub struct SecretsKey([u8; 32]);
+
+impl fmt::Debug for SecretsKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretsKey(<redacted>)")
+    }
+}
+
+impl SecretsKey {
+    /// 64 hex digits, or base64 of 32 bytes.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            hex::decode(text).map_err(|error| error.to_string())?
+        } else {
+            STANDARD
+                .decode(text)
+                .map_err(|_| "must be 64 hex digits or base64 of 32 bytes".to_string())?
+        };
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|bytes: Vec<u8>| format!("must be 32 bytes (this one has {})", bytes.len()))?;
+        Ok(Self(key))
+    }
+
+    pub fn generate() -> Self {
+        Self(ChaCha20Poly1305::generate_key(&mut OsRng).into())
+    }
+
+    /// Reads the key file at `path`, or creates it (mode 0600) with a new
+    /// key. The file holds the key as hex.
+    pub fn load_or_create(path: &Path) -> Result<Self, String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                return Self::parse(&text).map_err(|why| format!("{}: {why}", path.display()));
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(format!("reading {}: {error}", path.display())),
+        }
+        let key = Self::generate();
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|error| format!("creating {}: {error}", dir.display()))?;
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        match options.open(path) {
+            Ok(mut file) => {
+                use std::io::Write;
+                file.write_all(hex::encode(key.0).as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(|error| format!("writing {}: {error}", path.display()))?;
+                Ok(key)
+            }
+            // Another process made it first: use theirs.
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|error| format!("reading {}: {error}", path.display()))?;
+                Self::parse(&text).map_err(|why| format!("{}: {why}", path.display()))
+            }
+            Err(error) => Err(format!("creating {}: {error}", path.display())),
+        }
+    }
+
+    fn cipher(&self) -> ChaCha20Poly1305 {
+        ChaCha20Poly1305::new(Key::from_slice(&self.0))
+    }
+
+    /// Seals each secret (its JSON text) as base64 of nonce ‖ ciphertext.
+    pub fn seal(
+        &self,
+        integration_id: Uuid,
+        secrets: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, StorageError> {
+        let cipher = self.cipher();
+        secrets
+            .iter()
+            .map(|(name, value)| {
+                let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
+                let aad = associated_data(integration_id, name);
+                let plain = value.to_string();
+                let sealed = cipher
+                    .encrypt(
+                        &nonce,
+                        Payload {
+                            msg: plain.as_bytes(),
+                            aad: &aad,
+                        },
+                    )
+                    .map_err(|_| StorageError::Config("sealing a secret failed".into()))?;
+                let mut bytes = nonce.to_vec();
+                bytes.extend_from_slice(&sealed);
+                Ok((name.clone(), Value::String(STANDARD.encode(bytes))))
+            })
+            .collect()
+    }
+
+    /// Opens what [`Self::seal`] sealed for the same integration.
+    pub fn open(
+        &self,
+        integration_id: Uuid,
+        sealed: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, StorageError> {
+        let cipher = self.cipher();
+        let corrupt = |name: &str| {
+            StorageError::Corrupt(format!(
+                "secret {name:?} of integration {integration_id} does not open with this key"
+            ))
+        };
+        sealed
+            .iter()
+            .map(|(name, value)| {
+                let bytes = value
+                    .as_str()
+                    .and_then(|text| STANDARD.decode(text).ok())
+                    .filter(|bytes| bytes.len() > 12)
+                    .ok_or_else(|| corrupt(name))?;
+                let (nonce, sealed) = bytes.split_at(12);
+                let aad = associated_data(integration_id, name);
+                let plain = cipher
+                    .decrypt(
+                        Nonce::from_slice(nonce),
+                        Payload {
+                            msg: sealed,
+                            aad: &aad,
+                        },
+                    )
+                    .map_err(|_| corrupt(name))?;
+                let value = serde_json::from_slice(&plain).map_err(|_| corrupt(name))?;
+                Ok((name.clone(), value))
+            })
+            .collect()
+    }
+}
+
+fn associated_data(integration_id: Uuid, name: &str) -> Vec<u8> {
+    format!("karvon:integration:{integration_id}:{name}").into_bytes()
+}
+
+// ---------------------------------------------------------------------------
+// Standard Webhooks signatures
+
+/// Why a webhook's signature was refused (the detail is for logs).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("webhook-timestamp is not an integer")]
+    BadTimestamp,
+    #[error("webhook-timestamp is outside the tolerance")]
+    Stale,
+    #[error("no signature matches")]
+    NoMatch,
+}
+
+/// `v1,<base64>` of HMAC-SHA256 over `"{id}.{timestamp}.{body}"`.
+pub fn sign(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> String {
+    format!("v1,{}", STANDARD.encode(mac(key, id, timestamp, body)))
+}
+
+fn mac(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> Vec<u8> {
+    #[allow(clippy::expect_used)]
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Checks a Standard Webhooks delivery: the timestamp within
+/// [`TIMESTAMP_TOLERANCE_SECS`] of `now` (either way), and any `v1,`
+/// entry of the space-separated `signatures` matching any of `keys`
+/// (constant-time comparison).
+pub fn verify_signature(
+    keys: &[Vec<u8>],
+    id: &str,
+    timestamp: &str,
+    signatures: &str,
+    body: &[u8],
+    now: i64,
+) -> Result<(), SignatureError> {
+    let at: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| SignatureError::BadTimestamp)?;
+    if (now - at).abs() > TIMESTAMP_TOLERANCE_SECS {
+        return Err(SignatureError::Stale);
+    }
+    let given: Vec<Vec<u8>> = signatures
+        .split(' ')
+        .filter_map(|entry| entry.strip_prefix("v1,"))
+        .filter_map(|encoded| STANDARD.decode(encoded).ok())
+        .collect();
+    let mut matched = false;
+    for key in keys {
+        let expected = mac(key, id, timestamp, body);
+        for signature in &given {
+            matched |= bool::from(expected.ct_eq(signature));
+        }
+    }
+    if matched {
+        Ok(())
+    } else {
+        Err(SignatureError::NoMatch)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Storage
+
+pub struct NewIntegration<'a> {
+    pub integration_id: Uuid,
+    pub tenant_id: &'a str,
+    pub kind: &'a str,
+    pub name: &'a str,
+    pub settings: &'a Map<String, Value>,
+    /// Already sealed.
+    pub secrets: &'a Map<String, Value>,
+}
+
+pub async fn insert(db: &Db, integration: &NewIntegration<'_>) -> Result<(), StorageError> {
+    const INSERT: &str = "INSERT INTO integrations
+             (integration_id, tenant_id, kind, name, settings, secrets)
+         VALUES ($1, $2, $3, $4, $5, $6)";
+    let settings = Value::Object(integration.settings.clone());
+    let secrets = Value::Object(integration.secrets.clone());
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::query(INSERT)
+                .bind(integration.integration_id)
+                .bind(integration.tenant_id)
+                .bind(integration.kind)
+                .bind(integration.name)
+                .bind(settings)
+                .bind(secrets)
+                .execute(pool)
+                .await?;
+        }
+        Db::Sqlite(sqlite) => {
+            sqlx::query(INSERT)
+                .bind(integration.integration_id.to_string())
+                .bind(integration.tenant_id)
+                .bind(integration.kind)
+                .bind(integration.name)
+                .bind(settings.to_string())
+                .bind(secrets.to_string())
+                .execute(&sqlite.writer)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// An integration as its tenant's admins list it: the names of its
+/// secrets, never their values.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct IntegrationView {
+    pub id: Uuid,
+    pub kind: String,
+    pub name: String,
+    #[schema(value_type = Object)]
+    pub settings: Value,
+    /// Which secrets are stored (names only).
+    pub secret_names: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn list(db: &Db, tenant_id: &str) -> Result<Vec<IntegrationView>, StorageError> {
+    const SELECT: &str = "SELECT integration_id, kind, name, settings, secrets, created_at
+           FROM integrations WHERE tenant_id = $1 ORDER BY created_at, integration_id";
+    on_pool!(db, read, pool => sqlx::query(SELECT)
+        .bind(tenant_id)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|row| {
+            let secrets = row.json("secrets")?;
+            Ok(IntegrationView {
+                id: row.uuid("integration_id")?,
+                kind: row.text("kind")?,
+                name: row.text("name")?,
+                settings: row.json("settings")?,
+                secret_names: secrets
+                    .as_object()
+                    .map(|secrets| secrets.keys().cloned().collect())
+                    .unwrap_or_default(),
+                created_at: row.time("created_at")?,
+            })
+        })
+        .collect())
+}
+
+/// An integration with its sealed secrets. `Debug` leaves them out.
+#[derive(Clone)]
+pub struct StoredIntegration {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub kind: String,
+    pub settings: Value,
+    pub sealed_secrets: Map<String, Value>,
+}
+
+impl fmt::Debug for StoredIntegration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredIntegration")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("kind", &self.kind)
+            .field("settings", &self.settings)
+            .field("sealed_secrets", &"<redacted>")
+            .finish()
+    }
+}
+
+pub async fn get(db: &Db, integration_id: Uuid) -> Result<Option<StoredIntegration>, StorageError> {
+    let select = format!(
+        "SELECT integration_id, tenant_id, kind, settings, secrets
+           FROM integrations WHERE integration_id = {}",
+        db.backend().uuid_param("$1")
+    );
+    on_pool!(db, read, pool => sqlx::query(&select)
+        .bind(integration_id.to_string())
+        .fetch_optional(pool)
+        .await?
+        .map(|row| {
+            Ok(StoredIntegration {
+                id: row.uuid("integration_id")?,
+                tenant_id: row.text("tenant_id")?,
+                kind: row.text("kind")?,
+                settings: row.json("settings")?,
+                sealed_secrets: match row.json("secrets")? {
+                    Value::Object(map) => map,
+                    _ => return Err(StorageError::Corrupt("secrets is not an object".into())),
+                },
+            })
+        })
+        .transpose())
+}
+
+/// Whether `webhook_id` was already applied for the integration.
+pub async fn delivery_seen(
+    db: &Db,
+    integration_id: Uuid,
+    webhook_id: &str,
+) -> Result<bool, StorageError> {
+    let select = format!(
+        "SELECT 1 FROM webhook_deliveries WHERE integration_id = {} AND webhook_id = $2",
+        db.backend().uuid_param("$1")
+    );
+    on_pool!(db, write, pool => Ok(sqlx::query(&select)
+        .bind(integration_id.to_string())
+        .bind(webhook_id)
+        .fetch_optional(pool)
+        .await?
+        .is_some()))
+}
+
+/// Remembers that `webhook_id` was applied (a repeat changes nothing).
+pub async fn record_delivery(
+    db: &Db,
+    integration_id: Uuid,
+    webhook_id: &str,
+) -> Result<(), StorageError> {
+    let insert = format!(
+        "INSERT INTO webhook_deliveries (integration_id, webhook_id) VALUES ({}, $2)
+         ON CONFLICT DO NOTHING",
+        db.backend().uuid_param("$1")
+    );
+    on_pool!(db, write, pool => sqlx::query(&insert)
+        .bind(integration_id.to_string())
+        .bind(webhook_id)
+        .execute(pool)
+        .await
+        .map(|_| ())?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(secret: &str) -> Vec<u8> {
+        signing_key(secret).expect("secret")
+    }
+
+    #[test]
+    fn the_published_test_vectors_verify() {
+        // From the brief (the Standard Webhooks reference libraries).
+        let body = br#"{"test": 2432232314}"#;
+        let secret = key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        assert_eq!(
+            sign(&secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330", body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        assert_eq!(
+            verify_signature(
+                &[secret],
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                "1614265330",
+                "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+                body,
+                1_614_265_330,
+            ),
+            Ok(())
+        );
+        // domain-anchors.md §4.1 (libraries/rust/src/lib.rs).
+        let body = br#"{"email":"test@example.com","username":"test_user"}"#;
+        let secret = key("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD");
+        assert_eq!(
+            verify_signature(
+                &[key("whsec_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcY"), secret],
+                "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
+                "1649367553",
+                "v1a,ignored v1,bm90IGl0 v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=",
+                body,
+                1_649_367_553 + 299,
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn forged_changed_and_stale_deliveries_are_refused() {
+        let secret = key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        let signature = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+        let (id, ts) = ("msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330");
+        let now = 1_614_265_330;
+        let check = |keys: &[Vec<u8>], body: &[u8], now: i64| {
+            verify_signature(keys, id, ts, signature, body, now)
+        };
+        let body = br#"{"test": 2432232314}"#;
+        let other = key("whsec_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcY");
+        assert_eq!(check(&[other], body, now), Err(SignatureError::NoMatch));
+        assert_eq!(
+            check(
+                std::slice::from_ref(&secret),
+                br#"{"test": 2432232315}"#,
+                now
+            ),
+            Err(SignatureError::NoMatch)
+        );
+        assert_eq!(
+            check(std::slice::from_ref(&secret), body, now + 301),
+            Err(SignatureError::Stale)
+        );
+        assert_eq!(
+            check(std::slice::from_ref(&secret), body, now - 301),
+            Err(SignatureError::Stale)
+        );
+        assert_eq!(
+            verify_signature(&[secret], id, "soon", signature, body, now),
+            Err(SignatureError::BadTimestamp)
+        );
+    }
+
+    #[test]
+    fn secrets_seal_per_integration_and_name() {
+        let key = SecretsKey::generate();
+        let id = Uuid::now_v7();
+        let mut secrets = Map::new();
+        secrets.insert("password".into(), Value::String("s3cret".into()));
+        let sealed = key.seal(id, &secrets).expect("seal");
+        assert!(!Value::Object(sealed.clone()).to_string().contains("s3cret"));
+        assert_ne!(
+            sealed,
+            key.seal(id, &secrets).expect("seal"),
+            "a fresh nonce per value"
+        );
+        assert_eq!(key.open(id, &sealed).expect("open"), secrets);
+        assert!(key.open(Uuid::now_v7(), &sealed).is_err());
+        assert!(SecretsKey::generate().open(id, &sealed).is_err());
+        assert_eq!(format!("{key:?}"), "SecretsKey(<redacted>)");
+    }
+
+    #[test]
+    fn a_generated_key_file_is_private_and_reused() {
+        let dir = std::env::temp_dir().join(format!("karvon-key-{}", Uuid::now_v7().simple()));
+        let path = dir.join("secrets.key");
+        let first = SecretsKey::load_or_create(&path).expect("created");
+        let second = SecretsKey::load_or_create(&path).expect("reused");
+        assert_eq!(first.0, second.0);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("file").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn keys_parse_from_hex_or_base64() {
+        let hex_key = "00".repeat(32);
+        assert!(SecretsKey::parse(&hex_key).is_ok());
+        assert!(SecretsKey::parse(&STANDARD.encode([7u8; 32])).is_ok());
+        assert!(SecretsKey::parse("short").is_err());
+    }
+
+    #[test]
+    fn kinds_check_required_and_unknown_keys() {
+        let object = |value: Value| value.as_object().cloned().expect("object");
+        let empty = Map::new();
+        assert!(validate("ftp", &empty, &empty).is_err());
+        let error = validate(
+            "1c_soap",
+            &object(serde_json::json!({"url": "http://1c"})),
+            &empty,
+        )
+        .expect_err("namespace missing");
+        assert!(error.contains("settings.namespace"), "{error}");
+        let settings = validate(
+            "1c_soap",
+            &object(serde_json::json!({"url": "http://1c", "namespace": "urn:x"})),
+            &object(serde_json::json!({"username": "u", "password": "p"})),
+        )
+        .expect("valid");
+        assert_eq!(settings["chunk_size"], 100);
+        let secrets = object(
+            serde_json::json!({"signing_secrets": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]}),
+        );
+        assert!(validate("webhook_source", &empty, &secrets).is_ok());
+        assert!(validate("webhook_source", &empty, &empty).is_err());
+        assert!(
+            validate(
+                "webhook_source",
+                &object(serde_json::json!({"colour": "red"})),
+                &secrets
+            )
+            .is_err()
+        );
+    }
+}

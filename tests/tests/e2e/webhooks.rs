@@ -1,0 +1,393 @@
+//! The integration registry and inbound third-party webhooks: secrets
+//! sealed and never answered, Standard Webhooks signatures over the raw
+//! body, replayed webhook ids acknowledged once, forgeries writing nothing.
+
+use std::time::Duration;
+
+use karvon_adapters::auth_store;
+use karvon_adapters::integrations::{sign, signing_key};
+use karvon_tests::{
+    Backend, Db, TestApp, TestDb, authorized_client, event_count, product, spawn_app_with,
+    test_config, wait_caught_up,
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const SECRET_OLD: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SECRET_NEW: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+const FORGED: &str = "whsec_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcY";
+
+async fn start(backend: Backend) -> (TestDb, TestApp) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let mut config = test_config(&db);
+    if backend == Backend::Postgres {
+        // SQLite makes its own key file beside the database.
+        config.secrets_key = Some("11".repeat(32));
+    }
+    let app = spawn_app_with(config, karvon_app::Role::All)
+        .await
+        .expect("app");
+    (db, app)
+}
+
+async fn webhook_source(app: &TestApp) -> String {
+    let (status, body) = app
+        .post(
+            "/api/v1/integrations",
+            &json!({"kind": "webhook_source", "name": "shop",
+                    "secrets": {"signing_secrets": [SECRET_OLD, SECRET_NEW]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["data"]["id"].as_str().expect("id").to_string()
+}
+
+/// Sends `body` signed with `secret` as `webhook_id`, `age` seconds old.
+async fn deliver(
+    app: &TestApp,
+    integration: &str,
+    webhook_id: &str,
+    secret: &str,
+    age: i64,
+    body: &str,
+) -> (StatusCode, Value) {
+    let timestamp = (chrono::Utc::now().timestamp() - age).to_string();
+    let signature = sign(
+        &signing_key(secret).expect("key"),
+        webhook_id,
+        &timestamp,
+        body.as_bytes(),
+    );
+    send(
+        app,
+        integration,
+        &[
+            ("webhook-id", webhook_id),
+            ("webhook-timestamp", &timestamp),
+            ("webhook-signature", &format!("v1,bm90IGl0 {signature}")),
+        ],
+        body,
+        None,
+    )
+    .await
+}
+
+async fn send(
+    app: &TestApp,
+    integration: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    bearer: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut request = reqwest::Client::new()
+        .post(app.url(&format!(
+            "/api/integrations/webhook?integration={integration}"
+        )))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    app.send(request).await
+}
+
+async fn sealed_secrets_text(db: &Db) -> String {
+    const SELECT: &str = "SELECT CAST(secrets AS TEXT) FROM integrations";
+    let rows: Vec<String> = match db {
+        Db::Postgres(pool) => sqlx::query_scalar(SELECT).fetch_all(pool).await,
+        Db::Sqlite(sqlite) => sqlx::query_scalar(SELECT).fetch_all(&sqlite.writer).await,
+    }
+    .expect("secrets");
+    rows.join("\n")
+}
+
+async fn last_event_metadata(db: &Db) -> Value {
+    const SELECT: &str =
+        "SELECT CAST(metadata AS TEXT) FROM events ORDER BY global_position DESC LIMIT 1";
+    let text: String = match db {
+        Db::Postgres(pool) => sqlx::query_scalar(SELECT).fetch_one(pool).await,
+        Db::Sqlite(sqlite) => sqlx::query_scalar(SELECT).fetch_one(&sqlite.writer).await,
+    }
+    .expect("metadata");
+    serde_json::from_str(&text).expect("json")
+}
+
+async fn registry_keeps_secrets_and_tenants_apart(backend: Backend) {
+    let (_db, app) = start(backend).await;
+    let webhook = webhook_source(&app).await;
+    let (status, body) = app
+        .post(
+            "/api/v1/integrations",
+            &json!({"kind": "1c_soap", "name": "1C head office",
+                    "settings": {"url": "http://1c.local/ws", "namespace": "urn:trade"},
+                    "secrets": {"username": "karvon", "password": "p4ss-w0rd-1c"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let soap = body["data"]["id"].as_str().expect("id").to_string();
+
+    let (status, body) = app.get("/api/v1/integrations").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let items = body["data"]["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2, "{body}");
+    assert_eq!(items[0]["id"], json!(webhook));
+    assert_eq!(items[0]["secret_names"], json!(["signing_secrets"]));
+    assert_eq!(items[1]["id"], json!(soap));
+    assert_eq!(items[1]["kind"], "1c_soap");
+    assert_eq!(items[1]["settings"]["products_operation"], "GetProductList");
+    assert_eq!(items[1]["settings"]["chunk_size"], 100);
+    assert_eq!(items[1]["secret_names"], json!(["password", "username"]));
+    let text = body.to_string();
+    assert!(
+        !text.contains("p4ss-w0rd-1c") && !text.contains("whsec_"),
+        "{text}"
+    );
+    // Sealed at rest too.
+    let stored = sealed_secrets_text(&app.db).await;
+    assert!(
+        !stored.contains("p4ss-w0rd-1c") && !stored.contains("MfKQ9r8"),
+        "{stored}"
+    );
+
+    let (status, body) = app
+        .post(
+            "/api/v1/integrations",
+            &json!({"kind": "ftp", "name": "x", "settings": {}, "secrets": {}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["message"].as_str().expect("message").contains("ftp"));
+    let (status, body) = app
+        .post(
+            "/api/v1/integrations",
+            &json!({"kind": "regos", "name": "REGOS",
+                    "settings": {"base_url": "https://integration.regos.uz", "sync_time": "03:00"},
+                    "secrets": {"integration_key": "k"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("settings.connected_integration_id"),
+        "{body}"
+    );
+
+    // Another tenant sees nothing, and cannot use the first one's webhook.
+    auth_store::create_tenant(&app.db, "other", "UTC")
+        .await
+        .expect("tenant");
+    let other = karvon_tests::admin_key(&app.db, "other")
+        .await
+        .expect("key");
+    let client = authorized_client(&other).expect("client");
+    let (status, body) = app.send(client.get(app.url("/api/v1/integrations"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["items"], json!([]));
+    let event = json!({"event_type": "product_created", "payload": product("X1", "dairy", None)});
+    let (status, body) = send(&app, &webhook, &[], &event.to_string(), Some(&other)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+async fn signed_webhooks_apply_once_and_forgeries_write_nothing(backend: Backend) {
+    let (_db, app) = start(backend).await;
+    let integration = webhook_source(&app).await;
+    let db = &app.db;
+
+    // A product, signed with the newer of two secrets (rotation).
+    let created = json!({"event_type": "product_created", "payload": product("P1", "dairy", None)})
+        .to_string();
+    let before = event_count(db).await.expect("count");
+    let (status, body) = deliver(&app, &integration, "msg_1", SECRET_NEW, 0, &created).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["data"]["id"], "P1");
+    assert_eq!(event_count(db).await.expect("count"), before + 1);
+    let metadata = last_event_metadata(db).await;
+    assert_eq!(metadata["source"], "webhook", "{metadata}");
+    assert_eq!(
+        metadata["actor"],
+        json!(format!("integration:{integration}"))
+    );
+    let (status, body) = app
+        .get_after("/api/v1/products/P1", &body["data"]["position"])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The same webhook id again (a fresh attempt, signed with the old
+    // secret): acknowledged, nothing new.
+    let (status, body) = deliver(&app, &integration, "msg_1", SECRET_OLD, 0, &created).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["duplicate"], true);
+    assert_eq!(event_count(db).await.expect("count"), before + 1);
+
+    // An order becomes a sale; a stock update an adjustment.
+    let order = json!({"event_type": "order_created", "payload": {
+        "sale_id": "W-1", "branch_id": "B1", "cashier": "web", "sale_type": "retail",
+        "payment_type": "card", "occurred_at": "2026-11-25T10:00:00+05:00",
+        "lines": [{"product_id": "P1", "qty": "2", "unit_price": "1500"}]}})
+    .to_string();
+    let (status, body) = deliver(&app, &integration, "msg_2", SECRET_OLD, 0, &order).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["data"]["id"], "W-1");
+    let stock = json!({"event_type": "stock_updated", "payload":
+        {"warehouse_id": "W1", "product_id": "P1", "counted_qty": "7"}})
+    .to_string();
+    let (status, body) = deliver(&app, &integration, "msg_3", SECRET_NEW, 0, &stock).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // The sale's stock line follows through the reactor; let it land.
+    wait_caught_up(db, &["sales_stock"], Duration::from_secs(30))
+        .await
+        .expect("caught up");
+    let after_good = event_count(db).await.expect("count");
+    assert!(after_good >= before + 3);
+
+    // Forgeries and invalid payloads: nothing recorded.
+    let fresh = json!({"event_type": "product_created", "payload": product("P9", "dairy", None)})
+        .to_string();
+    let (status, body) = deliver(&app, &integration, "msg_f1", FORGED, 0, &fresh).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "wrong secret: {body}");
+    // One byte of the body changed after signing.
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let signature = sign(
+        &signing_key(SECRET_NEW).expect("key"),
+        "msg_f2",
+        &timestamp,
+        fresh.as_bytes(),
+    );
+    let changed = fresh.replace("P9", "P8");
+    let (status, body) = send(
+        &app,
+        &integration,
+        &[
+            ("webhook-id", "msg_f2"),
+            ("webhook-timestamp", &timestamp),
+            ("webhook-signature", &signature),
+        ],
+        &changed,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "changed body: {body}");
+    let (status, body) = deliver(&app, &integration, "msg_f3", SECRET_NEW, 600, &fresh).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "10 min old: {body}");
+    let (status, body) = deliver(&app, &integration, "msg_f4", SECRET_NEW, -600, &fresh).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "10 min ahead: {body}");
+    let (status, body) = send(&app, &integration, &[], &fresh, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "unsigned: {body}");
+    // Validly signed but not a product (the third-party fixture's shape).
+    let fixture =
+        r#"{"event_type":"product_created","payload":{"product_id":123,"name":"New Product"}}"#;
+    let (status, body) = deliver(&app, &integration, "msg_f5", SECRET_NEW, 0, fixture).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = deliver(
+        &app,
+        &integration,
+        "msg_f6",
+        SECRET_NEW,
+        0,
+        r#"{"event_type":"price_changed","payload":{}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(event_count(db).await.expect("count"), after_good);
+    // A refused delivery is not remembered: the same id, now valid, applies.
+    let (status, body) = deliver(&app, &integration, "msg_f1", SECRET_NEW, 0, &fresh).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(event_count(db).await.expect("count"), after_good + 1);
+
+    // Unknown integration, or another kind: 404.
+    let (status, _) = deliver(
+        &app,
+        &uuid::Uuid::now_v7().to_string(),
+        "msg_x",
+        SECRET_NEW,
+        0,
+        &fresh,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = app
+        .post(
+            "/api/v1/integrations",
+            &json!({"kind": "1c_odata", "name": "1C OData",
+                    "settings": {"base_url": "http://1c.local/odata"},
+                    "secrets": {"username": "u", "password": "p"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let odata = body["data"]["id"].as_str().expect("id").to_string();
+    let (status, _) = deliver(&app, &odata, "msg_y", SECRET_NEW, 0, &fresh).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A Bearer key with scope `webhooks` of the tenant works unsigned; one
+    // with only `read` does not.
+    let key = |scopes: &[&str]| {
+        let db = db.clone();
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        async move {
+            karvon_app::auth::create_api_key(&db, "default", scopes, Some(1000), None, None)
+                .await
+                .expect("key")
+                .key
+        }
+    };
+    let webhooks_key = key(&["webhooks"]).await;
+    let read_key = key(&["read"]).await;
+    let bearer_event =
+        json!({"event_type": "product_created", "payload": product("P7", "dairy", None)})
+            .to_string();
+    let (status, body) = send(&app, &integration, &[], &bearer_event, Some(&read_key)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = send(
+        &app,
+        &integration,
+        &[("webhook-id", "bearer_1")],
+        &bearer_event,
+        Some(&webhooks_key),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = send(
+        &app,
+        &integration,
+        &[("webhook-id", "bearer_1")],
+        &bearer_event,
+        Some(&webhooks_key),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(event_count(db).await.expect("count"), after_good + 2);
+}
+
+/// PostgreSQL without `KARVON_SECRETS_KEY` refuses to store secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_without_a_secrets_key_refuses_secrets() {
+    let db = TestDb::create_on(Backend::Postgres).await.expect("db");
+    let app = spawn_app_with(test_config(&db), karvon_app::Role::All)
+        .await
+        .expect("app");
+    let (status, body) = app
+        .post(
+            "/api/v1/integrations",
+            &json!({"kind": "webhook_source", "name": "shop",
+                    "secrets": {"signing_secrets": [SECRET_OLD]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("KARVON_SECRETS_KEY")
+    );
+    assert_eq!(sealed_secrets_text(&app.db).await, "");
+}
+
+on_both_backends!(
+    registry_keeps_secrets_and_tenants_apart,
+    signed_webhooks_apply_once_and_forgeries_write_nothing,
+);
