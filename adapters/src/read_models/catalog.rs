@@ -11,8 +11,8 @@ use karvon_projections::names;
 use crate::StorageError;
 use crate::db::{Conn, Portable, like_pattern};
 use crate::feed::FeedEvent;
-use crate::read_models::Reader;
-use crate::records::{self, Field, Record, SqlType, Value, record};
+
+use crate::records::{self, Field, Reader, Record, SqlType, Value, record};
 use crate::runner::Projection;
 
 record! {

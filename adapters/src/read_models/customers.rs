@@ -12,8 +12,8 @@ use karvon_projections::names;
 use crate::StorageError;
 use crate::db::Conn;
 use crate::feed::FeedEvent;
-use crate::read_models::Reader;
-use crate::records::{self, Record, Value, record};
+
+use crate::records::{self, Reader, Record, Value, record};
 use crate::runner::Projection;
 
 record! {

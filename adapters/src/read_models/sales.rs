@@ -13,8 +13,8 @@ use rust_decimal::Decimal;
 use crate::StorageError;
 use crate::db::Conn;
 use crate::feed::FeedEvent;
-use crate::read_models::Reader;
-use crate::records::{self, Record, Value, record};
+
+use crate::records::{self, Reader, Record, Value, record};
 use crate::runner::Projection;
 
 /// One bucket as stored. `slice` is `all`, `branch` or `cashier`; `branch`

@@ -13,8 +13,8 @@ use uuid::Uuid;
 use crate::StorageError;
 use crate::db::{Conn, Portable};
 use crate::feed::FeedEvent;
-use crate::read_models::Reader;
-use crate::records::{self, Record, Value, record};
+
+use crate::records::{self, Reader, Record, Value, record};
 use crate::runner::Projection;
 
 /// The stock read model. It keeps the levels it has written in memory so a

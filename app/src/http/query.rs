@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
-use karvon_adapters::read_models::{self, Reader};
+use karvon_adapters::records::{self, Reader};
 use karvon_adapters::runner;
 use karvon_projections::PositionToken;
 
@@ -20,7 +20,7 @@ const MAX_PAGE: i64 = 1000;
 /// A read transaction for the caller's tenant (on PostgreSQL as the query
 /// role: the row-level-security wall).
 pub async fn reader(state: &AppState, principal: &Principal) -> Result<Reader, ApiError> {
-    Ok(read_models::tenant_reader(&state.db, principal.tenant.as_str()).await?)
+    Ok(records::tenant_reader(&state.db, principal.tenant.as_str()).await?)
 }
 
 /// Ends a reader at once: a dropped transaction would only roll back when

@@ -17,12 +17,15 @@
 //! }
 //! ```
 
+mod tenancy;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::StorageError;
 use crate::db::{Backend, Conn, Portable, sqlite_time};
+pub use tenancy::{QUERY_ROLE, Reader, tenant_reader};
 
 /// The SQL types a column can have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,7 +277,7 @@ pub async fn create<R: Record>(conn: &mut Conn<'_>, schema: &str) -> Result<(), 
         ))
         .await?;
     }
-    crate::read_models::secure_tables(conn, schema, &[R::TABLE]).await
+    tenancy::secure_tables(conn, schema, &[R::TABLE]).await
 }
 
 /// Inserts `rows`, replacing the rows with the same key, in one statement.
