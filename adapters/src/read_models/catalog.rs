@@ -2,8 +2,6 @@
 //! `karvon_projections::catalog`, the row's storage declaration, and the
 //! queries.
 
-use std::collections::HashMap;
-
 use karvon_domain::product::{Product, ProductEvent, ProductStatus};
 use karvon_projections::catalog::{self, ProductRow};
 use karvon_projections::names;
@@ -68,36 +66,21 @@ impl Projection for CatalogProjection {
         schema: &str,
         events: &[FeedEvent],
     ) -> Result<(), StorageError> {
-        let product_events = super::events_of::<Product>(events)?;
-        let key = |event: &FeedEvent, payload: &ProductEvent| {
-            (
-                event.metadata.tenant_id.clone(),
-                product_id(payload).to_string(),
-            )
-        };
-        let keys = product_events
-            .iter()
+        let items = super::events_of::<Product>(events)?
+            .into_iter()
             .map(|(event, payload)| {
-                let (tenant, product) = key(event, payload);
-                vec![Value::Text(Some(tenant)), Value::Text(Some(product))]
+                let key = vec![
+                    Value::Text(Some(event.metadata.tenant_id.clone())),
+                    Value::Text(Some(product_id(&payload).to_string())),
+                ];
+                (key, (event, payload))
             })
             .collect();
-        let mut rows: HashMap<(String, String), ProductRow> =
-            records::load::<ProductRow>(conn, schema, keys)
-                .await?
-                .into_iter()
-                .map(|row| ((row.tenant_id.clone(), row.product_id.clone()), row))
-                .collect();
-        for (event, payload) in &product_events {
-            let key = key(event, payload);
-            let current = rows.remove(&key);
+        records::fold(conn, schema, items, |row, (event, payload)| {
             let at = event.metadata.occurred_at;
-            if let Some(row) = catalog::apply(current, &key.0, payload, at) {
-                rows.insert(key, row);
-            }
-        }
-        let rows: Vec<ProductRow> = rows.into_values().collect();
-        records::upsert(conn, schema, &rows).await
+            catalog::apply(row, &event.metadata.tenant_id, &payload, at)
+        })
+        .await
     }
 }
 
@@ -176,4 +159,28 @@ pub async fn get_product(
     Ok(records::fetch_records(&mut conn, &statement, params)
         .await?
         .pop())
+}
+
+/// The names of the tenant's products among `product_ids`, in one query.
+pub async fn product_names(
+    reader: &mut Reader,
+    tenant: &str,
+    product_ids: &[String],
+) -> Result<std::collections::HashMap<String, String>, StorageError> {
+    let keys = product_ids
+        .iter()
+        .map(|id| {
+            vec![
+                Value::Text(Some(tenant.to_string())),
+                Value::Text(Some(id.clone())),
+            ]
+        })
+        .collect();
+    Ok(
+        records::load::<ProductRow>(&mut reader.conn(), names::CATALOG, keys)
+            .await?
+            .into_iter()
+            .map(|row| (row.product_id, row.name))
+            .collect(),
+    )
 }

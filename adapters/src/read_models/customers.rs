@@ -2,8 +2,6 @@
 //! (`customers.purchases`): the pure folds `karvon_projections::customers`,
 //! the rows' storage declarations, and the queries.
 
-use std::collections::HashMap;
-
 use karvon_domain::customer::Customer;
 use karvon_domain::sale::{Sale, SaleEvent};
 use karvon_projections::customers::{self, CustomerRow, PurchaseRow};
@@ -56,63 +54,41 @@ impl Projection for CustomersProjection {
         schema: &str,
         events: &[FeedEvent],
     ) -> Result<(), StorageError> {
-        let customer_events = super::events_of::<Customer>(events)?;
-        if !customer_events.is_empty() {
-            let keys = customer_events
-                .iter()
-                .map(|(event, payload)| {
-                    vec![
-                        text(&event.metadata.tenant_id),
-                        text(payload.customer_id().as_str()),
-                    ]
-                })
-                .collect();
-            let mut rows: HashMap<(String, String), CustomerRow> =
-                records::load::<CustomerRow>(conn, schema, keys)
-                    .await?
-                    .into_iter()
-                    .map(|row| ((row.tenant_id.clone(), row.customer_id.clone()), row))
-                    .collect();
-            for (event, payload) in &customer_events {
-                let tenant = &event.metadata.tenant_id;
-                let key = (tenant.clone(), payload.customer_id().to_string());
-                let current = rows.remove(&key);
-                let at = event.metadata.occurred_at;
-                rows.insert(key, customers::apply_customer(current, tenant, payload, at));
-            }
-            let rows: Vec<CustomerRow> = rows.into_values().collect();
-            records::upsert(conn, schema, &rows).await?;
-        }
-
-        let sale_events = super::events_of::<Sale>(events)?;
-        if !sale_events.is_empty() {
-            let sale_id = |payload: &SaleEvent| match payload {
-                SaleEvent::SaleRecorded { sale_id, .. }
-                | SaleEvent::SaleRefunded { sale_id, .. } => sale_id.to_string(),
-            };
-            let keys = sale_events
-                .iter()
-                .map(|(event, payload)| {
-                    vec![text(&event.metadata.tenant_id), text(&sale_id(payload))]
-                })
-                .collect();
-            let mut rows: HashMap<(String, String), PurchaseRow> =
-                records::load::<PurchaseRow>(conn, schema, keys)
-                    .await?
-                    .into_iter()
-                    .map(|row| ((row.tenant_id.clone(), row.sale_id.clone()), row))
-                    .collect();
-            for (event, payload) in &sale_events {
-                let tenant = &event.metadata.tenant_id;
-                let key = (tenant.clone(), sale_id(payload));
-                let current = rows.remove(&key);
-                if let Some(row) = customers::apply_purchase(current, tenant, payload) {
-                    rows.insert(key, row);
-                }
-            }
-            let rows: Vec<PurchaseRow> = rows.into_values().collect();
-            records::upsert(conn, schema, &rows).await?;
-        }
+        let customers = super::events_of::<Customer>(events)?
+            .into_iter()
+            .map(|(event, payload)| {
+                let key = vec![
+                    text(&event.metadata.tenant_id),
+                    text(payload.customer_id().as_str()),
+                ];
+                (key, (event, payload))
+            })
+            .collect();
+        records::fold(conn, schema, customers, |row, (event, payload)| {
+            let at = event.metadata.occurred_at;
+            Some(customers::apply_customer(
+                row,
+                &event.metadata.tenant_id,
+                &payload,
+                at,
+            ))
+        })
+        .await?;
+        let purchases = super::events_of::<Sale>(events)?
+            .into_iter()
+            .map(|(event, payload)| {
+                let sale_id = match &payload {
+                    SaleEvent::SaleRecorded { sale_id, .. }
+                    | SaleEvent::SaleRefunded { sale_id, .. } => sale_id.to_string(),
+                };
+                let key = vec![text(&event.metadata.tenant_id), text(&sale_id)];
+                (key, (event, payload))
+            })
+            .collect();
+        records::fold(conn, schema, purchases, |row, (event, payload)| {
+            customers::apply_purchase(row, &event.metadata.tenant_id, &payload)
+        })
+        .await?;
         Ok(())
     }
 }

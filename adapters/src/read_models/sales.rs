@@ -44,31 +44,7 @@ record! {
     }
 }
 
-type Key = (String, String, String, String, String, NaiveDate);
-
 impl BucketRow {
-    fn id(&self) -> Key {
-        (
-            self.tenant_id.clone(),
-            self.period.clone(),
-            self.slice.clone(),
-            self.branch_id.clone(),
-            self.cashier.clone(),
-            self.period_start,
-        )
-    }
-
-    fn key(&self) -> Vec<Value> {
-        vec![
-            Value::Text(Some(self.tenant_id.clone())),
-            Value::Text(Some(self.period.clone())),
-            Value::Text(Some(self.slice.clone())),
-            Value::Text(Some(self.branch_id.clone())),
-            Value::Text(Some(self.cashier.clone())),
-            Value::Date(Some(self.period_start)),
-        ]
-    }
-
     fn empty(tenant: &str, key: &BucketKey) -> Self {
         let (slice, branch_id, cashier) = match &key.slice {
             Slice::All => ("all", String::new(), String::new()),
@@ -203,19 +179,20 @@ impl Projection for SalesProjection {
                 changes.push(row);
             }
         }
-        let keys = changes.iter().map(BucketRow::key).collect();
-        let mut rows: HashMap<Key, BucketRow> = records::load::<BucketRow>(conn, schema, keys)
-            .await?
+        let changes = changes
             .into_iter()
-            .map(|row| (row.id(), row))
+            .map(|change| (change.key(), change))
             .collect();
-        for change in changes {
-            rows.entry(change.id())
-                .and_modify(|row| row.add(&change.totals()))
-                .or_insert(change);
-        }
-        let rows: Vec<BucketRow> = rows.into_values().collect();
-        records::upsert(conn, schema, &rows).await?;
+        records::fold(conn, schema, changes, |row: Option<BucketRow>, change| {
+            Some(match row {
+                Some(mut row) => {
+                    row.add(&change.totals());
+                    row
+                }
+                None => change,
+            })
+        })
+        .await?;
         // A sale is recorded once: its product rows are new.
         records::upsert(conn, schema, &products).await
     }

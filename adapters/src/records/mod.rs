@@ -181,6 +181,8 @@ pub trait Record: Sized + Send + Sync {
     fn columns() -> Vec<Column>;
     /// This row's values, in [`Record::columns`] order.
     fn values(&self) -> Vec<Value>;
+    /// This row's key, in [`Record::KEY`] order.
+    fn key(&self) -> Vec<Value>;
     fn from_row(row: &(impl Portable + ?Sized)) -> Result<Self, StorageError>;
 
     /// The columns, comma-separated, for a query's select list.
@@ -228,6 +230,10 @@ macro_rules! record {
 
             fn values(&self) -> Vec<$crate::records::Value> {
                 vec![$($crate::records::Field::value(&self.$field)),+]
+            }
+
+            fn key(&self) -> Vec<$crate::records::Value> {
+                vec![$($crate::records::Field::value(&self.$key)),+]
             }
 
             fn from_row(
@@ -332,6 +338,39 @@ async fn write_rows<R: Record>(
     );
     let values: Vec<Vec<Value>> = rows.iter().map(Record::values).collect();
     run_with_rows(conn, &statement, &bound, values).await
+}
+
+/// Folds a batch into stored rows: loads the rows of every item's key in
+/// one statement, hands each item in order to `fold` with its key's row so
+/// far (`None` when there is none yet), and upserts what the folds leave,
+/// in one statement.
+pub async fn fold<R: Record, T>(
+    conn: &mut Conn<'_>,
+    schema: &str,
+    items: Vec<(Vec<Value>, T)>,
+    mut fold: impl FnMut(Option<R>, T) -> Option<R>,
+) -> Result<(), StorageError> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let key_text = |key: &[Value]| {
+        serde_json::Value::Array(key.iter().map(Value::to_json).collect()).to_string()
+    };
+    let keys = items.iter().map(|(key, _)| key.clone()).collect();
+    let mut rows: std::collections::HashMap<String, R> = load::<R>(conn, schema, keys)
+        .await?
+        .into_iter()
+        .map(|row| (key_text(&row.key()), row))
+        .collect();
+    for (key, item) in items {
+        let key = key_text(&key);
+        let current = rows.remove(&key);
+        if let Some(row) = fold(current, item) {
+            rows.insert(key, row);
+        }
+    }
+    let rows: Vec<R> = rows.into_values().collect();
+    upsert(conn, schema, &rows).await
 }
 
 /// The rows whose keys are among `keys` (each key's values in

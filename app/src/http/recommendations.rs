@@ -144,10 +144,10 @@ pub async fn product_recommendations(
             })
             .collect(),
     };
+    let ids: Vec<String> = items.iter().map(|item| item.product_id.clone()).collect();
+    let mut names = catalog::product_names(&mut tx, tenant, &ids).await?;
     for item in &mut items {
-        item.name = catalog::get_product(&mut tx, tenant, &item.product_id)
-            .await?
-            .map(|row| row.name);
+        item.name = names.remove(&item.product_id);
     }
     finish(tx).await?;
     Ok(ok(Recommendations {

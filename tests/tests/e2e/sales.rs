@@ -570,8 +570,14 @@ on_both_backends!(sales_buckets_follow_the_tenants_calendar);
 async fn recommendations_rank_top_sellers_and_products_bought_together(backend: Backend) {
     let db = TestDb::create_on(backend).await.expect("db");
     let app = spawn_app(&db).await.expect("app");
-    app.post("/api/v1/products", &product("P1", "dairy", None))
+    let (_, registered) = app
+        .post("/api/v1/products", &product("P1", "dairy", None))
         .await;
+    // Names come from the catalogue: let it have the product first.
+    let (status, _) = app
+        .get_after("/api/v1/products/P1", &registered["data"]["position"])
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let now = chrono::Utc::now().to_rfc3339();
     let line =
         |product: &str, qty: &str| json!({"product_id": product, "qty": qty, "unit_price": "10"});
