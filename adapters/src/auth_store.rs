@@ -12,6 +12,8 @@ use crate::db::{Db, Portable, json_list, on_pool};
 pub struct Tenant {
     pub tenant_id: String,
     pub time_zone: String,
+    /// May a purchase-order receipt bring more than was ordered?
+    pub allow_over_delivery: bool,
 }
 
 /// Creates a tenant; `false` when it already exists (time zone unchanged).
@@ -32,7 +34,8 @@ pub async fn create_tenant(
 }
 
 pub async fn tenant(db: &Db, tenant_id: &str) -> Result<Option<Tenant>, StorageError> {
-    const SELECT: &str = "SELECT tenant_id, time_zone FROM tenants WHERE tenant_id = $1";
+    const SELECT: &str =
+        "SELECT tenant_id, time_zone, allow_over_delivery FROM tenants WHERE tenant_id = $1";
     on_pool!(db, read, pool => sqlx::query(SELECT)
         .bind(tenant_id)
         .fetch_optional(pool)
@@ -41,9 +44,28 @@ pub async fn tenant(db: &Db, tenant_id: &str) -> Result<Option<Tenant>, StorageE
             Ok(Tenant {
                 tenant_id: row.text("tenant_id")?,
                 time_zone: row.text("time_zone")?,
+                allow_over_delivery: row.flag("allow_over_delivery")?,
             })
         })
         .transpose())
+}
+
+/// Sets whether the tenant accepts over-delivery; `false` when there is no
+/// such tenant.
+pub async fn set_allow_over_delivery(
+    db: &Db,
+    tenant_id: &str,
+    allow: bool,
+) -> Result<bool, StorageError> {
+    let updated = on_pool!(db, write, pool => sqlx::query(
+        "UPDATE tenants SET allow_over_delivery = $2 WHERE tenant_id = $1",
+    )
+    .bind(tenant_id)
+    .bind(allow)
+    .execute(pool)
+    .await?
+    .rows_affected());
+    Ok(updated == 1)
 }
 
 pub struct NewUser<'a> {

@@ -24,6 +24,7 @@ pub mod integrations;
 pub mod postgres;
 pub mod reactions;
 pub mod read_models;
+pub mod receipts_stock;
 pub mod records;
 pub mod registry;
 pub mod runner;

@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use crate::read_models::catalog::CatalogProjection;
 use crate::read_models::customers::CustomersProjection;
+use crate::read_models::procurement::ProcurementProjection;
 use crate::read_models::sales::SalesProjection;
 use crate::read_models::stock::StockProjection;
+use crate::receipts_stock::ReceiptsStock;
 use crate::runner::Consumer;
 use crate::sales_stock::SalesStock;
 use crate::transfers::TransferProcess;
@@ -19,8 +21,10 @@ pub fn consumers() -> Vec<Consumer> {
         Consumer::Projection(Arc::new(StockProjection::default())),
         Consumer::Projection(Arc::new(SalesProjection)),
         Consumer::Projection(Arc::new(CustomersProjection)),
+        Consumer::Projection(Arc::new(ProcurementProjection)),
         Consumer::Reactor(Arc::new(TransferProcess)),
         Consumer::Reactor(Arc::new(SalesStock)),
+        Consumer::Reactor(Arc::new(ReceiptsStock)),
     ]
 }
 

@@ -78,6 +78,8 @@ impl Application {
             stock: Arc::new(CommandExecutor::new(db.clone())),
             sales: Arc::new(CommandExecutor::new(db.clone())),
             customers: Arc::new(CommandExecutor::new(db.clone())),
+            suppliers: Arc::new(CommandExecutor::new(db.clone())),
+            purchase_orders: Arc::new(CommandExecutor::new(db.clone())),
             metrics: metrics_handle(),
             min_position_wait: Duration::from_millis(config.min_position_wait_ms),
             known_products: Arc::default(),
@@ -323,6 +325,19 @@ pub async fn rebuild_projection(config: &Config, name: &str) -> anyhow::Result<R
     runner::rebuild(&db, handler.as_ref(), config.rebuild_batch_size.max(1))
         .await
         .context("rebuilding")
+}
+
+/// `karvon tenant set <id> --allow-over-delivery <true|false>`.
+pub async fn set_allow_over_delivery(
+    config: &Config,
+    tenant: &str,
+    allow: bool,
+) -> anyhow::Result<()> {
+    let db = open_migrated(config).await?;
+    if !karvon_adapters::auth_store::set_allow_over_delivery(&db, tenant, allow).await? {
+        anyhow::bail!("no tenant {tenant:?}");
+    }
+    Ok(())
 }
 
 /// `karvon tenant create <id> [--time-zone <IANA>]`; `false` when the

@@ -60,6 +60,14 @@ enum TenantCommand {
         #[arg(long, default_value = "UTC")]
         time_zone: String,
     },
+    /// Change a tenant's settings.
+    Set {
+        id: String,
+        /// May a purchase-order receipt bring more than was ordered of a
+        /// line (`true`/`false`; refused by default)?
+        #[arg(long, action = clap::ArgAction::Set)]
+        allow_over_delivery: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +156,17 @@ async fn main() -> anyhow::Result<()> {
                     format!("tenant {id} already exists")
                 }
             );
+            Ok(())
+        }
+        Command::Tenant {
+            command:
+                TenantCommand::Set {
+                    id,
+                    allow_over_delivery,
+                },
+        } => {
+            karvon_app::set_allow_over_delivery(&config, &id, allow_over_delivery).await?;
+            println!("tenant {id}: allow_over_delivery = {allow_over_delivery}");
             Ok(())
         }
         Command::ApiKey {

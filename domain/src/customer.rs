@@ -7,42 +7,16 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
+use crate::contact::ContactDetails;
 use crate::{EVENT_VERSION_1, Id};
 
 /// What is known about a customer; `PUT` replaces all of it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CustomerDetails {
-    pub name: String,
-    pub phone: Option<String>,
-    pub email: Option<String>,
-    pub tax_id: Option<String>,
-    pub address: Option<String>,
-}
+pub type CustomerDetails = ContactDetails;
 
-impl CustomerDetails {
-    fn validate(&self) -> Result<(), CustomerError> {
-        let check = |field: &'static str, value: &str, max: usize| {
-            if value.trim().is_empty() || value.chars().count() > max {
-                return Err(CustomerError::Invalid {
-                    field,
-                    reason: "must be 1 to the allowed number of characters",
-                });
-            }
-            Ok(())
-        };
-        check("name", &self.name, 256)?;
-        for (field, value, max) in [
-            ("phone", &self.phone, 32),
-            ("email", &self.email, 254),
-            ("tax_id", &self.tax_id, 32),
-            ("address", &self.address, 512),
-        ] {
-            if let Some(value) = value {
-                check(field, value, max)?;
-            }
-        }
-        Ok(())
-    }
+fn validate(details: &CustomerDetails) -> Result<(), CustomerError> {
+    details
+        .validate()
+        .map_err(|(field, reason)| CustomerError::Invalid { field, reason })
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -137,7 +111,7 @@ impl Aggregate for Customer {
                 customer_id,
                 details,
             } => {
-                details.validate()?;
+                validate(&details)?;
                 if let Some(existing) = &self.details {
                     if *existing == details {
                         return Ok(());
@@ -154,7 +128,7 @@ impl Aggregate for Customer {
                 .await;
             }
             CustomerCommand::Update { details } => {
-                details.validate()?;
+                validate(&details)?;
                 let customer_id = self
                     .customer_id
                     .clone()

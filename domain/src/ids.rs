@@ -77,6 +77,16 @@ pub fn sale_stream_id(tenant: &TenantId, sale: &Id) -> String {
     format!("{tenant}/{sale}")
 }
 
+/// The aggregate id of a supplier stream: `<tenant>/<supplier>`.
+pub fn supplier_stream_id(tenant: &TenantId, supplier: &Id) -> String {
+    format!("{tenant}/{supplier}")
+}
+
+/// The aggregate id of a purchase order stream: `<tenant>/<po>`.
+pub fn purchase_order_stream_id(tenant: &TenantId, po: &Id) -> String {
+    format!("{tenant}/{po}")
+}
+
 /// The aggregate id of a stock item stream: `<tenant>/<warehouse>/<product>`.
 pub fn stock_stream_id(tenant: &TenantId, warehouse: &Id, product: &Id) -> String {
     format!("{tenant}/{warehouse}/{product}")

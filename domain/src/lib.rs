@@ -6,11 +6,14 @@
 //! Events are a persisted contract: names and versions are stable, and new
 //! shapes get a new `event_version` plus an upcaster, never a rewrite.
 
+pub mod contact;
 pub mod customer;
 pub mod ids;
 pub mod product;
+pub mod purchase_order;
 pub mod sale;
 pub mod stock;
+pub mod supplier;
 pub mod values;
 
 pub use ids::{Id, IdError, TenantId};

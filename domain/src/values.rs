@@ -68,6 +68,8 @@ impl fmt::Display for Quantity {
 pub struct Money(Decimal);
 
 impl Money {
+    pub const ZERO: Money = Money(Decimal::ZERO);
+
     pub fn parse(value: Decimal) -> Result<Self, ValueError> {
         if value < Decimal::ZERO {
             return Err(ValueError::Negative);

@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod customers;
 pub mod metadata;
 pub mod position;
+pub mod procurement;
 pub mod sales;
 pub mod stock;
 
@@ -29,8 +30,11 @@ pub mod names {
     pub const STOCK: &str = "stock";
     pub const SALES: &str = "sales";
     pub const CUSTOMERS: &str = "customers";
+    pub const PROCUREMENT: &str = "procurement";
     /// Not a read model: the process manager that completes transfers.
     pub const TRANSFERS: &str = "transfers";
     /// Not a read model: the reactor that makes stock follow sales.
     pub const SALES_STOCK: &str = "sales_stock";
+    /// Not a read model: the reactor that receives accepted goods into stock.
+    pub const RECEIPTS_STOCK: &str = "receipts_stock";
 }

@@ -100,20 +100,7 @@ pub async fn list_customers(
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<CustomerRow>, StorageError> {
-    let mut conn = reader.conn();
-    let statement = format!(
-        "SELECT {} FROM {} WHERE tenant_id = $1 AND ({} IS NULL OR customer_id > $2)
-          ORDER BY customer_id LIMIT $3",
-        CustomerRow::column_list(),
-        conn.backend().table(names::CUSTOMERS, CustomerRow::TABLE),
-        conn.backend().text_param("$2"),
-    );
-    let params = vec![
-        text(tenant),
-        Value::Text(after.map(str::to_string)),
-        Value::BigInt(Some(limit)),
-    ];
-    records::fetch_records(&mut conn, &statement, params).await
+    records::page(&mut reader.conn(), names::CUSTOMERS, tenant, after, limit).await
 }
 
 pub async fn get_customer(
@@ -121,16 +108,8 @@ pub async fn get_customer(
     tenant: &str,
     customer_id: &str,
 ) -> Result<Option<CustomerRow>, StorageError> {
-    let mut conn = reader.conn();
-    let statement = format!(
-        "SELECT {} FROM {} WHERE tenant_id = $1 AND customer_id = $2",
-        CustomerRow::column_list(),
-        conn.backend().table(names::CUSTOMERS, CustomerRow::TABLE),
-    );
-    let params = vec![text(tenant), text(customer_id)];
-    Ok(records::fetch_records(&mut conn, &statement, params)
-        .await?
-        .pop())
+    let key = vec![text(tenant), text(customer_id)];
+    records::get(&mut reader.conn(), names::CUSTOMERS, key).await
 }
 
 /// The customer's purchases, newest first.

@@ -412,6 +412,46 @@ pub async fn load<R: Record>(
     Ok(rows)
 }
 
+/// The row with `key` (values in [`Record::KEY`] order), if any.
+pub async fn get<R: Record>(
+    conn: &mut Conn<'_>,
+    schema: &str,
+    key: Vec<Value>,
+) -> Result<Option<R>, StorageError> {
+    Ok(load::<R>(conn, schema, vec![key]).await?.pop())
+}
+
+/// One page of a tenant's rows for records keyed `(tenant_id, <id>)`: the
+/// rows whose id comes after `after`, in id order, at most `limit`.
+pub async fn page<R: Record>(
+    conn: &mut Conn<'_>,
+    schema: &str,
+    tenant: &str,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<R>, StorageError> {
+    let [tenant_column, id] = R::KEY else {
+        return Err(StorageError::Corrupt(format!(
+            "{} is not keyed by (tenant, id)",
+            R::TABLE
+        )));
+    };
+    let backend = conn.backend();
+    let statement = format!(
+        "SELECT {} FROM {} WHERE {tenant_column} = $1 AND ({} IS NULL OR {id} > $2)
+          ORDER BY {id} LIMIT $3",
+        R::column_list(),
+        backend.table(schema, R::TABLE),
+        backend.text_param("$2"),
+    );
+    let params = vec![
+        Value::Text(Some(tenant.to_string())),
+        Value::Text(after.map(str::to_string)),
+        Value::BigInt(Some(limit)),
+    ];
+    fetch_records(conn, &statement, params).await
+}
+
 /// Deletes the rows whose keys are among `keys`, in one statement.
 pub async fn delete<R: Record>(
     conn: &mut Conn<'_>,

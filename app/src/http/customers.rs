@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use karvon_adapters::read_models::customers;
 use karvon_domain::Id;
+use karvon_domain::contact::ContactDetails;
 use karvon_domain::customer::{CustomerCommand, CustomerDetails};
 use karvon_domain::ids::customer_stream_id;
 use karvon_projections::customers::{CustomerRow, PurchaseRow};
@@ -44,14 +45,27 @@ pub struct RegisterCustomer {
     address: Option<String>,
 }
 
+/// A party's details as `PUT` replaces them (customers and suppliers).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct UpdateCustomer {
+pub struct ContactBody {
     name: String,
     phone: Option<String>,
     email: Option<String>,
     tax_id: Option<String>,
     address: Option<String>,
+}
+
+impl From<ContactBody> for ContactDetails {
+    fn from(body: ContactBody) -> Self {
+        Self {
+            name: body.name,
+            phone: body.phone,
+            email: body.email,
+            tax_id: body.tax_id,
+            address: body.address,
+        }
+    }
 }
 
 #[utoipa::path(post, path = "/api/v1/customers", tag = "customers", summary = "Register a customer",
@@ -97,7 +111,7 @@ pub async fn register_customer(
 }
 
 #[utoipa::path(put, path = "/api/v1/customers/{id}", tag = "customers", summary = "Replace a customer's details",
-    request_body = UpdateCustomer, params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key answers as the first time"), ("id" = String, Path, description = "Customer id")),
+    request_body = ContactBody, params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key answers as the first time"), ("id" = String, Path, description = "Customer id")),
     responses(
         (status = 200, description = "Updated; `position` is a read-your-writes token", body = inline(Envelope<CommandData>)),
         (status = 404, description = "No such customer", body = ErrorBody),
@@ -108,23 +122,16 @@ pub async fn update_customer(
     WriteAccess(principal): WriteAccess,
     Path(customer_id): Path<String>,
     headers: HeaderMap,
-    command: JsonCommand<UpdateCustomer>,
+    command: JsonCommand<ContactBody>,
 ) -> Result<CommandAnswer, ApiError> {
     let customer_id = path_id(&customer_id)?;
-    let request = command.body;
     let context = CommandContext::new(
         &principal,
         &headers,
         command.fingerprint,
         customer_id.to_string(),
     )?;
-    let details = CustomerDetails {
-        name: request.name,
-        phone: request.phone,
-        email: request.email,
-        tax_id: request.tax_id,
-        address: request.address,
-    };
+    let details = command.body.into();
     let stream = customer_stream_id(&context.tenant, &customer_id);
     let executed = state
         .customers

@@ -12,8 +12,10 @@ use karvon_adapters::StorageError;
 use karvon_adapters::store::CommandError;
 use karvon_domain::customer::CustomerError;
 use karvon_domain::product::ProductError;
+use karvon_domain::purchase_order::PurchaseOrderError;
 use karvon_domain::sale::SaleError;
 use karvon_domain::stock::StockError;
+use karvon_domain::supplier::SupplierError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -140,6 +142,38 @@ impl From<SaleError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refund_refused", message)
             }
             SaleError::Invalid { .. } => ApiError::validation(message),
+        }
+    }
+}
+
+impl From<SupplierError> for ApiError {
+    fn from(error: SupplierError) -> Self {
+        let message = error.to_string();
+        match error {
+            SupplierError::AlreadyRegistered(_) => {
+                ApiError::new(StatusCode::CONFLICT, "already_exists", message)
+            }
+            SupplierError::NotRegistered => ApiError::not_found("supplier not found"),
+            SupplierError::Invalid { .. } => ApiError::validation(message),
+        }
+    }
+}
+
+impl From<PurchaseOrderError> for ApiError {
+    fn from(error: PurchaseOrderError) -> Self {
+        let message = error.to_string();
+        let conflict = |code| ApiError::new(StatusCode::CONFLICT, code, message.clone());
+        let refused = |code| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message.clone());
+        match error {
+            PurchaseOrderError::AlreadyPlaced(_) => conflict("already_exists"),
+            PurchaseOrderError::NotPlaced => ApiError::not_found("purchase order not found"),
+            PurchaseOrderError::Closed => conflict("order_closed"),
+            PurchaseOrderError::Cancelled => conflict("order_cancelled"),
+            PurchaseOrderError::HasReceipts => conflict("has_receipts"),
+            PurchaseOrderError::ReceiptConflict(_) => conflict("already_exists"),
+            PurchaseOrderError::NotOnOrder(_) => refused("not_on_order"),
+            PurchaseOrderError::OverDelivery { .. } => refused("over_delivery"),
+            PurchaseOrderError::Invalid { .. } => ApiError::validation(message),
         }
     }
 }

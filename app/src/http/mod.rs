@@ -3,6 +3,7 @@
 //! catcher, envelope for errors produced outside handlers, metrics).
 //!
 //! Routes are grouped by feature: `products`, `stock`, `sales`,
+//! `customers`, `suppliers`, `purchase_orders` (and supplier performance),
 //! `integrations` (the registry), `webhooks` (inbound third-party
 //! webhooks), `auth` (login and API keys), `admin` (projections) and `ops`
 //! (health, readiness, metrics).
@@ -26,10 +27,12 @@ mod integrations;
 mod openapi;
 mod ops;
 mod products;
+mod purchase_orders;
 mod query;
 mod recommendations;
 mod sales;
 mod stock;
+mod suppliers;
 mod webhooks;
 
 use std::sync::Arc;
@@ -45,8 +48,10 @@ use karvon_adapters::db::Db;
 use karvon_adapters::store::CommandExecutor;
 use karvon_domain::customer::Customer;
 use karvon_domain::product::Product;
+use karvon_domain::purchase_order::PurchaseOrder;
 use karvon_domain::sale::Sale;
 use karvon_domain::stock::StockItem;
+use karvon_domain::supplier::Supplier;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -69,6 +74,8 @@ pub struct AppState {
     pub stock: Arc<CommandExecutor<StockItem>>,
     pub sales: Arc<CommandExecutor<Sale>>,
     pub customers: Arc<CommandExecutor<Customer>>,
+    pub suppliers: Arc<CommandExecutor<Supplier>>,
+    pub purchase_orders: Arc<CommandExecutor<PurchaseOrder>>,
     pub metrics: Option<PrometheusHandle>,
     /// Upper bound for `X-Min-Position` waits.
     pub min_position_wait: Duration,
@@ -101,6 +108,8 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(stock::routes())
         .merge(sales::routes())
         .merge(customers::routes())
+        .merge(suppliers::routes())
+        .merge(purchase_orders::routes())
         .merge(recommendations::routes())
         .merge(integrations::routes())
         .merge(webhooks::routes())
