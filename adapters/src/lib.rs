@@ -27,6 +27,7 @@ pub mod read_models;
 pub mod receipts_stock;
 pub mod records;
 pub mod registry;
+pub mod relay;
 pub mod runner;
 pub mod sales_stock;
 pub mod store;

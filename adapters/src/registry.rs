@@ -9,33 +9,53 @@ use crate::read_models::procurement::ProcurementProjection;
 use crate::read_models::sales::SalesProjection;
 use crate::read_models::stock::StockProjection;
 use crate::receipts_stock::ReceiptsStock;
+use crate::relay::NatsRelay;
 use crate::runner::Consumer;
 use crate::sales_stock::SalesStock;
 use crate::transfers::TransferProcess;
 
-/// Every feed consumer Karvon runs, each a fresh instance (a projection
-/// may cache state between its own steps, so a rebuild takes its own).
-pub fn consumers() -> Vec<Consumer> {
-    vec![
-        Consumer::Projection(Arc::new(CatalogProjection)),
-        Consumer::Projection(Arc::new(StockProjection::default())),
-        Consumer::Projection(Arc::new(SalesProjection)),
-        Consumer::Projection(Arc::new(CustomersProjection)),
-        Consumer::Projection(Arc::new(ProcurementProjection)),
-        Consumer::Reactor(Arc::new(TransferProcess)),
-        Consumer::Reactor(Arc::new(SalesStock)),
-        Consumer::Reactor(Arc::new(ReceiptsStock)),
-    ]
+/// The consumers of one configuration: the read models and reactors
+/// always, the NATS relay when a NATS URL is configured.
+#[derive(Clone, Default)]
+pub struct Registry {
+    relay: Option<Arc<NatsRelay>>,
 }
 
-/// The consumer called `name`, as a fresh instance.
-pub fn consumer(name: &str) -> Option<Consumer> {
-    consumers()
-        .into_iter()
-        .find(|consumer| consumer.name() == name)
-}
+impl Registry {
+    pub fn new(nats_url: Option<&str>) -> Self {
+        Self {
+            relay: nats_url.map(|url| Arc::new(NatsRelay::new(url))),
+        }
+    }
 
-/// The names of every consumer, in order.
-pub fn names() -> Vec<&'static str> {
-    consumers().iter().map(Consumer::name).collect()
+    /// Every feed consumer, each projection a fresh instance (a projection
+    /// may cache state between its own steps, so a rebuild takes its own).
+    pub fn consumers(&self) -> Vec<Consumer> {
+        let mut consumers = vec![
+            Consumer::Projection(Arc::new(CatalogProjection)),
+            Consumer::Projection(Arc::new(StockProjection::default())),
+            Consumer::Projection(Arc::new(SalesProjection)),
+            Consumer::Projection(Arc::new(CustomersProjection)),
+            Consumer::Projection(Arc::new(ProcurementProjection)),
+            Consumer::Reactor(Arc::new(TransferProcess)),
+            Consumer::Reactor(Arc::new(SalesStock)),
+            Consumer::Reactor(Arc::new(ReceiptsStock)),
+        ];
+        if let Some(relay) = &self.relay {
+            consumers.push(Consumer::Publisher(relay.clone()));
+        }
+        consumers
+    }
+
+    /// The consumer called `name`.
+    pub fn consumer(&self, name: &str) -> Option<Consumer> {
+        self.consumers()
+            .into_iter()
+            .find(|consumer| consumer.name() == name)
+    }
+
+    /// The names of every consumer, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.consumers().iter().map(Consumer::name).collect()
+    }
 }

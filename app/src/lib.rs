@@ -15,9 +15,10 @@ use std::time::Duration;
 use anyhow::Context;
 use karvon_adapters::db::Db;
 use karvon_adapters::integrations::SecretsKey;
-use karvon_adapters::registry;
+use karvon_adapters::registry::Registry;
 use karvon_adapters::runner::{self, Projection, RebuildReport};
 use karvon_adapters::store::CommandExecutor;
+use karvon_projections::{Position, names};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -66,7 +67,8 @@ impl Application {
         if config.run_migrations {
             db.migrate().await.context("applying migrations")?;
         }
-        runner::session::prepare_all(&db, &registry::consumers())
+        let registry = Registry::new(config.nats_url.as_deref());
+        runner::session::prepare_all(&db, &registry.consumers())
             .await
             .context("preparing the feed consumers")?;
         let (wakeup_stop, wakeup_stopped) = watch::channel(false);
@@ -94,6 +96,7 @@ impl Application {
             rebuild_batch_size: config.rebuild_batch_size.max(1),
             consumer_figures_at: Arc::default(),
             secrets_key,
+            registry,
         };
         let settings = http::HttpSettings {
             max_body_bytes: config.max_body_bytes,
@@ -381,12 +384,12 @@ pub async fn create_user(
 /// `karvon projections status`.
 pub async fn projection_status(config: &Config) -> anyhow::Result<Vec<runner::ConsumerStatus>> {
     let db = open_store(config).await?;
-    Ok(runner::status(&db, &registry::consumers()).await?)
+    Ok(runner::status(&db, &registry(config).consumers()).await?)
 }
 
 /// `karvon projections retry <name>`.
 pub async fn retry_consumer(config: &Config, name: &str) -> anyhow::Result<()> {
-    let consumer = registry::consumer(name).with_context(|| unknown_consumer(name))?;
+    let consumer = consumer(config, name)?;
     let db = open_migrated(config).await?;
     anyhow::ensure!(
         runner::checkpoint::retry(&db, consumer.name()).await?,
@@ -397,7 +400,7 @@ pub async fn retry_consumer(config: &Config, name: &str) -> anyhow::Result<()> {
 
 /// `karvon projections skip <name>`.
 pub async fn skip_event(config: &Config, name: &str) -> anyhow::Result<runner::SkippedEvent> {
-    let consumer = registry::consumer(name).with_context(|| unknown_consumer(name))?;
+    let consumer = consumer(config, name)?;
     let db = open_migrated(config).await?;
     match runner::checkpoint::skip(&db, consumer.name(), "cli").await? {
         runner::SkipOutcome::Skipped(skipped) => Ok(skipped),
@@ -405,16 +408,48 @@ pub async fn skip_event(config: &Config, name: &str) -> anyhow::Result<runner::S
     }
 }
 
-fn unknown_consumer(name: &str) -> String {
-    format!(
-        "unknown feed consumer {name:?}; known: {}",
-        registry::names().join(", ")
-    )
+/// `karvon relay republish --from <position|start>`: moves the relay's
+/// checkpoint to just before `from`; answers where it now stands.
+pub async fn republish(config: &Config, from: &str) -> anyhow::Result<Position> {
+    let to = if from == "start" {
+        Position::START
+    } else {
+        let position: Position = from
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--from: expected <transaction>.<global> or start"))?;
+        Position::new(
+            position.transaction_id,
+            position.global_position.saturating_sub(1).max(0),
+        )
+    };
+    let db = open_migrated(config).await?;
+    anyhow::ensure!(
+        runner::checkpoint::rewind(&db, names::NATS_RELAY, to).await?,
+        "the relay has not run yet (set KARVON_NATS_URL and start the server once)"
+    );
+    Ok(to)
+}
+
+/// The consumers `config` runs (the NATS relay when a NATS URL is set).
+fn registry(config: &Config) -> Registry {
+    Registry::new(config.nats_url.as_deref())
+}
+
+/// The consumer called `name`, or an error naming the known ones.
+fn consumer(config: &Config, name: &str) -> anyhow::Result<runner::Consumer> {
+    let registry = registry(config);
+    registry.consumer(name).with_context(|| {
+        format!(
+            "unknown feed consumer {name:?}; known: {}",
+            registry.names().join(", ")
+        )
+    })
 }
 
 /// The read models that can be rebuilt, by name.
 pub fn read_models() -> Vec<&'static str> {
-    registry::consumers()
+    Registry::default()
+        .consumers()
         .iter()
         .filter(|consumer| consumer.projection().is_some())
         .map(|consumer| consumer.name())
@@ -423,7 +458,9 @@ pub fn read_models() -> Vec<&'static str> {
 
 /// A fresh instance of the read model called `name`.
 pub fn read_model(name: &str) -> Option<Arc<dyn Projection>> {
-    registry::consumer(name).and_then(|consumer| consumer.projection().cloned())
+    Registry::default()
+        .consumer(name)
+        .and_then(|consumer| consumer.projection().cloned())
 }
 
 /// The process-wide Prometheus recorder (installed once, shared by every

@@ -44,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// The NATS relay.
+    Relay {
+        #[command(subcommand)]
+        command: RelayCommand,
+    },
     /// Manage users who log in with a password.
     User {
         #[command(subcommand)]
@@ -67,6 +72,18 @@ enum TenantCommand {
         /// line (`true`/`false`; refused by default)?
         #[arg(long, action = clap::ArgAction::Set)]
         allow_over_delivery: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RelayCommand {
+    /// Send every event again from a feed position on (for a JetStream
+    /// stream that lost messages); a running relay picks it up.
+    Republish {
+        /// A feed position as `projections status` shows it
+        /// (`<transaction>.<global>`), or `start`.
+        #[arg(long)]
+        from: String,
     },
 }
 
@@ -167,6 +184,13 @@ async fn main() -> anyhow::Result<()> {
         } => {
             karvon_app::set_allow_over_delivery(&config, &id, allow_over_delivery).await?;
             println!("tenant {id}: allow_over_delivery = {allow_over_delivery}");
+            Ok(())
+        }
+        Command::Relay {
+            command: RelayCommand::Republish { from },
+        } => {
+            let position = karvon_app::republish(&config, &from).await?;
+            println!("the relay sends every event after {position} again");
             Ok(())
         }
         Command::ApiKey {

@@ -3,7 +3,7 @@
 //! instances may run them; only one per consumer works at a time.
 
 use karvon_adapters::db::Db;
-use karvon_adapters::registry;
+use karvon_adapters::registry::Registry;
 use karvon_adapters::runner::{Runner, RunnerSettings, Wakeup};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -26,7 +26,8 @@ pub fn spawn(
         db.clone(),
         shutdown.clone(),
     ))];
-    tasks.extend(registry::consumers().into_iter().map(|consumer| {
+    let registry = Registry::new(config.nats_url.as_deref());
+    tasks.extend(registry.consumers().into_iter().map(|consumer| {
         let runner =
             Runner::new(db.clone(), consumer, settings.clone()).with_wakeup(wakeup.clone());
         tokio::spawn(runner.run(shutdown.clone()))

@@ -37,4 +37,6 @@ pub mod names {
     pub const SALES_STOCK: &str = "sales_stock";
     /// Not a read model: the reactor that receives accepted goods into stock.
     pub const RECEIPTS_STOCK: &str = "receipts_stock";
+    /// Not a read model: the publisher that sends every event to NATS.
+    pub const NATS_RELAY: &str = "nats_relay";
 }

@@ -525,8 +525,11 @@ pub async fn table_dump(db: &Db, schema: &str, table: &str) -> anyhow::Result<Ve
 
 /// A projection's checkpoint as stored.
 pub async fn checkpoint(db: &Db, name: &str) -> anyhow::Result<Option<Position>> {
-    let statuses =
-        karvon_adapters::runner::status(db, &karvon_adapters::registry::consumers()).await?;
+    let statuses = karvon_adapters::runner::status(
+        db,
+        &karvon_adapters::registry::Registry::default().consumers(),
+    )
+    .await?;
     statuses
         .iter()
         .find(|status| status.name == name)
@@ -762,5 +765,88 @@ pub async fn wait_settled(store: &Db) {
         }
         assert!(Instant::now() < deadline, "events never settled");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A NATS server with JetStream of the test's own (the relay's stream name
+/// is fixed, so tests cannot share one): a real `nats-server` process on a
+/// free port with its store in a fresh directory, killed on drop.
+pub struct NatsServer {
+    pub port: u16,
+    store: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl NatsServer {
+    /// A port with nothing listening yet; `start` brings the server up.
+    pub fn reserve() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let store = std::env::temp_dir().join(format!("karvon-nats-{}", uuid::Uuid::now_v7()));
+        Ok(Self {
+            port,
+            store,
+            child: None,
+        })
+    }
+
+    pub async fn started() -> anyhow::Result<Self> {
+        let mut server = Self::reserve()?;
+        server.start().await?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (or restarts) the server and waits until it accepts
+    /// connections.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        let binary = std::env::var("KARVON_TEST_NATS_SERVER")
+            .unwrap_or_else(|_| "/usr/sbin/nats-server".to_string());
+        let child = std::process::Command::new(&binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not listen"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Kills the server (its store stays for a restart).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.store);
     }
 }

@@ -135,6 +135,17 @@ pub(crate) async fn advance(
     })
 }
 
+/// Moves a consumer's checkpoint back (or anywhere) to `to`, so it consumes
+/// again every event after it (`karvon relay republish`). A step in flight
+/// elsewhere then cannot move it on: its move is guarded by where it read.
+/// False when the consumer has no checkpoint yet.
+pub async fn rewind(db: &Db, name: &str, to: Position) -> Result<bool, StorageError> {
+    on_pool!(db, write, pool => {
+        let mut conn = pool.acquire().await?;
+        advance_from(&mut conn.as_conn(), name, None, to, 0).await
+    })
+}
+
 /// A consumer's recorded failure.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {

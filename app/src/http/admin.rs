@@ -7,7 +7,6 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use karvon_adapters::registry;
 use karvon_adapters::runner::{self, ConsumerStatus, SkipOutcome, SkippedEvent, checkpoint};
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
@@ -36,7 +35,7 @@ pub async fn projections(
     State(state): State<AppState>,
     OperatorAccess(_principal): OperatorAccess,
 ) -> Result<Json<Envelope<Items<ConsumerStatus>>>, ApiError> {
-    let items = runner::status(&state.db, &registry::consumers()).await?;
+    let items = runner::status(&state.db, &state.registry.consumers()).await?;
     Ok(ok(Items { items }))
 }
 
@@ -88,8 +87,10 @@ pub async fn rebuild_projection(
 }
 
 /// The registered consumer called `name`, or 404.
-fn known(name: &str) -> Result<&'static str, ApiError> {
-    registry::consumer(name)
+fn known(state: &AppState, name: &str) -> Result<&'static str, ApiError> {
+    state
+        .registry
+        .consumer(name)
         .map(|consumer| consumer.name())
         .ok_or_else(|| ApiError::not_found("no such feed consumer"))
 }
@@ -124,7 +125,7 @@ pub async fn retry_consumer(
     OperatorAccess(principal): OperatorAccess,
     Path(name): Path<String>,
 ) -> Result<Json<Envelope<RetryStarted>>, ApiError> {
-    let name = known(&name)?;
+    let name = known(&state, &name)?;
     if !checkpoint::retry(&state.db, name).await? {
         return Err(not_failed());
     }
@@ -148,7 +149,7 @@ pub async fn skip_event(
     OperatorAccess(principal): OperatorAccess,
     Path(name): Path<String>,
 ) -> Result<Json<Envelope<SkippedEvent>>, ApiError> {
-    let name = known(&name)?;
+    let name = known(&state, &name)?;
     match checkpoint::skip(&state.db, name, &principal.actor).await? {
         SkipOutcome::Skipped(skipped) => {
             tracing::warn!(consumer = name, event_id = %skipped.event_id, actor = %principal.actor,
@@ -171,7 +172,7 @@ pub async fn skipped_events(
     OperatorAccess(_principal): OperatorAccess,
     Path(name): Path<String>,
 ) -> Result<Json<Envelope<Items<SkippedEvent>>>, ApiError> {
-    let name = known(&name)?;
+    let name = known(&state, &name)?;
     let items = checkpoint::skipped(&state.db, name).await?;
     Ok(ok(Items { items }))
 }

@@ -91,6 +91,8 @@ pub struct AppState {
     /// Seals integration secrets; `None` on PostgreSQL without
     /// `KARVON_SECRETS_KEY` (integrations with secrets are refused).
     pub secrets_key: Option<karvon_adapters::integrations::SecretsKey>,
+    /// The feed consumers this configuration runs.
+    pub registry: karvon_adapters::registry::Registry,
 }
 
 #[derive(Debug, Clone)]

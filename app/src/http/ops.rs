@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use karvon_adapters::{registry, runner};
+use karvon_adapters::runner;
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -92,7 +92,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         })
         .unwrap_or(false);
     let statuses = if due {
-        runner::status(&state.db, &registry::consumers()).await.ok()
+        runner::status(&state.db, &state.registry.consumers())
+            .await
+            .ok()
     } else {
         None
     };

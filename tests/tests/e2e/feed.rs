@@ -210,12 +210,15 @@ fn slow_runner(store: &Db, instance: &str) -> Runner {
 async fn wait_for_progress(store: &Db, events: i64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let seen = runner::status(store, &karvon_adapters::registry::consumers())
-            .await
-            .expect("status")
-            .iter()
-            .find(|status| status.name == names::STOCK)
-            .map_or(0, |status| status.events_seen);
+        let seen = runner::status(
+            store,
+            &karvon_adapters::registry::Registry::default().consumers(),
+        )
+        .await
+        .expect("status")
+        .iter()
+        .find(|status| status.name == names::STOCK)
+        .map_or(0, |status| status.events_seen);
         if seen >= events {
             return;
         }

@@ -33,6 +33,7 @@ mod executor;
 mod feed;
 mod hardening;
 mod idempotency;
+mod nats;
 mod procurement;
 mod rebuild;
 mod runners;
