@@ -72,7 +72,7 @@ pub async fn read_batch(
         .collect())
 }
 
-fn decode(row: &impl Portable) -> Result<FeedEvent, StorageError> {
+pub(crate) fn decode(row: &impl Portable) -> Result<FeedEvent, StorageError> {
     let recorded_at = row.time("recorded_at")?;
     let map: HashMap<String, String> = serde_json::from_value(row.json("metadata")?)
         .map_err(|error| StorageError::Corrupt(format!("event metadata: {error}")))?;

@@ -4,6 +4,7 @@
 //!
 //! Routes are grouped by feature: `products`, `stock`, `sales`,
 //! `customers`, `suppliers`, `purchase_orders` (and supplier performance),
+//! `audit` (a stream's events, the tenant's feed),
 //! `integrations` (the registry), `webhooks` (inbound third-party
 //! webhooks), `auth` (login and API keys), `admin` (projections) and `ops`
 //! (health, readiness, metrics).
@@ -17,6 +18,7 @@
 
 mod access;
 mod admin;
+mod audit;
 mod auth;
 mod command;
 mod customers;
@@ -117,6 +119,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(webhooks::routes())
         .merge(auth::routes())
         .merge(admin::routes())
+        .merge(audit::routes())
         .merge(ops::routes())
         .split_for_parts();
 

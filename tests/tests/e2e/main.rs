@@ -26,6 +26,7 @@ macro_rules! on_both_backends {
 }
 
 mod api;
+mod audit;
 mod auth;
 mod consumers;
 mod customers;
