@@ -17,6 +17,10 @@
 //!   the backlog drains in feed order (so in order per aggregate) when NATS
 //!   is back.
 //!
+//! Metrics: `karvon_events_published_total` (acknowledged publishes); the
+//! relay's lag is `karvon_projection_lag_events{consumer="nats_relay"}`
+//! like every consumer's.
+//!
 //! The event store stays the only source of truth: JetStream may lose
 //! acknowledged messages on power loss (see the research notes), so
 //! `karvon relay republish --from <position>` re-feeds the stream by moving
@@ -177,6 +181,7 @@ impl Publisher for NatsRelay {
                 ack.await
                     .map_err(|error| unavailable("awaiting a publish acknowledgement", error))?;
             }
+            metrics::counter!("karvon_events_published_total").increment(chunk.len() as u64);
         }
         Ok(())
     }

@@ -408,6 +408,35 @@ pub async fn skip_event(config: &Config, name: &str) -> anyhow::Result<runner::S
     }
 }
 
+/// `karvon events export --tenant T [--from] [--to]`: NDJSON of
+/// CloudEvents on standard output; answers how many.
+pub async fn export_events(
+    config: &Config,
+    tenant: &str,
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+) -> anyhow::Result<u64> {
+    use std::io::Write;
+    let db = open_store(config).await?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let written = karvon_adapters::audit::export(&db, tenant, from, to, |event| {
+        serde_json::to_writer(&mut out, &karvon_adapters::relay::cloud_event(event))?;
+        out.write_all(b"\n")
+    })
+    .await?;
+    out.flush()?;
+    Ok(written)
+}
+
+/// `karvon events verify`.
+pub async fn verify_events(
+    config: &Config,
+) -> anyhow::Result<karvon_adapters::audit::Verification> {
+    let db = open_store(config).await?;
+    Ok(karvon_adapters::audit::verify(&db).await?)
+}
+
 /// `karvon relay republish --from <position|start>`: moves the relay's
 /// checkpoint to just before `from`; answers where it now stands.
 pub async fn republish(config: &Config, from: &str) -> anyhow::Result<Position> {

@@ -44,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// The event store itself.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// The NATS relay.
     Relay {
         #[command(subcommand)]
@@ -73,6 +78,26 @@ enum TenantCommand {
         #[arg(long, action = clap::ArgAction::Set)]
         allow_over_delivery: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Write a tenant's events as NDJSON (one CloudEvents 1.0 object per
+    /// line, as on NATS), in feed order, to standard output.
+    Export {
+        #[arg(long)]
+        tenant: String,
+        /// Recorded at or after this instant (RFC 3339).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::FixedOffset>>,
+        /// Recorded before this instant (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::FixedOffset>>,
+    },
+    /// Check every stream for holes in its sequences, every event for its
+    /// metadata and every idempotency key for its log entry; exits non-zero
+    /// when something is wrong.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,6 +209,37 @@ async fn main() -> anyhow::Result<()> {
         } => {
             karvon_app::set_allow_over_delivery(&config, &id, allow_over_delivery).await?;
             println!("tenant {id}: allow_over_delivery = {allow_over_delivery}");
+            Ok(())
+        }
+        Command::Events {
+            command: EventsCommand::Export { tenant, from, to },
+        } => {
+            let utc = |at: chrono::DateTime<chrono::FixedOffset>| at.with_timezone(&chrono::Utc);
+            let written =
+                karvon_app::export_events(&config, &tenant, from.map(utc), to.map(utc)).await?;
+            eprintln!("exported {written} events of tenant {tenant}");
+            Ok(())
+        }
+        Command::Events {
+            command: EventsCommand::Verify,
+        } => {
+            let report = karvon_app::verify_events(&config).await?;
+            println!(
+                "{} events in {} streams; streams with holes: {}; events without metadata: {}; unlogged idempotency keys: {}",
+                report.events,
+                report.streams,
+                report.streams_with_holes.len(),
+                report.events_without_metadata.len(),
+                report.unlogged_keys
+            );
+            for (aggregate_type, aggregate_id, events, top) in &report.streams_with_holes {
+                println!("hole: {aggregate_type} {aggregate_id}: {events} events, highest sequence {top}");
+            }
+            for event_id in &report.events_without_metadata {
+                println!("no metadata: event {event_id}");
+            }
+            anyhow::ensure!(report.is_clean(), "the event store has problems (listed above)");
+            println!("ok");
             Ok(())
         }
         Command::Relay {

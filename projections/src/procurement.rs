@@ -100,13 +100,25 @@ pub struct PurchaseOrderRow {
     pub first_receipt_at: Option<DateTime<Utc>>,
     /// `[LineState]`.
     pub lines: serde_json::Value,
-    /// [`OrderFigures`], recomputed from the lines on every change.
-    pub figures: serde_json::Value,
+    // The PO's [`OrderFigures`], recomputed from the lines on every change
+    // and kept as columns, so supplier performance reads numbers, not JSON.
+    pub line_count: i64,
+    pub on_time_lines: i64,
+    pub in_full_lines: i64,
+    pub otif_lines: i64,
+    pub ordered_qty: Decimal,
+    pub filled_qty: Decimal,
+    pub received_qty: Decimal,
+    pub rejected_qty: Decimal,
+    pub received_value: Decimal,
+    pub price_difference: Decimal,
+    pub ordered_value_accepted: Decimal,
+    pub complete: bool,
     pub updated_at: DateTime<Utc>,
 }
 
 /// What one PO adds to its supplier's performance.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct OrderFigures {
     pub line_count: i64,
     pub on_time_lines: i64,
@@ -157,13 +169,53 @@ impl PurchaseOrderRow {
     }
 
     pub fn figures(&self) -> OrderFigures {
-        serde_json::from_value(self.figures.clone()).unwrap_or_default()
+        OrderFigures {
+            line_count: self.line_count,
+            on_time_lines: self.on_time_lines,
+            in_full_lines: self.in_full_lines,
+            otif_lines: self.otif_lines,
+            ordered_qty: self.ordered_qty,
+            filled_qty: self.filled_qty,
+            received_qty: self.received_qty,
+            rejected_qty: self.rejected_qty,
+            received_value: self.received_value,
+            price_difference: self.price_difference,
+            ordered_value_accepted: self.ordered_value_accepted,
+            complete: self.complete,
+        }
     }
 
     fn set_lines(&mut self, lines: Vec<LineState>) {
-        let figures = OrderFigures::of(&lines, self.expected_at);
-        self.figures = serde_json::to_value(figures).unwrap_or_default();
-        self.lines = serde_json::to_value(lines).unwrap_or_default();
+        let OrderFigures {
+            line_count,
+            on_time_lines,
+            in_full_lines,
+            otif_lines,
+            ordered_qty,
+            filled_qty,
+            received_qty,
+            rejected_qty,
+            received_value,
+            price_difference,
+            ordered_value_accepted,
+            complete,
+        } = OrderFigures::of(&lines, self.expected_at);
+        *self = PurchaseOrderRow {
+            lines: serde_json::to_value(lines).unwrap_or_default(),
+            line_count,
+            on_time_lines,
+            in_full_lines,
+            otif_lines,
+            ordered_qty,
+            filled_qty,
+            received_qty,
+            rejected_qty,
+            received_value,
+            price_difference,
+            ordered_value_accepted,
+            complete,
+            ..self.clone()
+        };
     }
 }
 
@@ -202,7 +254,18 @@ pub fn apply_order(
                 expected_at: details.expected_at,
                 first_receipt_at: None,
                 lines: serde_json::Value::Null,
-                figures: serde_json::Value::Null,
+                line_count: 0,
+                on_time_lines: 0,
+                in_full_lines: 0,
+                otif_lines: 0,
+                ordered_qty: Decimal::ZERO,
+                filled_qty: Decimal::ZERO,
+                received_qty: Decimal::ZERO,
+                rejected_qty: Decimal::ZERO,
+                received_value: Decimal::ZERO,
+                price_difference: Decimal::ZERO,
+                ordered_value_accepted: Decimal::ZERO,
+                complete: false,
                 updated_at: at,
             };
             row.set_lines(lines);

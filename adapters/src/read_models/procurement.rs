@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use karvon_domain::purchase_order::PurchaseOrder;
 use karvon_domain::supplier::Supplier;
 use karvon_projections::names;
-use karvon_projections::procurement::{self, OrderSummary, PurchaseOrderRow, SupplierRow};
+use karvon_projections::procurement::{
+    self, OrderFigures, OrderSummary, PurchaseOrderRow, SupplierRow,
+};
 
 use crate::StorageError;
 use crate::db::Conn;
@@ -29,7 +31,9 @@ record! {
     index purchase_orders_supplier_idx(tenant_id, supplier_id, ordered_at),
     {
         tenant_id, po_id, supplier_id, status, ordered_at, expected_at, first_receipt_at,
-        lines, figures, updated_at,
+        lines, line_count, on_time_lines, in_full_lines, otif_lines, ordered_qty, filled_qty,
+        received_qty, rejected_qty, received_value, price_difference, ordered_value_accepted,
+        complete, updated_at,
     }
 }
 
@@ -174,7 +178,9 @@ pub async fn order_summaries(
     let mut conn = reader.conn();
     let backend = conn.backend();
     let statement = format!(
-        "SELECT supplier_id, status, ordered_at, expected_at, first_receipt_at, figures
+        "SELECT supplier_id, status, ordered_at, expected_at, first_receipt_at, line_count,
+                on_time_lines, in_full_lines, otif_lines, ordered_qty, filled_qty, received_qty,
+                rejected_qty, received_value, price_difference, ordered_value_accepted, complete
            FROM {} WHERE tenant_id = $1 AND ordered_at >= $2 AND ordered_at < $3
             AND status <> 'cancelled' AND ({} IS NULL OR supplier_id = $4)",
         backend.table(names::PROCUREMENT, PurchaseOrderRow::TABLE),
@@ -193,8 +199,20 @@ pub async fn order_summaries(
             ordered_at: row.time("ordered_at")?,
             expected_at: row.time("expected_at")?,
             first_receipt_at: row.opt_time("first_receipt_at")?,
-            figures: serde_json::from_value(row.json("figures")?)
-                .map_err(|error| StorageError::Corrupt(format!("PO figures: {error}")))?,
+            figures: OrderFigures {
+                line_count: row.int("line_count")?,
+                on_time_lines: row.int("on_time_lines")?,
+                in_full_lines: row.int("in_full_lines")?,
+                otif_lines: row.int("otif_lines")?,
+                ordered_qty: row.decimal("ordered_qty")?,
+                filled_qty: row.decimal("filled_qty")?,
+                received_qty: row.decimal("received_qty")?,
+                rejected_qty: row.decimal("rejected_qty")?,
+                received_value: row.decimal("received_value")?,
+                price_difference: row.decimal("price_difference")?,
+                ordered_value_accepted: row.decimal("ordered_value_accepted")?,
+                complete: row.flag("complete")?,
+            },
         })
     })
     .await

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use karvon_domain::stock::{Lot, Lots, StockItem};
+use karvon_domain::stock::{Lot, Lots, StockEvent, StockItem};
 use karvon_projections::{Position, names, stock};
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -305,6 +305,138 @@ pub async fn inventory_levels(
     .await
 }
 
+/// `inventory-levels?as_of=`: the levels as they stood at `at`, folded
+/// from the tenant's product and stock events recorded up to then (not
+/// from today's tables), filtered and paged as [`inventory_levels`] does.
+/// It reads the tenant's feed up to `at`: an audit tool, not a hot path.
+pub async fn inventory_levels_as_of(
+    db: &crate::db::Db,
+    tenant: &str,
+    at: DateTime<Utc>,
+    filter: &InventoryFilter,
+) -> Result<Vec<InventoryLevel>, StorageError> {
+    use karvon_domain::product::ProductEvent;
+    use karvon_projections::catalog::{self, ProductRow};
+    let mut products: HashMap<String, ProductRow> = HashMap::new();
+    let mut levels: std::collections::BTreeMap<(String, String), (Lots, DateTime<Utc>)> =
+        std::collections::BTreeMap::new();
+    let mut after = karvon_projections::Position::START;
+    loop {
+        let events = crate::audit::tenant_feed(db, tenant, after, 5000).await?;
+        let Some(last) = events.last() else {
+            break;
+        };
+        after = last.position;
+        for event in &events {
+            if event.recorded_at > at {
+                continue;
+            }
+            match event.aggregate_type.as_str() {
+                "Product" => {
+                    let payload: ProductEvent = super::decode(event)?;
+                    let id = match &payload {
+                        ProductEvent::ProductRegistered { product_id, .. }
+                        | ProductEvent::ProductUpdated { product_id, .. }
+                        | ProductEvent::ProductDiscontinued { product_id, .. } => {
+                            product_id.to_string()
+                        }
+                    };
+                    let row = products.remove(&id);
+                    let at = event.metadata.occurred_at;
+                    if let Some(row) = catalog::apply(row, tenant, &payload, at) {
+                        products.insert(id, row);
+                    }
+                }
+                "StockItem" => {
+                    let payload: StockEvent = super::decode(event)?;
+                    let key = (
+                        payload.warehouse_id().to_string(),
+                        payload.product_id().to_string(),
+                    );
+                    let entry = levels
+                        .entry(key)
+                        .or_insert_with(|| (Lots::default(), event.recorded_at));
+                    entry.0.apply(&payload);
+                    entry.1 = event.recorded_at;
+                }
+                _ => {}
+            }
+        }
+    }
+    let near_until = filter.today + Duration::days(filter.near_expiry_days);
+    let mut answer = Vec::new();
+    for ((warehouse_id, product_id), (lots, updated_at)) in levels {
+        let product = products.get(&product_id);
+        let on_hand = lots.on_hand();
+        let reorder_level = product.and_then(|product| product.reorder_level);
+        let level = InventoryLevel {
+            sku: product.map(|product| product.sku.clone()),
+            name: product.map(|product| product.name.clone()),
+            category: product.map(|product| product.category.clone()),
+            low_stock: reorder_level.is_some_and(|level| on_hand <= level),
+            batches: batch_views(&lots, filter.today, near_until),
+            product_id,
+            warehouse_id,
+            on_hand,
+            reorder_level,
+            updated_at,
+        };
+        if filter.admits(&level, near_until) {
+            answer.push(level);
+            if answer.len() as i64 >= filter.limit {
+                break;
+            }
+        }
+    }
+    Ok(answer)
+}
+
+impl InventoryFilter {
+    /// The SQL filter of [`inventory_levels`], for levels computed in
+    /// memory.
+    fn admits(&self, level: &InventoryLevel, near_until: NaiveDate) -> bool {
+        let held = |check: &dyn Fn(NaiveDate) -> bool| {
+            level
+                .batches
+                .iter()
+                .any(|batch| batch.qty > Decimal::ZERO && batch.expiry_date.is_some_and(check))
+        };
+        self.category
+            .as_ref()
+            .is_none_or(|category| level.category.as_ref() == Some(category))
+            && self
+                .warehouse_id
+                .as_ref()
+                .is_none_or(|warehouse| *warehouse == level.warehouse_id)
+            && self
+                .product_id
+                .as_ref()
+                .is_none_or(|product| *product == level.product_id)
+            && (!self.low_stock || level.low_stock)
+            && (!self.expired || held(&|date| date < self.today))
+            && (!self.near_expiry || held(&|date| date >= self.today && date <= near_until))
+            && self.after.as_ref().is_none_or(|(warehouse, product)| {
+                (&level.warehouse_id, &level.product_id) > (warehouse, product)
+            })
+    }
+}
+
+fn batch_views(lots: &Lots, today: NaiveDate, near_until: NaiveDate) -> Vec<BatchView> {
+    lots.as_slice()
+        .iter()
+        .cloned()
+        .map(|lot| BatchView {
+            expired: lot.expiry_date.is_some_and(|date| date < today),
+            near_expiry: lot
+                .expiry_date
+                .is_some_and(|date| date >= today && date <= near_until),
+            batch: lot.batch,
+            qty: lot.qty,
+            expiry_date: lot.expiry_date,
+        })
+        .collect()
+}
+
 fn inventory_level(
     row: &dyn Portable,
     today: NaiveDate,
@@ -321,20 +453,7 @@ fn inventory_level(
         on_hand,
         reorder_level,
         low_stock: reorder_level.is_some_and(|level| on_hand <= level),
-        batches: lots(row.json("batches")?)?
-            .as_slice()
-            .iter()
-            .cloned()
-            .map(|lot| BatchView {
-                expired: lot.expiry_date.is_some_and(|date| date < today),
-                near_expiry: lot
-                    .expiry_date
-                    .is_some_and(|date| date >= today && date <= near_until),
-                batch: lot.batch,
-                qty: lot.qty,
-                expiry_date: lot.expiry_date,
-            })
-            .collect(),
+        batches: batch_views(&lots(row.json("batches")?)?, today, near_until),
         updated_at: row.time("updated_at")?,
     })
 }

@@ -239,6 +239,10 @@ pub struct InventoryQuery {
     near_expiry_days: Option<i64>,
     limit: Option<i64>,
     cursor: Option<String>,
+    /// RFC 3339: the levels as they stood at that instant, computed from
+    /// the events recorded up to then (expiry judged on that day).
+    #[param(value_type = Option<String>)]
+    as_of: Option<chrono::DateTime<chrono::FixedOffset>>,
 }
 
 #[utoipa::path(get, path = "/api/integrations/inventory-levels", tag = "stock", summary = "Stock levels per warehouse and product",
@@ -286,9 +290,23 @@ pub async fn inventory_levels(
         after,
         limit: limit + 1,
     };
-    let mut tx = reader(&state, &principal).await?;
-    let mut items = stock::inventory_levels(&mut tx, principal.tenant.as_str(), &filter).await?;
-    finish(tx).await?;
+    let tenant = principal.tenant.as_str();
+    let mut items = match query.as_of {
+        Some(as_of) => {
+            let at = as_of.with_timezone(&chrono::Utc);
+            let filter = stock::InventoryFilter {
+                today: at.with_timezone(&principal.time_zone).date_naive(),
+                ..filter
+            };
+            stock::inventory_levels_as_of(&state.db, tenant, at, &filter).await?
+        }
+        None => {
+            let mut tx = reader(&state, &principal).await?;
+            let items = stock::inventory_levels(&mut tx, tenant, &filter).await?;
+            finish(tx).await?;
+            items
+        }
+    };
     let next_cursor = next_page(&mut items, limit)
         .map(|last| format!("{}~{}", last.warehouse_id, last.product_id));
     Ok(ok(Page { items, next_cursor }))

@@ -64,7 +64,10 @@ async fn the_audit_trail_shows_a_tenants_events_and_nothing_else(backend: Backen
     let (status, _) = app.get("/api/v1/audit/streams/Product/NOPE").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    // The feed, two at a time, gives every event of the tenant once, in order.
+    // The feed, two at a time, gives every event of the tenant once, in
+    // order (once settled: PostgreSQL shows no event while an older
+    // transaction anywhere in the cluster may still commit before it).
+    karvon_tests::wait_settled(&app.db).await;
     let mut after: Option<String> = None;
     let mut seen: Vec<Value> = Vec::new();
     loop {
@@ -119,4 +122,132 @@ async fn the_audit_trail_shows_a_tenants_events_and_nothing_else(backend: Backen
     app.stop().await.expect("stop");
 }
 
-on_both_backends!(the_audit_trail_shows_a_tenants_events_and_nothing_else);
+async fn events_export_and_verify(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    for id in ["P1", "P2"] {
+        let (status, _) = app
+            .post_keyed(
+                "/api/v1/products",
+                &format!("key-{id}"),
+                &product(id, "dairy", None),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let receipt = json!({"warehouse_id": "W1", "product_id": "P1", "qty": "4"});
+    app.post("/api/v1/stock/receipts", &receipt).await;
+    let config = karvon_tests::test_config(&db);
+    let report = karvon_app::verify_events(&config).await.expect("verify");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!((report.events, report.streams), (3, 3));
+
+    karvon_tests::wait_settled(&app.db).await;
+    let mut lines: Vec<Value> = Vec::new();
+    let written = karvon_adapters::audit::export(&app.db, "default", None, None, |event| {
+        lines.push(karvon_adapters::relay::cloud_event(event));
+        Ok(())
+    })
+    .await
+    .expect("export");
+    assert_eq!(written, 3);
+    let types: Vec<&str> = lines
+        .iter()
+        .filter_map(|line| line["type"].as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "karvon.Product.ProductRegistered",
+            "karvon.Product.ProductRegistered",
+            "karvon.StockItem.StockReceived"
+        ]
+    );
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let none = karvon_adapters::audit::export(&app.db, "default", Some(later), None, |_| Ok(()))
+        .await
+        .expect("export");
+    let other = karvon_adapters::audit::export(&app.db, "other", None, None, |_| Ok(()))
+        .await
+        .expect("export");
+    assert_eq!((none, other), (0, 0));
+
+    // A stream that starts at 2 and an event without an actor are found.
+    karvon_tests::execute(
+        &app.db,
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('Product', 'default/GAP', 2, 'ProductRegistered', '1', '{}',
+                 '{\"tenant_id\": \"default\", \"source\": \"system\", \"correlation_id\": \"x\"}')",
+    )
+    .await
+    .expect("broken event");
+    let report = karvon_app::verify_events(&config).await.expect("verify");
+    assert!(!report.is_clean());
+    assert_eq!(
+        report.streams_with_holes,
+        [("Product".to_string(), "default/GAP".to_string(), 1, 2)]
+    );
+    assert_eq!(report.events_without_metadata.len(), 1);
+    assert_eq!(report.unlogged_keys, 0);
+    app.stop().await.expect("stop");
+}
+
+/// `inventory-levels?as_of=` answers from the events recorded up to then.
+async fn inventory_levels_as_they_stood_then(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    app.post("/api/v1/products", &product("P1", "dairy", Some("5")))
+        .await;
+    let receipt = json!({"warehouse_id": "W1", "product_id": "P1", "qty": "10",
+                         "batch": "B1", "expiry_date": "2027-01-31"});
+    let (status, _) = app.post("/api/v1/stock/receipts", &receipt).await;
+    assert_eq!(status, StatusCode::CREATED);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let between = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let issue = json!({"warehouse_id": "W1", "product_id": "P1", "qty": "7", "reason": "damaged"});
+    let (status, body) = app.post("/api/v1/stock/issues", &issue).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, now) = app
+        .get_after(
+            "/api/integrations/inventory-levels",
+            &body["data"]["position"],
+        )
+        .await;
+    assert_eq!(now["data"]["items"][0]["on_hand"], "3");
+    assert_eq!(now["data"]["items"][0]["low_stock"], true);
+    karvon_tests::wait_settled(&app.db).await;
+
+    let at = |instant: chrono::DateTime<chrono::Utc>, filter: &str| {
+        format!(
+            "/api/integrations/inventory-levels?as_of={}{filter}",
+            instant.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        )
+    };
+    let (status, then) = app.get(&at(between, "")).await;
+    assert_eq!(status, StatusCode::OK, "{then}");
+    let item = &then["data"]["items"][0];
+    assert_eq!(item["on_hand"], "10", "{then}");
+    assert_eq!(item["low_stock"], false);
+    assert_eq!(item["sku"], "SKU-P1");
+    assert_eq!(item["batches"][0]["batch"], "B1");
+    let (_, low) = app.get(&at(between, "&low_stock=true")).await;
+    assert_eq!(low["data"]["items"], json!([]));
+    let (_, before) = app
+        .get(&at(chrono::Utc::now() - chrono::Duration::days(1), ""))
+        .await;
+    assert_eq!(before["data"]["items"], json!([]));
+    let (_, today) = app.get(&at(chrono::Utc::now(), "")).await;
+    assert_eq!(today["data"]["items"][0]["on_hand"], "3");
+    let (status, _) = app
+        .get("/api/integrations/inventory-levels?as_of=yesterday")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    app.stop().await.expect("stop");
+}
+
+on_both_backends!(
+    inventory_levels_as_they_stood_then,
+    the_audit_trail_shows_a_tenants_events_and_nothing_else,
+    events_export_and_verify,
+);
