@@ -213,10 +213,17 @@ async fn time_zone(conn: &mut Conn<'_>, tenant: &str) -> Result<chrono_tz::Tz, S
         .unwrap_or(chrono_tz::UTC))
 }
 
+/// Where bucket rows come from: the read model, or every bucket folded in
+/// memory from the events up to an instant ([`buckets_as_of`]).
+pub enum Buckets<'a> {
+    Stored(&'a mut Reader),
+    AsOf(&'a [BucketRow]),
+}
+
 /// The buckets of `period` from `from` to `to` (period starts, inclusive),
 /// for the whole tenant or one branch, oldest first.
 pub async fn buckets(
-    reader: &mut Reader,
+    source: &mut Buckets<'_>,
     tenant: &str,
     period: &str,
     from: NaiveDate,
@@ -227,20 +234,20 @@ pub async fn buckets(
         Some(branch) => ("branch", branch),
         None => ("all", ""),
     };
-    select(reader, tenant, period, slice, from, to, branch).await
+    select(source, tenant, period, slice, from, to, branch).await
 }
 
 /// The daily rows of `slice` (`branch` or `cashier`) over a range, to sum
 /// per branch or cashier; `branch` narrows to one branch.
 pub async fn daily(
-    reader: &mut Reader,
+    source: &mut Buckets<'_>,
     tenant: &str,
     slice: &str,
     from: NaiveDate,
     to: NaiveDate,
     branch: Option<&str>,
 ) -> Result<Vec<BucketRow>, StorageError> {
-    let mut rows = select(reader, tenant, "daily", slice, from, to, "").await?;
+    let mut rows = select(source, tenant, "daily", slice, from, to, "").await?;
     if let Some(branch) = branch {
         rows.retain(|row| row.branch_id == branch);
     }
@@ -248,7 +255,7 @@ pub async fn daily(
 }
 
 async fn select(
-    reader: &mut Reader,
+    source: &mut Buckets<'_>,
     tenant: &str,
     period: &str,
     slice: &str,
@@ -256,6 +263,31 @@ async fn select(
     to: NaiveDate,
     branch: &str,
 ) -> Result<Vec<BucketRow>, StorageError> {
+    let reader = match source {
+        Buckets::Stored(reader) => reader,
+        // The same selection as the SQL below, over rows in memory.
+        Buckets::AsOf(rows) => {
+            let mut rows: Vec<BucketRow> = rows
+                .iter()
+                .filter(|row| {
+                    row.tenant_id == tenant
+                        && row.period == period
+                        && row.slice == slice
+                        && (from..=to).contains(&row.period_start)
+                        && (branch.is_empty() || row.branch_id == branch)
+                })
+                .cloned()
+                .collect();
+            rows.sort_by(|a, b| {
+                (a.period_start, &a.branch_id, &a.cashier).cmp(&(
+                    b.period_start,
+                    &b.branch_id,
+                    &b.cashier,
+                ))
+            });
+            return Ok(rows);
+        }
+    };
     let mut conn = reader.conn();
     let statement = format!(
         "SELECT {} FROM {}
@@ -274,6 +306,40 @@ async fn select(
         Value::Text(Some(branch.to_string())),
     ];
     records::fetch_records(&mut conn, &statement, params).await
+}
+
+/// Every bucket of `tenant` as it stood at `at`: the sale events recorded
+/// up to then folded in memory, in the tenant's zone `zone` (for
+/// `real-time-sales?as_of=`). It reads the tenant's feed up to `at`.
+pub async fn buckets_as_of(
+    db: &crate::db::Db,
+    tenant: &str,
+    zone: chrono_tz::Tz,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<BucketRow>, StorageError> {
+    let mut buckets: HashMap<BucketKey, BucketRow> = HashMap::new();
+    let mut after = karvon_projections::Position::START;
+    loop {
+        let events = crate::audit::tenant_feed(db, tenant, after, 5000).await?;
+        let Some(last) = events.last() else {
+            break;
+        };
+        after = last.position;
+        let sales = super::events_of::<Sale>(&events)?;
+        for (event, payload) in sales {
+            if event.recorded_at > at {
+                continue;
+            }
+            for (key, totals) in sales::changes(&payload, |at| at.with_timezone(&zone).date_naive())
+            {
+                buckets
+                    .entry(key.clone())
+                    .or_insert_with(|| BucketRow::empty(tenant, &key))
+                    .add(&totals);
+            }
+        }
+    }
+    Ok(buckets.into_values().collect())
 }
 
 /// The products of every sale from `from` to `to` (local days).

@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
-use karvon_adapters::read_models::sales as sales_model;
+use karvon_adapters::read_models::sales::{self as sales_model, Buckets};
 use karvon_domain::ids::sale_stream_id;
 use karvon_domain::sale::{
     PaymentType, RefundRequest, SaleCommand, SaleDetails, SaleLine, SaleType,
@@ -214,6 +214,10 @@ pub struct SalesQuery {
     /// Last local date (default: today in the tenant's zone).
     date_to: Option<NaiveDate>,
     branch_id: Option<String>,
+    /// RFC 3339: the answer as it stood at that instant, computed from the
+    /// sale events recorded up to then.
+    #[param(value_type = Option<String>)]
+    as_of: Option<DateTime<FixedOffset>>,
 }
 
 /// Totals of one bucket, branch or cashier.
@@ -314,13 +318,24 @@ pub async fn real_time_sales(
     wait_for_position(&state, &principal, &headers, &[names::SALES]).await?;
     let tenant = principal.tenant.as_str();
     let first = sales::period_start(&period, date_from);
-    let mut tx = reader(&state, &principal).await?;
-    let rows = sales_model::buckets(&mut tx, tenant, &period, first, date_to, branch).await?;
+    let folded;
+    let mut tx = None;
+    let mut source = match query.as_of {
+        Some(as_of) => {
+            let at = as_of.with_timezone(&Utc);
+            folded = sales_model::buckets_as_of(&state.db, tenant, principal.time_zone, at).await?;
+            Buckets::AsOf(&folded)
+        }
+        None => Buckets::Stored(tx.insert(reader(&state, &principal).await?)),
+    };
+    let rows = sales_model::buckets(&mut source, tenant, &period, first, date_to, branch).await?;
     let per_branch =
-        sales_model::daily(&mut tx, tenant, "branch", date_from, date_to, branch).await?;
+        sales_model::daily(&mut source, tenant, "branch", date_from, date_to, branch).await?;
     let per_cashier =
-        sales_model::daily(&mut tx, tenant, "cashier", date_from, date_to, branch).await?;
-    finish(tx).await?;
+        sales_model::daily(&mut source, tenant, "cashier", date_from, date_to, branch).await?;
+    if let Some(tx) = tx {
+        finish(tx).await?;
+    }
     let sum = |rows: Vec<(String, Totals)>| {
         let mut sums: BTreeMap<String, Totals> = BTreeMap::new();
         for (key, totals) in rows {

@@ -246,7 +246,53 @@ async fn inventory_levels_as_they_stood_then(backend: Backend) {
     app.stop().await.expect("stop");
 }
 
+/// `real-time-sales?as_of=` answers from the sale events recorded up to
+/// then: a refund recorded later is not in it.
+async fn sales_as_they_stood_then(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    let sale = json!({"sale_id": "S1", "branch_id": "B1", "cashier": "c", "sale_type": "retail",
+        "payment_type": "cash", "occurred_at": "2026-03-10T10:00:00Z",
+        "lines": [{"product_id": "P1", "qty": "2", "unit_price": "100"}]});
+    let (status, _) = app.post("/api/v1/sales", &sale).await;
+    assert_eq!(status, StatusCode::CREATED);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let between = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let refund = json!({"occurred_at": "2026-03-10T12:00:00Z", "reason": "broken"});
+    let (status, body) = app.post("/api/v1/sales/S1/refund", &refund).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let path =
+        "/api/integrations/real-time-sales?period=monthly&date_from=2026-03-01&date_to=2026-03-31";
+    let (_, now) = app.get_after(path, &body["data"]["position"]).await;
+    assert_eq!(now["data"]["buckets"][0]["net_amount"], "0", "{now}");
+    karvon_tests::wait_settled(&app.db).await;
+    let then = |instant: chrono::DateTime<chrono::Utc>| {
+        format!(
+            "{path}&as_of={}",
+            instant.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        )
+    };
+    let (status, past) = app.get(&then(between)).await;
+    assert_eq!(status, StatusCode::OK, "{past}");
+    let bucket = &past["data"]["buckets"][0];
+    assert_eq!(
+        (
+            &bucket["total_amount"],
+            &bucket["refunds_amount"],
+            &bucket["net_amount"]
+        ),
+        (&json!("200"), &json!("0"), &json!("200")),
+        "{past}"
+    );
+    assert_eq!(past["data"]["by_cashier"][0]["sales_count"], 1);
+    let (_, today) = app.get(&then(chrono::Utc::now())).await;
+    assert_eq!(today["data"], now["data"]);
+    app.stop().await.expect("stop");
+}
+
 on_both_backends!(
+    sales_as_they_stood_then,
     inventory_levels_as_they_stood_then,
     the_audit_trail_shows_a_tenants_events_and_nothing_else,
     events_export_and_verify,
