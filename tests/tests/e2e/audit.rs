@@ -189,6 +189,33 @@ async fn events_export_and_verify(backend: Backend) {
     );
     assert_eq!(report.events_without_metadata.len(), 1);
     assert_eq!(report.unlogged_keys, 0);
+
+    // A row deleted by hand from a clean stream is a hole too.
+    karvon_tests::execute(
+        &app.db,
+        "DELETE FROM events WHERE aggregate_type = 'Product' AND aggregate_id = 'default/P1'",
+    )
+    .await
+    .expect("delete");
+    karvon_tests::execute(
+        &app.db,
+        "DELETE FROM events WHERE aggregate_type = 'Product' AND aggregate_id = 'default/GAP'",
+    )
+    .await
+    .expect("delete");
+    let receipt = json!({"warehouse_id": "W1", "product_id": "P1", "qty": "1"});
+    app.post("/api/v1/stock/receipts", &receipt).await;
+    karvon_tests::execute(
+        &app.db,
+        "DELETE FROM events WHERE aggregate_type = 'StockItem' AND sequence = 1",
+    )
+    .await
+    .expect("delete");
+    let report = karvon_app::verify_events(&config).await.expect("verify");
+    assert_eq!(
+        report.streams_with_holes,
+        [("StockItem".to_string(), "default/W1/P1".to_string(), 1, 2)]
+    );
     app.stop().await.expect("stop");
 }
 
@@ -200,8 +227,15 @@ async fn inventory_levels_as_they_stood_then(backend: Backend) {
         .await;
     let receipt = json!({"warehouse_id": "W1", "product_id": "P1", "qty": "10",
                          "batch": "B1", "expiry_date": "2027-01-31"});
-    let (status, _) = app.post("/api/v1/stock/receipts", &receipt).await;
+    let (status, body) = app.post("/api/v1/stock/receipts", &receipt).await;
     assert_eq!(status, StatusCode::CREATED);
+    // The live answer at that moment, to compare with `as_of` later.
+    let (_, live) = app
+        .get_after(
+            "/api/integrations/inventory-levels",
+            &body["data"]["position"],
+        )
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let between = chrono::Utc::now();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -226,6 +260,10 @@ async fn inventory_levels_as_they_stood_then(backend: Backend) {
     };
     let (status, then) = app.get(&at(between, "")).await;
     assert_eq!(status, StatusCode::OK, "{then}");
+    assert_eq!(
+        then["data"], live["data"],
+        "as_of differs from the live answer then"
+    );
     let item = &then["data"]["items"][0];
     assert_eq!(item["on_hand"], "10", "{then}");
     assert_eq!(item["low_stock"], false);
@@ -254,8 +292,11 @@ async fn sales_as_they_stood_then(backend: Backend) {
     let sale = json!({"sale_id": "S1", "branch_id": "B1", "cashier": "c", "sale_type": "retail",
         "payment_type": "cash", "occurred_at": "2026-03-10T10:00:00Z",
         "lines": [{"product_id": "P1", "qty": "2", "unit_price": "100"}]});
-    let (status, _) = app.post("/api/v1/sales", &sale).await;
+    let (status, recorded) = app.post("/api/v1/sales", &sale).await;
     assert_eq!(status, StatusCode::CREATED);
+    let path =
+        "/api/integrations/real-time-sales?period=monthly&date_from=2026-03-01&date_to=2026-03-31";
+    let (_, live) = app.get_after(path, &recorded["data"]["position"]).await;
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let between = chrono::Utc::now();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -286,6 +327,10 @@ async fn sales_as_they_stood_then(backend: Backend) {
         "{past}"
     );
     assert_eq!(past["data"]["by_cashier"][0]["sales_count"], 1);
+    assert_eq!(
+        past["data"], live["data"],
+        "as_of differs from the live answer then"
+    );
     let (_, today) = app.get(&then(chrono::Utc::now())).await;
     assert_eq!(today["data"], now["data"]);
     app.stop().await.expect("stop");

@@ -6,14 +6,19 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
+use karvon_adapters::relay::NatsRelay;
+use karvon_adapters::runner::{Consumer, Runner, RunnerSettings, session};
 use karvon_tests::{
     Backend, NatsServer, TestDb, fetch_strings, product, spawn_app_with, test_config,
     wait_caught_up,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 /// Every message of `KARVON_EVENTS`, in stream order: (subject,
 /// Nats-Msg-Id, body), read by a fresh consumer.
@@ -202,10 +207,23 @@ async fn nats_down_keeps_the_api_up_and_the_backlog_drains_in_order(backend: Bac
         .await
         .expect("app");
     some_commands(&app).await;
+    // 1,000 more events while NATS is down (written straight to the store).
+    karvon_tests::append_raw_receipts(&app.db, "W9", 1_000, 10)
+        .await
+        .expect("events");
     let (status, _) = app.get("/ready").await;
     assert_eq!(status, StatusCode::OK, "ready while NATS is down");
+    let (status, body) = app
+        .post("/api/v1/products", &product("P3", "dairy", None))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "commands while NATS is down: {body}"
+    );
     let (status, body) = app.get("/api/integrations/inventory-levels").await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    karvon_tests::wait_settled(&app.db).await;
     let relay = relay_status(&app).await;
     assert!(
         relay["lag_events"].as_i64().unwrap_or_default() > 0,
@@ -221,6 +239,7 @@ async fn nats_down_keeps_the_api_up_and_the_backlog_drains_in_order(backend: Bac
     .await
     .expect("drained");
     let events = committed(&app.db).await;
+    assert!(events.len() > 1_000);
     let messages = stream_messages(&nats.url()).await;
     assert_eq!(messages.len(), events.len());
     // In order per aggregate: each stream's sequences arrive 1, 2, 3, …
@@ -363,7 +382,67 @@ async fn the_subscriber_pattern_survives_duplicates(backend: Backend) {
     app.stop().await.expect("stop");
 }
 
+/// The relay is killed after NATS acknowledged a batch but before its
+/// checkpoint moved; a fresh relay sends the batch again and JetStream
+/// keeps one copy of each event.
+async fn a_relay_crash_after_publish_duplicates_nothing(backend: Backend) {
+    let nats = NatsServer::started().await.expect("nats-server");
+    let db = TestDb::create_on(backend).await.expect("db");
+    let store = db.db().await.expect("store");
+    store.migrate().await.expect("migrate");
+    karvon_tests::append_raw_receipts(&store, "W1", 300, 7)
+        .await
+        .expect("events");
+    karvon_tests::wait_settled(&store).await;
+    let relay = Consumer::Publisher(Arc::new(NatsRelay::new(nats.url())));
+    session::prepare_all(&store, std::slice::from_ref(&relay))
+        .await
+        .expect("prepare");
+    let (_stop_tx, stop) = watch::channel(false);
+    let stalling = RunnerSettings {
+        pause_before_checkpoint: Duration::from_secs(60),
+        ..RunnerSettings::default()
+    };
+    let doomed =
+        tokio::spawn(Runner::new(store.clone(), relay.clone(), stalling).run(stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let published = match async_nats::connect(nats.url()).await {
+            Ok(client) => match jetstream::new(client).get_stream("KARVON_EVENTS").await {
+                Ok(mut stream) => stream.info().await.map_or(0, |info| info.state.messages),
+                Err(_) => 0,
+            },
+            Err(_) => 0,
+        };
+        if published >= 300 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing was published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    doomed.abort();
+    let _ = doomed.await;
+    let status = karvon_tests::consumer_status(&store, &relay)
+        .await
+        .expect("status");
+    assert_eq!(
+        status.position,
+        karvon_projections::Position::START.to_string(),
+        "the checkpoint moved before the crash"
+    );
+    let _relay =
+        tokio::spawn(Runner::new(store.clone(), relay, RunnerSettings::default()).run(stop));
+    wait_caught_up(&store, &["nats_relay"], Duration::from_secs(30))
+        .await
+        .expect("caught up");
+    let messages = stream_messages(&nats.url()).await;
+    assert_eq!(messages.len(), 300, "a repeat reached the stream");
+    let ids: HashSet<&str> = messages.iter().map(|(_, id, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), 300);
+}
+
 on_both_backends!(
+    a_relay_crash_after_publish_duplicates_nothing,
     every_committed_event_arrives_once_as_cloud_events,
     nats_down_keeps_the_api_up_and_the_backlog_drains_in_order,
     the_subscriber_pattern_survives_duplicates,
