@@ -15,9 +15,11 @@
 //! Knobs: `KARVON_BENCH_SECS` (default 10), `KARVON_BENCH_EVENTS`
 //! (default 1,000,000), `KARVON_BENCH_BASELINE_EVENTS` (default 20,000),
 //! `KARVON_BENCH_PURCHASE_ORDERS` (default 10,000; see `procurement`),
+//! `KARVON_BENCH_RELAY_EVENTS` (default 1,000,000; see `relay`),
 //! `KARVON_BENCH_BACKENDS` (default `postgres,sqlite`).
 
 mod procurement;
+mod relay;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let events = knob("KARVON_BENCH_EVENTS", 1_000_000) as i64;
     let baseline_events = knob("KARVON_BENCH_BASELINE_EVENTS", 20_000) as i64;
     let purchase_orders = knob("KARVON_BENCH_PURCHASE_ORDERS", 10_000) as usize;
+    let relay_events = knob("KARVON_BENCH_RELAY_EVENTS", 1_000_000) as i64;
     println!(
         "karvon bench: {seconds}s load phases, {events} events to replay (build: release expected)\n"
     );
@@ -67,6 +70,10 @@ async fn main() -> anyhow::Result<()> {
         commands(&db, seconds).await?;
         if events > 0 {
             catch_up(&db, events, baseline_events).await?;
+        }
+        if relay_events > 0 {
+            let db = TestDb::create_on(backend).await?;
+            relay::run(&db, relay_events, seconds).await?;
         }
         if purchase_orders > 0 {
             let db = TestDb::create_on(backend).await?;
