@@ -146,9 +146,18 @@ async fn lag_at_rate(store: &Db, url: &str, rate: u64, seconds: u64) -> anyhow::
         let due = started + interval * index as u32;
         tokio::time::sleep_until(due.into()).await;
         let payload = serde_json::json!({"Bench": {"index": index}});
-        let id = append_raw_event(store, "Bench", &format!("default/L{}", index % 50), "Bench", &payload)
-            .await?;
-        committed.lock().await.insert(id.to_string(), Instant::now());
+        let id = append_raw_event(
+            store,
+            "Bench",
+            &format!("default/L{}", index % 50),
+            "Bench",
+            &payload,
+        )
+        .await?;
+        committed
+            .lock()
+            .await
+            .insert(id.to_string(), Instant::now());
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     listener.abort();
@@ -156,7 +165,11 @@ async fn lag_at_rate(store: &Db, url: &str, rate: u64, seconds: u64) -> anyhow::
     let received = received.lock().await;
     let mut lags: Vec<Duration> = committed
         .iter()
-        .filter_map(|(id, at)| received.get(id).map(|got| got.saturating_duration_since(*at)))
+        .filter_map(|(id, at)| {
+            received
+                .get(id)
+                .map(|got| got.saturating_duration_since(*at))
+        })
         .collect();
     anyhow::ensure!(
         lags.len() == committed.len(),
