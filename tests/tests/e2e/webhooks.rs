@@ -387,7 +387,118 @@ async fn postgres_without_a_secrets_key_refuses_secrets() {
     assert_eq!(sealed_secrets_text(&app.db).await, "");
 }
 
+/// A `webhook_source` with an `ip_allowlist` takes deliveries only from
+/// the connection addresses it lists (the tests connect from 127.0.0.1):
+/// any other sender is answered 403 and nothing is written, however well
+/// signed or keyed. Entries that are not addresses or ranges are refused
+/// at registration.
+async fn ip_allowlists_refuse_other_senders(backend: Backend) {
+    let (_db, app) = start(backend).await;
+    let db = &app.db;
+    let register = |allowlist: Value| {
+        let app = &app;
+        async move {
+            app.post(
+                "/api/v1/integrations",
+                &json!({"kind": "webhook_source", "name": "shop",
+                        "settings": {"ip_allowlist": allowlist},
+                        "secrets": {"signing_secrets": [SECRET_NEW]}}),
+            )
+            .await
+        }
+    };
+    let (status, body) = register(json!(["10.0.0.0/8", "not-an-ip"])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("ip_allowlist"),
+        "{body}"
+    );
+
+    let id = |body: &Value| body["data"]["id"].as_str().expect("id").to_string();
+    let (status, body) = register(json!(["10.0.0.0/8", "192.0.2.7"])).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let elsewhere = id(&body);
+    let (status, body) = register(json!(["192.0.2.0/24", "127.0.0.0/8"])).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let local_range = id(&body);
+    let (status, body) = register(json!(["127.0.0.1"])).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let local_address = id(&body);
+    let (status, body) = register(json!([])).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let anyone = id(&body);
+
+    let event = |product_id: &str| {
+        json!({"event_type": "product_created", "payload": product(product_id, "dairy", None)})
+            .to_string()
+    };
+    let before = event_count(db).await.expect("count");
+    let (status, body) = deliver(&app, &elsewhere, "ip_1", SECRET_NEW, 0, &event("A1")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["success"], false, "{body}");
+    assert_eq!(body["error"], "forbidden", "{body}");
+    // A Bearer key with scope `webhooks` is no way around it.
+    let key = karvon_app::auth::create_api_key(
+        db,
+        "default",
+        vec!["webhooks".to_string()],
+        Some(1000),
+        None,
+        None,
+    )
+    .await
+    .expect("key")
+    .key;
+    let (status, body) = send(
+        &app,
+        &elsewhere,
+        &[("webhook-id", "ip_2")],
+        &event("A2"),
+        Some(&key),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(event_count(db).await.expect("count"), before);
+    assert_eq!(
+        deliveries(db).await,
+        0,
+        "a refused delivery is not remembered"
+    );
+
+    // Listed by range, by exact address, or no list at all: applied.
+    for (integration, webhook_id, product_id) in [
+        (&local_range, "ip_3", "A3"),
+        (&local_address, "ip_4", "A4"),
+        (&anyone, "ip_5", "A5"),
+    ] {
+        let (status, body) = deliver(
+            &app,
+            integration,
+            webhook_id,
+            SECRET_NEW,
+            0,
+            &event(product_id),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{integration}: {body}");
+    }
+    assert_eq!(event_count(db).await.expect("count"), before + 3);
+}
+
+async fn deliveries(db: &Db) -> i64 {
+    const COUNT: &str = "SELECT count(*) FROM webhook_deliveries";
+    match db {
+        Db::Postgres(pool) => sqlx::query_scalar(COUNT).fetch_one(pool).await,
+        Db::Sqlite(sqlite) => sqlx::query_scalar(COUNT).fetch_one(&sqlite.writer).await,
+    }
+    .expect("count")
+}
+
 on_both_backends!(
     registry_keeps_secrets_and_tenants_apart,
     signed_webhooks_apply_once_and_forgeries_write_nothing,
+    ip_allowlists_refuse_other_senders,
 );
