@@ -10,7 +10,7 @@
 //! - [`verify_signature`] checks Standard Webhooks signatures over the raw
 //!   body; [`IpAllowlist`] checks the sender's address against
 //!   `settings.ip_allowlist`; [`record_delivery`] remembers applied webhook
-//!   ids.
+//!   ids and [`prune_deliveries`] forgets them after the retention.
 //!
 //! Secrets never leave this module in plain text except through
 //! [`SecretsKey::open`], and nothing here logs them.
@@ -676,6 +676,35 @@ pub async fn record_delivery(
         .await
         .map(|_| ())?);
     Ok(())
+}
+
+/// Forgets applied webhook ids recorded more than `retention` ago; answers
+/// how many. Safe for any retention above twice
+/// [`TIMESTAMP_TOLERANCE_SECS`]: a signed delivery whose id is forgotten
+/// is then refused as stale before its id is looked up, and a Bearer-key
+/// delivery repeated with the same `webhook-id` still answers from the
+/// idempotency log (`webhook:<integration>:<webhook-id>`), which is kept.
+pub async fn prune_deliveries(
+    db: &Db,
+    retention: std::time::Duration,
+) -> Result<u64, StorageError> {
+    let retention = chrono::Duration::from_std(retention)
+        .map_err(|_| StorageError::Config("webhook delivery retention is too long".into()))?;
+    let cutoff = Utc::now() - retention;
+    const DELETE: &str = "DELETE FROM webhook_deliveries WHERE received_at < $1";
+    Ok(match db {
+        Db::Postgres(pool) => sqlx::query(DELETE)
+            .bind(cutoff)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        // Stored as `strftime('%Y-%m-%dT%H:%M:%fZ')` text, which sorts as time.
+        Db::Sqlite(sqlite) => sqlx::query(DELETE)
+            .bind(cutoff.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+            .execute(&sqlite.writer)
+            .await?
+            .rows_affected(),
+    })
 }
 
 #[cfg(test)]

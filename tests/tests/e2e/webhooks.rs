@@ -497,8 +497,61 @@ async fn deliveries(db: &Db) -> i64 {
     .expect("count")
 }
 
+/// Applied webhook ids are forgotten after the retention; younger ones stay.
+async fn old_webhook_deliveries_are_pruned(backend: Backend) {
+    let (_db, app) = start(backend).await;
+    let db = &app.db;
+    let integration = webhook_source(&app).await;
+    for id in ["old_1", "new_1"] {
+        let body = json!({"event_type": "product_created", "payload": product(id, "dairy", None)})
+            .to_string();
+        let (status, answer) = deliver(&app, &integration, id, SECRET_NEW, 0, &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    // `old_1` was received 31 days ago, in the backend's own time format.
+    let aged = match db.backend() {
+        Backend::Postgres => {
+            "UPDATE webhook_deliveries SET received_at = now() - interval '31 days'
+              WHERE webhook_id = 'old_1'"
+        }
+        Backend::Sqlite => {
+            "UPDATE webhook_deliveries
+                SET received_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-31 days')
+              WHERE webhook_id = 'old_1'"
+        }
+    };
+    assert_eq!(karvon_tests::execute(db, aged).await.expect("aged"), 1);
+    let retention = karvon_app::workers::delivery_retention(&karvon_app::Config::default());
+    assert_eq!(retention, Duration::from_secs(30 * 24 * 3600));
+    let pruned = karvon_adapters::integrations::prune_deliveries(db, retention)
+        .await
+        .expect("pruned");
+    assert_eq!(pruned, 1);
+    assert_eq!(deliveries(db).await, 1);
+    let kept = karvon_tests::fetch_strings(db, "SELECT webhook_id FROM webhook_deliveries")
+        .await
+        .expect("kept");
+    assert_eq!(kept, ["new_1"]);
+    // Pruning again finds nothing; the retention never goes below an hour.
+    assert_eq!(
+        karvon_adapters::integrations::prune_deliveries(db, retention)
+            .await
+            .expect("pruned"),
+        0
+    );
+    let config = karvon_app::Config {
+        webhook_delivery_retention_hours: 0,
+        ..karvon_app::Config::default()
+    };
+    assert_eq!(
+        karvon_app::workers::delivery_retention(&config),
+        Duration::from_secs(3600)
+    );
+}
+
 on_both_backends!(
     registry_keeps_secrets_and_tenants_apart,
     signed_webhooks_apply_once_and_forgeries_write_nothing,
     ip_allowlists_refuse_other_senders,
+    old_webhook_deliveries_are_pruned,
 );
