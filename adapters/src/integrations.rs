@@ -136,15 +136,29 @@ pub fn validate(
     settings: &Map<String, Value>,
     secrets: &Map<String, Value>,
 ) -> Result<Map<String, Value>, String> {
-    let Some((setting_fields, secret_fields)) = schema(kind) else {
-        return Err(format!(
-            "unknown integration kind {kind:?} (known: {})",
-            KINDS.join(", ")
-        ));
-    };
-    let settings = check(kind, "settings", &setting_fields, settings)?;
+    let settings = validate_settings(kind, settings)?;
+    let (_, secret_fields) = known(kind)?;
     check(kind, "secrets", &secret_fields, secrets)?;
     Ok(settings)
+}
+
+/// Checks `settings` of `kind` alone (the secrets stay as stored); answers
+/// them with defaults filled in.
+pub fn validate_settings(
+    kind: &str,
+    settings: &Map<String, Value>,
+) -> Result<Map<String, Value>, String> {
+    let (setting_fields, _) = known(kind)?;
+    check(kind, "settings", &setting_fields, settings)
+}
+
+fn known(kind: &str) -> Result<(Vec<Field>, Vec<Field>), String> {
+    schema(kind).ok_or_else(|| {
+        format!(
+            "unknown integration kind {kind:?} (known: {})",
+            KINDS.join(", ")
+        )
+    })
 }
 
 fn check(
@@ -576,21 +590,97 @@ pub async fn list(db: &Db, tenant_id: &str) -> Result<Vec<IntegrationView>, Stor
         .fetch_all(pool)
         .await?
         .iter()
-        .map(|row| {
-            let secrets = row.json("secrets")?;
-            Ok(IntegrationView {
-                id: row.uuid("integration_id")?,
-                kind: row.text("kind")?,
-                name: row.text("name")?,
-                settings: row.json("settings")?,
-                secret_names: secrets
-                    .as_object()
-                    .map(|secrets| secrets.keys().cloned().collect())
-                    .unwrap_or_default(),
-                created_at: row.time("created_at")?,
-            })
-        })
+        .map(view_row)
         .collect())
+}
+
+/// One integration of `tenant_id` as [`list`] shows it; `None` when the
+/// tenant has no such integration.
+pub async fn view(
+    db: &Db,
+    tenant_id: &str,
+    integration_id: Uuid,
+) -> Result<Option<IntegrationView>, StorageError> {
+    let select = format!(
+        "SELECT integration_id, kind, name, settings, secrets, created_at
+           FROM integrations WHERE integration_id = {} AND tenant_id = $2",
+        db.backend().uuid_param("$1")
+    );
+    on_pool!(db, write, pool => sqlx::query(&select)
+        .bind(integration_id.to_string())
+        .bind(tenant_id)
+        .fetch_optional(pool)
+        .await?
+        .map(|row| view_row(&row))
+        .transpose())
+}
+
+fn view_row(row: &impl Portable) -> Result<IntegrationView, StorageError> {
+    let secrets = row.json("secrets")?;
+    Ok(IntegrationView {
+        id: row.uuid("integration_id")?,
+        kind: row.text("kind")?,
+        name: row.text("name")?,
+        settings: row.json("settings")?,
+        secret_names: secrets
+            .as_object()
+            .map(|secrets| secrets.keys().cloned().collect())
+            .unwrap_or_default(),
+        created_at: row.time("created_at")?,
+    })
+}
+
+/// Replaces the name and settings of `tenant_id`'s integration, and its
+/// sealed secrets when `secrets` is given (otherwise they stay as stored).
+/// `false` when the tenant has no such integration.
+pub async fn update(
+    db: &Db,
+    tenant_id: &str,
+    integration_id: Uuid,
+    name: &str,
+    settings: &Map<String, Value>,
+    secrets: Option<&Map<String, Value>>,
+) -> Result<bool, StorageError> {
+    let backend = db.backend();
+    let json = |param: &str| match backend {
+        crate::db::Backend::Postgres => format!("{param}::text::jsonb"),
+        crate::db::Backend::Sqlite => param.to_string(),
+    };
+    let statement = format!(
+        "UPDATE integrations SET name = $3, settings = {}, secrets = coalesce({}, secrets)
+          WHERE integration_id = {} AND tenant_id = $2",
+        json("$4"),
+        json("$5"),
+        backend.uuid_param("$1"),
+    );
+    let settings = Value::Object(settings.clone()).to_string();
+    let secrets = secrets.map(|secrets| Value::Object(secrets.clone()).to_string());
+    on_pool!(db, write, pool => Ok(sqlx::query(&statement)
+        .bind(integration_id.to_string())
+        .bind(tenant_id)
+        .bind(name)
+        .bind(settings)
+        .bind(secrets)
+        .execute(pool)
+        .await?
+        .rows_affected()
+        == 1))
+}
+
+/// Removes `tenant_id`'s integration with its remembered webhook ids (the
+/// foreign key cascades). `false` when the tenant has no such integration.
+pub async fn delete(db: &Db, tenant_id: &str, integration_id: Uuid) -> Result<bool, StorageError> {
+    let statement = format!(
+        "DELETE FROM integrations WHERE integration_id = {} AND tenant_id = $2",
+        db.backend().uuid_param("$1")
+    );
+    on_pool!(db, write, pool => Ok(sqlx::query(&statement)
+        .bind(integration_id.to_string())
+        .bind(tenant_id)
+        .execute(pool)
+        .await?
+        .rows_affected()
+        == 1))
 }
 
 /// An integration with its sealed secrets. `Debug` leaves them out.

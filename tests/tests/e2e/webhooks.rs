@@ -549,9 +549,133 @@ async fn old_webhook_deliveries_are_pruned(backend: Backend) {
     );
 }
 
+/// `PUT /api/v1/integrations/{id}` replaces name and settings, and the
+/// secrets only when given (never answered); `DELETE` removes the
+/// integration, whose webhooks then answer 404. Another tenant's admin gets
+/// 404 for both and changes nothing.
+async fn integrations_are_replaced_and_removed_within_their_tenant(backend: Backend) {
+    let (_db, app) = start(backend).await;
+    let integration = webhook_source(&app).await;
+    let path = format!("/api/v1/integrations/{integration}");
+    let put = |body: Value| {
+        let (app, path) = (&app, &path);
+        async move { app.send(app.client.put(app.url(path)).json(&body)).await }
+    };
+    let event = |product_id: &str| {
+        json!({"event_type": "product_created", "payload": product(product_id, "dairy", None)})
+            .to_string()
+    };
+
+    // Settings only: the secrets stay as they were.
+    let (status, body) =
+        put(json!({"name": "web shop", "settings": {"ip_allowlist": ["127.0.0.1"]}})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["id"], json!(integration));
+    assert_eq!(body["data"]["kind"], "webhook_source");
+    assert_eq!(body["data"]["name"], "web shop");
+    assert_eq!(
+        body["data"]["settings"]["ip_allowlist"],
+        json!(["127.0.0.1"])
+    );
+    assert_eq!(body["data"]["secret_names"], json!(["signing_secrets"]));
+    let (status, body) = deliver(&app, &integration, "put_1", SECRET_OLD, 0, &event("U1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // New secrets replace the old ones, and are never answered.
+    let (status, body) = put(json!({"kind": "webhook_source", "name": "web shop",
+                                    "secrets": {"signing_secrets": [FORGED]}}))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!body.to_string().contains("whsec_"), "{body}");
+    assert_eq!(body["data"]["settings"], json!({}), "settings replaced too");
+    assert!(!sealed_secrets_text(&app.db).await.contains("AQIDBAUG"));
+    let (status, body) = deliver(&app, &integration, "put_2", SECRET_OLD, 0, &event("U2")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "old secret: {body}");
+    let (status, body) = deliver(&app, &integration, "put_3", FORGED, 0, &event("U3")).await;
+    assert_eq!(status, StatusCode::CREATED, "new secret: {body}");
+
+    // Refused: another kind, an unknown field, bad settings or secrets.
+    for body in [
+        json!({"kind": "acrel", "name": "x"}),
+        json!({"name": "x", "colour": "red"}),
+        json!({"name": "x", "settings": {"ip_allowlist": ["nowhere"]}}),
+        json!({"name": "x", "secrets": {"signing_secrets": []}}),
+        json!({"name": " "}),
+    ] {
+        let (status, answer) = put(body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+    }
+    let (status, body) = app.get("/api/v1/integrations").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["items"][0]["name"], "web shop", "unchanged");
+
+    // Another tenant's admin: 404 for the first tenant's integration.
+    auth_store::create_tenant(&app.db, "other", "UTC")
+        .await
+        .expect("tenant");
+    let other = authorized_client(
+        &karvon_tests::admin_key(&app.db, "other")
+            .await
+            .expect("key"),
+    )
+    .expect("client");
+    let (status, body) = app
+        .send(
+            other
+                .put(app.url(&path))
+                .json(&json!({"name": "taken over"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = app.send(other.delete(app.url(&path))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = app.get("/api/v1/integrations").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["items"][0]["name"], "web shop", "unchanged");
+    // Ids that name nothing.
+    for missing in [uuid::Uuid::now_v7().to_string(), "not-a-uuid".to_string()] {
+        let (status, body) = app
+            .send(
+                app.client
+                    .delete(app.url(&format!("/api/v1/integrations/{missing}"))),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    }
+    // A key without `admin` may do neither.
+    let writer = karvon_app::auth::create_api_key(
+        &app.db,
+        "default",
+        vec!["read".to_string(), "write".to_string()],
+        Some(1000),
+        None,
+        None,
+    )
+    .await
+    .expect("key")
+    .key;
+    let writer = authorized_client(&writer).expect("client");
+    let (status, body) = app.send(writer.delete(app.url(&path))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    // Removed: gone from the list, its webhooks and remembered ids with it.
+    let (status, body) = app.send(app.client.delete(app.url(&path))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["deleted"], true);
+    let (status, body) = app.get("/api/v1/integrations").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["items"], json!([]));
+    assert_eq!(deliveries(&app.db).await, 0);
+    let (status, body) = deliver(&app, &integration, "put_4", FORGED, 0, &event("U4")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = app.send(app.client.delete(app.url(&path))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
 on_both_backends!(
     registry_keeps_secrets_and_tenants_apart,
     signed_webhooks_apply_once_and_forgeries_write_nothing,
     ip_allowlists_refuse_other_senders,
     old_webhook_deliveries_are_pruned,
+    integrations_are_replaced_and_removed_within_their_tenant,
 );
