@@ -8,12 +8,15 @@
 //!   nonce per value; the integration id and secret name are the associated
 //!   data, so a ciphertext cannot be moved to another row or name);
 //! - [`verify_signature`] checks Standard Webhooks signatures over the raw
-//!   body; [`record_delivery`] remembers applied webhook ids.
+//!   body; [`IpAllowlist`] checks the sender's address against
+//!   `settings.ip_allowlist`; [`record_delivery`] remembers applied webhook
+//!   ids and [`prune_deliveries`] forgets them after the retention.
 //!
 //! Secrets never leave this module in plain text except through
 //! [`SecretsKey::open`], and nothing here logs them.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::path::Path;
 
 use base64::Engine;
@@ -22,6 +25,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, OsRng, Payload};
 use chacha20poly1305::{AeadCore, ChaCha20Poly1305, Key, Nonce};
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
+use ipnet::IpNet;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::Sha256;
@@ -45,8 +49,9 @@ enum Expect {
     Text,
     /// A positive integer.
     Count,
-    /// A list of strings.
-    Texts,
+    /// A list of IP addresses (`203.0.113.7`, `2001:db8::1`) or CIDR
+    /// ranges (`203.0.113.0/24`).
+    IpRanges,
     /// A list of `whsec_…` signing secrets (at least one).
     SigningSecrets,
 }
@@ -112,12 +117,12 @@ fn schema(kind: &str) -> Option<(Vec<Field>, Vec<Field>)> {
             vec![
                 required("mqtt_url", Text),
                 optional("topic_prefix", Text, || "acrel".into()),
-                optional("ip_allowlist", Texts, none),
+                optional("ip_allowlist", IpRanges, none),
             ],
             vec![required("signing_secrets", SigningSecrets)],
         ),
         "webhook_source" => (
-            vec![optional("ip_allowlist", Texts, none)],
+            vec![optional("ip_allowlist", IpRanges, none)],
             vec![required("signing_secrets", SigningSecrets)],
         ),
         _ => return None,
@@ -131,15 +136,29 @@ pub fn validate(
     settings: &Map<String, Value>,
     secrets: &Map<String, Value>,
 ) -> Result<Map<String, Value>, String> {
-    let Some((setting_fields, secret_fields)) = schema(kind) else {
-        return Err(format!(
-            "unknown integration kind {kind:?} (known: {})",
-            KINDS.join(", ")
-        ));
-    };
-    let settings = check(kind, "settings", &setting_fields, settings)?;
+    let settings = validate_settings(kind, settings)?;
+    let (_, secret_fields) = known(kind)?;
     check(kind, "secrets", &secret_fields, secrets)?;
     Ok(settings)
+}
+
+/// Checks `settings` of `kind` alone (the secrets stay as stored); answers
+/// them with defaults filled in.
+pub fn validate_settings(
+    kind: &str,
+    settings: &Map<String, Value>,
+) -> Result<Map<String, Value>, String> {
+    let (setting_fields, _) = known(kind)?;
+    check(kind, "settings", &setting_fields, settings)
+}
+
+fn known(kind: &str) -> Result<(Vec<Field>, Vec<Field>), String> {
+    schema(kind).ok_or_else(|| {
+        format!(
+            "unknown integration kind {kind:?} (known: {})",
+            KINDS.join(", ")
+        )
+    })
 }
 
 fn check(
@@ -188,9 +207,17 @@ fn check_value(expect: &Expect, value: &Value) -> Result<(), String> {
             Some(count) if (1..=1_000_000).contains(&count) => Ok(()),
             _ => Err("must be an integer from 1 to 1000000".into()),
         },
-        Expect::Texts => match value.as_array() {
-            Some(items) if items.iter().all(Value::is_string) => Ok(()),
-            _ => Err("must be a list of strings".into()),
+        Expect::IpRanges => match value.as_array() {
+            Some(items) if items.len() <= 256 => {
+                for item in items {
+                    let text = item.as_str().ok_or("must hold strings")?;
+                    ip_range(text).ok_or_else(|| {
+                        format!("holds {text:?}, which is neither an IP address nor a CIDR range")
+                    })?;
+                }
+                Ok(())
+            }
+            _ => Err("must be a list of at most 256 IP addresses or CIDR ranges".into()),
         },
         Expect::SigningSecrets => match value.as_array() {
             Some(items) if !items.is_empty() && items.len() <= 10 => {
@@ -440,6 +467,62 @@ pub fn verify_signature(
 }
 
 // ---------------------------------------------------------------------------
+// IP allow-lists
+
+/// An address (a range of one) or a CIDR range, as `ip_allowlist` holds them.
+fn ip_range(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// The addresses an integration accepts deliveries from
+/// (`settings.ip_allowlist`). No list, or an empty one, accepts every
+/// address; otherwise only addresses inside one of its entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpAllowlist {
+    ranges: Vec<IpNet>,
+    /// Entries that did not parse (stored before they were checked): they
+    /// match nothing, so a list of only such entries accepts nobody.
+    unreadable: usize,
+}
+
+impl IpAllowlist {
+    /// The allow-list of an integration's settings; `None` when it has none
+    /// (or an empty one).
+    pub fn of(settings: &Value) -> Option<Self> {
+        let entries = settings.get("ip_allowlist")?.as_array()?;
+        if entries.is_empty() {
+            return None;
+        }
+        let ranges: Vec<IpNet> = entries
+            .iter()
+            .filter_map(|entry| entry.as_str().and_then(ip_range))
+            .collect();
+        Some(Self {
+            unreadable: entries.len() - ranges.len(),
+            ranges,
+        })
+    }
+
+    /// Whether `peer` (the connection's address; `None` when the server
+    /// does not know it) may deliver. An unknown peer never may.
+    pub fn allows(&self, peer: Option<IpAddr>) -> bool {
+        // An IPv4 client of a dual-stack listener shows as `::ffff:a.b.c.d`.
+        let Some(peer) = peer.map(|peer| peer.to_canonical()) else {
+            return false;
+        };
+        self.ranges.iter().any(|range| range.contains(&peer))
+    }
+
+    /// Entries that are not addresses or ranges (they match nothing).
+    pub fn unreadable(&self) -> usize {
+        self.unreadable
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Storage
 
 pub struct NewIntegration<'a> {
@@ -507,21 +590,97 @@ pub async fn list(db: &Db, tenant_id: &str) -> Result<Vec<IntegrationView>, Stor
         .fetch_all(pool)
         .await?
         .iter()
-        .map(|row| {
-            let secrets = row.json("secrets")?;
-            Ok(IntegrationView {
-                id: row.uuid("integration_id")?,
-                kind: row.text("kind")?,
-                name: row.text("name")?,
-                settings: row.json("settings")?,
-                secret_names: secrets
-                    .as_object()
-                    .map(|secrets| secrets.keys().cloned().collect())
-                    .unwrap_or_default(),
-                created_at: row.time("created_at")?,
-            })
-        })
+        .map(view_row)
         .collect())
+}
+
+/// One integration of `tenant_id` as [`list`] shows it; `None` when the
+/// tenant has no such integration.
+pub async fn view(
+    db: &Db,
+    tenant_id: &str,
+    integration_id: Uuid,
+) -> Result<Option<IntegrationView>, StorageError> {
+    let select = format!(
+        "SELECT integration_id, kind, name, settings, secrets, created_at
+           FROM integrations WHERE integration_id = {} AND tenant_id = $2",
+        db.backend().uuid_param("$1")
+    );
+    on_pool!(db, write, pool => sqlx::query(&select)
+        .bind(integration_id.to_string())
+        .bind(tenant_id)
+        .fetch_optional(pool)
+        .await?
+        .map(|row| view_row(&row))
+        .transpose())
+}
+
+fn view_row(row: &impl Portable) -> Result<IntegrationView, StorageError> {
+    let secrets = row.json("secrets")?;
+    Ok(IntegrationView {
+        id: row.uuid("integration_id")?,
+        kind: row.text("kind")?,
+        name: row.text("name")?,
+        settings: row.json("settings")?,
+        secret_names: secrets
+            .as_object()
+            .map(|secrets| secrets.keys().cloned().collect())
+            .unwrap_or_default(),
+        created_at: row.time("created_at")?,
+    })
+}
+
+/// Replaces the name and settings of `tenant_id`'s integration, and its
+/// sealed secrets when `secrets` is given (otherwise they stay as stored).
+/// `false` when the tenant has no such integration.
+pub async fn update(
+    db: &Db,
+    tenant_id: &str,
+    integration_id: Uuid,
+    name: &str,
+    settings: &Map<String, Value>,
+    secrets: Option<&Map<String, Value>>,
+) -> Result<bool, StorageError> {
+    let backend = db.backend();
+    let json = |param: &str| match backend {
+        crate::db::Backend::Postgres => format!("{param}::text::jsonb"),
+        crate::db::Backend::Sqlite => param.to_string(),
+    };
+    let statement = format!(
+        "UPDATE integrations SET name = $3, settings = {}, secrets = coalesce({}, secrets)
+          WHERE integration_id = {} AND tenant_id = $2",
+        json("$4"),
+        json("$5"),
+        backend.uuid_param("$1"),
+    );
+    let settings = Value::Object(settings.clone()).to_string();
+    let secrets = secrets.map(|secrets| Value::Object(secrets.clone()).to_string());
+    on_pool!(db, write, pool => Ok(sqlx::query(&statement)
+        .bind(integration_id.to_string())
+        .bind(tenant_id)
+        .bind(name)
+        .bind(settings)
+        .bind(secrets)
+        .execute(pool)
+        .await?
+        .rows_affected()
+        == 1))
+}
+
+/// Removes `tenant_id`'s integration with its remembered webhook ids (the
+/// foreign key cascades). `false` when the tenant has no such integration.
+pub async fn delete(db: &Db, tenant_id: &str, integration_id: Uuid) -> Result<bool, StorageError> {
+    let statement = format!(
+        "DELETE FROM integrations WHERE integration_id = {} AND tenant_id = $2",
+        db.backend().uuid_param("$1")
+    );
+    on_pool!(db, write, pool => Ok(sqlx::query(&statement)
+        .bind(integration_id.to_string())
+        .bind(tenant_id)
+        .execute(pool)
+        .await?
+        .rows_affected()
+        == 1))
 }
 
 /// An integration with its sealed secrets. `Debug` leaves them out.
@@ -607,6 +766,35 @@ pub async fn record_delivery(
         .await
         .map(|_| ())?);
     Ok(())
+}
+
+/// Forgets applied webhook ids recorded more than `retention` ago; answers
+/// how many. Safe for any retention above twice
+/// [`TIMESTAMP_TOLERANCE_SECS`]: a signed delivery whose id is forgotten
+/// is then refused as stale before its id is looked up, and a Bearer-key
+/// delivery repeated with the same `webhook-id` still answers from the
+/// idempotency log (`webhook:<integration>:<webhook-id>`), which is kept.
+pub async fn prune_deliveries(
+    db: &Db,
+    retention: std::time::Duration,
+) -> Result<u64, StorageError> {
+    let retention = chrono::Duration::from_std(retention)
+        .map_err(|_| StorageError::Config("webhook delivery retention is too long".into()))?;
+    let cutoff = Utc::now() - retention;
+    const DELETE: &str = "DELETE FROM webhook_deliveries WHERE received_at < $1";
+    Ok(match db {
+        Db::Postgres(pool) => sqlx::query(DELETE)
+            .bind(cutoff)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        // Stored as `strftime('%Y-%m-%dT%H:%M:%fZ')` text, which sorts as time.
+        Db::Sqlite(sqlite) => sqlx::query(DELETE)
+            .bind(cutoff.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+            .execute(&sqlite.writer)
+            .await?
+            .rows_affected(),
+    })
 }
 
 #[cfg(test)]
@@ -731,6 +919,30 @@ mod tests {
     }
 
     #[test]
+    fn allow_lists_take_addresses_and_ranges() {
+        let list = |entries: Value| IpAllowlist::of(&serde_json::json!({"ip_allowlist": entries}));
+        let ip = |text: &str| Some(text.parse::<IpAddr>().expect("ip"));
+        assert_eq!(list(serde_json::json!([])), None);
+        assert_eq!(IpAllowlist::of(&serde_json::json!({})), None);
+        let allowed = list(serde_json::json!([
+            "203.0.113.7",
+            "10.1.0.0/16",
+            "2001:db8::/32"
+        ]))
+        .expect("a list");
+        assert!(allowed.allows(ip("203.0.113.7")));
+        assert!(!allowed.allows(ip("203.0.113.8")));
+        assert!(allowed.allows(ip("10.1.255.1")));
+        assert!(!allowed.allows(ip("10.2.0.1")));
+        assert!(allowed.allows(ip("2001:db8::5")));
+        assert!(allowed.allows(ip("::ffff:10.1.2.3")), "IPv4-mapped IPv6");
+        assert!(!allowed.allows(None), "an unknown peer is refused");
+        let unreadable = list(serde_json::json!(["not an address"])).expect("a list");
+        assert_eq!(unreadable.unreadable(), 1);
+        assert!(!unreadable.allows(ip("127.0.0.1")), "fails closed");
+    }
+
+    #[test]
     fn kinds_check_required_and_unknown_keys() {
         let object = |value: Value| value.as_object().cloned().expect("object");
         let empty = Map::new();
@@ -753,6 +965,23 @@ mod tests {
             serde_json::json!({"signing_secrets": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]}),
         );
         assert!(validate("webhook_source", &empty, &secrets).is_ok());
+        assert!(
+            validate(
+                "webhook_source",
+                &object(
+                    serde_json::json!({"ip_allowlist": ["192.0.2.1", "198.51.100.0/24", "::1"]})
+                ),
+                &secrets
+            )
+            .is_ok()
+        );
+        let error = validate(
+            "webhook_source",
+            &object(serde_json::json!({"ip_allowlist": ["192.0.2.300"]})),
+            &secrets,
+        )
+        .expect_err("not an address");
+        assert!(error.contains("settings.ip_allowlist"), "{error}");
         assert!(validate("webhook_source", &empty, &empty).is_err());
         assert!(
             validate(

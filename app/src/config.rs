@@ -53,6 +53,12 @@ pub struct Config {
     /// the database file is used (created, mode 0600, when missing). Unset
     /// on PostgreSQL: integrations with secrets are refused (409).
     pub secrets_key: Option<String>,
+    /// Hours an applied inbound webhook id is remembered for de-duplication
+    /// (`KARVON_WEBHOOK_DELIVERY_RETENTION_HOURS`, default 720 = 30 days,
+    /// at least 1). Forgetting is safe once a signed redelivery would be
+    /// refused as stale anyway (5 minutes either way); see
+    /// `workers::delivery_retention`.
+    pub webhook_delivery_retention_hours: u64,
 }
 
 impl Default for Config {
@@ -75,6 +81,7 @@ impl Default for Config {
             header_read_timeout_ms: 10_000,
             tenant_rate_limit: 0,
             secrets_key: None,
+            webhook_delivery_retention_hours: 720,
         }
     }
 }
@@ -99,6 +106,10 @@ impl fmt::Debug for Config {
             .field("header_read_timeout_ms", &self.header_read_timeout_ms)
             .field("tenant_rate_limit", &self.tenant_rate_limit)
             .field("secrets_key", &self.secrets_key.as_ref().map(|_| "<set>"))
+            .field(
+                "webhook_delivery_retention_hours",
+                &self.webhook_delivery_retention_hours,
+            )
             .finish()
     }
 }
@@ -223,6 +234,10 @@ impl Config {
         }
         if let Some(value) = var("KARVON_SECRETS_KEY") {
             self.secrets_key = Some(value).filter(|value| !value.is_empty());
+        }
+        if let Some(value) = var("KARVON_WEBHOOK_DELIVERY_RETENTION_HOURS") {
+            self.webhook_delivery_retention_hours =
+                parsed("KARVON_WEBHOOK_DELIVERY_RETENTION_HOURS", value)?;
         }
         Ok(())
     }

@@ -1,8 +1,12 @@
 //! Background workers: one runner per feed consumer of the registry. On
 //! PostgreSQL each holds an advisory lock while active, so any number of
-//! instances may run them; only one per consumer works at a time.
+//! instances may run them; only one per consumer works at a time. Beside
+//! them, [`housekeeping`] prunes expired bookkeeping rows once a minute.
+
+use std::time::Duration;
 
 use karvon_adapters::db::Db;
+use karvon_adapters::integrations;
 use karvon_adapters::registry::Registry;
 use karvon_adapters::runner::{Runner, RunnerSettings, Wakeup};
 use tokio::sync::watch;
@@ -22,8 +26,9 @@ pub fn spawn(
         batch_size: config.projection_batch_size.max(1),
         ..RunnerSettings::default()
     };
-    let mut tasks = vec![tokio::spawn(prune_rate_limits(
+    let mut tasks = vec![tokio::spawn(housekeeping(
         db.clone(),
+        delivery_retention(config),
         shutdown.clone(),
     ))];
     let registry = Registry::new(config.nats_url.as_deref());
@@ -35,16 +40,44 @@ pub fn spawn(
     tasks
 }
 
-/// Drops finished rate-limit windows once a minute. Idempotent, so every
-/// instance may run it.
-async fn prune_rate_limits(db: Db, mut shutdown: watch::Receiver<bool>) {
+/// How long applied webhook ids are kept: the configured hours, at least
+/// one (and at most ten years).
+///
+/// Why forgetting them is safe: a signed delivery is only accepted while
+/// its `webhook-timestamp` is within 5 minutes of now, either way
+/// (`integrations::TIMESTAMP_TOLERANCE_SECS`), so a replay of an id
+/// recorded more than 10 minutes ago (a timestamp up to 5 minutes ahead,
+/// plus 5 minutes of tolerance) is refused as stale before its id is even
+/// looked up. A Bearer-key delivery carries no timestamp, but its command
+/// runs under the idempotency key `webhook:<integration>:<webhook-id>`,
+/// which the idempotency log keeps: repeated after the id is pruned, it
+/// answers as the first time and appends nothing. The retention only
+/// bounds how long a redelivery is acknowledged with
+/// `{"duplicate": true}` rather than that replayed answer.
+pub fn delivery_retention(config: &Config) -> Duration {
+    Duration::from_secs(
+        config
+            .webhook_delivery_retention_hours
+            .clamp(1, 10 * 366 * 24)
+            * 3600,
+    )
+}
+
+/// Once a minute: drops finished rate-limit windows and webhook ids older
+/// than `delivery_retention`. Idempotent, so every instance may run it.
+async fn housekeeping(db: Db, delivery_retention: Duration, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
             _ = shutdown.changed() => return,
         }
         if let Err(error) = karvon_adapters::auth_store::prune_rate_limits(&db).await {
             tracing::warn!(%error, "pruning rate-limit windows failed");
+        }
+        match integrations::prune_deliveries(&db, delivery_retention).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(pruned, "forgot expired webhook ids"),
+            Err(error) => tracing::warn!(%error, "pruning webhook deliveries failed"),
         }
     }
 }

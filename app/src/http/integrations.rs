@@ -3,11 +3,14 @@
 //! configuration rows (`karvon_adapters::integrations`), not an
 //! event-sourced aggregate. Secrets are sealed before they are stored and
 //! never answered: the list names which secrets an integration holds.
+//! `PUT /api/v1/integrations/{id}` replaces an integration's name and
+//! settings (and its secrets when the body gives them: they are
+//! write-only); `DELETE` removes it. Another tenant's integration is 404.
 
 use std::fmt;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use karvon_adapters::integrations::{self as store, IntegrationView, NewIntegration};
 use serde::{Deserialize, Serialize};
@@ -19,12 +22,14 @@ use uuid::Uuid;
 use super::AppState;
 use super::access::AdminAccess;
 use super::envelope::{Envelope, ok};
-use super::error::{ApiError, CommandErrors, ErrorBody, QueryErrors};
+use super::error::{AdminErrors, ApiError, CommandErrors, ErrorBody, QueryErrors};
 use super::extract::JsonCommand;
 
 /// The registry's routes with their documentation.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(create_integration, list_integrations))
+    OpenApiRouter::new()
+        .routes(routes!(create_integration, list_integrations))
+        .routes(routes!(update_integration, delete_integration))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -77,25 +82,11 @@ pub async fn create_integration(
     command: JsonCommand<CreateIntegration>,
 ) -> Result<(StatusCode, Json<Envelope<IntegrationCreated>>), ApiError> {
     let request = command.body;
-    let name = request.name.trim();
-    if name.is_empty() || name.len() > 200 {
-        return Err(ApiError::validation("name must be 1–200 characters"));
-    }
+    let name = checked_name(&request.name)?;
     let settings = store::validate(&request.kind, &request.settings, &request.secrets)
         .map_err(ApiError::validation)?;
     let id = Uuid::now_v7();
-    let sealed = if request.secrets.is_empty() {
-        Map::new()
-    } else {
-        let Some(key) = &state.secrets_key else {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "secrets_key_missing",
-                "storing integration secrets needs KARVON_SECRETS_KEY (32 bytes, hex or base64) on the server",
-            ));
-        };
-        key.seal(id, &request.secrets)?
-    };
+    let sealed = seal(&state, id, &request.secrets)?;
     store::insert(
         &state.db,
         &NewIntegration {
@@ -123,4 +114,158 @@ pub async fn list_integrations(
 ) -> Result<Json<Envelope<IntegrationList>>, ApiError> {
     let items = store::list(&state.db, principal.tenant.as_str()).await?;
     Ok(ok(IntegrationList { items }))
+}
+
+/// 1–200 characters once trimmed.
+fn checked_name(name: &str) -> Result<&str, ApiError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 200 {
+        return Err(ApiError::validation("name must be 1–200 characters"));
+    }
+    Ok(name)
+}
+
+/// The secrets sealed for integration `id` (none: nothing to seal).
+fn seal(
+    state: &AppState,
+    id: Uuid,
+    secrets: &Map<String, Value>,
+) -> Result<Map<String, Value>, ApiError> {
+    if secrets.is_empty() {
+        return Ok(Map::new());
+    }
+    let Some(key) = &state.secrets_key else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "secrets_key_missing",
+            "storing integration secrets needs KARVON_SECRETS_KEY (32 bytes, hex or base64) on the server",
+        ));
+    };
+    Ok(key.seal(id, secrets)?)
+}
+
+/// The integration id of a path; anything else names no integration.
+fn integration_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| no_such())
+}
+
+fn no_such() -> ApiError {
+    ApiError::not_found("no such integration")
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateIntegration {
+    /// The integration's kind, if given, must be the one it has: a kind
+    /// never changes.
+    kind: Option<String>,
+    name: String,
+    /// Replaces the stored settings (defaults filled in again).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    settings: Map<String, Value>,
+    /// Replaces every stored secret when given; left out, the stored
+    /// secrets stay. Never answered.
+    #[schema(value_type = Option<Object>)]
+    secrets: Option<Map<String, Value>>,
+}
+
+/// Secrets stay out of logs.
+impl fmt::Debug for UpdateIntegration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpdateIntegration")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("settings", &self.settings)
+            .field(
+                "secrets",
+                &self
+                    .secrets
+                    .as_ref()
+                    .map(|secrets| secrets.keys().collect::<Vec<_>>()),
+            )
+            .finish()
+    }
+}
+
+#[utoipa::path(put, path = "/api/v1/integrations/{id}", tag = "integrations",
+    summary = "Replace an integration's name and settings (and secrets, when given)",
+    request_body = UpdateIntegration,
+    params(("id" = String, Path, description = "Integration id")),
+    responses(
+        (status = 200, description = "Replaced; the integration as listed (secret names only)", body = inline(Envelope<IntegrationView>)),
+        (status = 404, description = "No such integration of the caller's tenant", body = ErrorBody),
+        (status = 409, description = "Secrets given but the server has no KARVON_SECRETS_KEY", body = ErrorBody),
+        CommandErrors),
+    security(("bearer" = [])))]
+pub async fn update_integration(
+    State(state): State<AppState>,
+    AdminAccess(principal): AdminAccess,
+    Path(id): Path<String>,
+    command: JsonCommand<UpdateIntegration>,
+) -> Result<Json<Envelope<IntegrationView>>, ApiError> {
+    let id = integration_id(&id)?;
+    let tenant = principal.tenant.as_str();
+    let request = command.body;
+    let current = store::view(&state.db, tenant, id)
+        .await?
+        .ok_or_else(no_such)?;
+    if let Some(kind) = &request.kind {
+        if *kind != current.kind {
+            return Err(ApiError::validation(format!(
+                "kind cannot change (this integration is {:?})",
+                current.kind
+            )));
+        }
+    }
+    let name = checked_name(&request.name)?;
+    let (settings, sealed) = match &request.secrets {
+        Some(secrets) => (
+            store::validate(&current.kind, &request.settings, secrets)
+                .map_err(ApiError::validation)?,
+            Some(seal(&state, id, secrets)?),
+        ),
+        None => (
+            store::validate_settings(&current.kind, &request.settings)
+                .map_err(ApiError::validation)?,
+            None,
+        ),
+    };
+    if !store::update(&state.db, tenant, id, name, &settings, sealed.as_ref()).await? {
+        return Err(no_such());
+    }
+    tracing::info!(integration = %id, kind = %current.kind, tenant, secrets_replaced = sealed.is_some(), "integration replaced");
+    let updated = store::view(&state.db, tenant, id)
+        .await?
+        .ok_or_else(no_such)?;
+    Ok(ok(updated))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct IntegrationDeleted {
+    id: Uuid,
+    /// Always `true`.
+    deleted: bool,
+}
+
+#[utoipa::path(delete, path = "/api/v1/integrations/{id}", tag = "integrations",
+    summary = "Remove an integration (its webhooks are then refused with 404)",
+    params(("id" = String, Path, description = "Integration id")),
+    responses(
+        (status = 200, description = "Removed", body = inline(Envelope<IntegrationDeleted>)),
+        (status = 404, description = "No such integration of the caller's tenant", body = ErrorBody),
+        AdminErrors),
+    security(("bearer" = [])))]
+pub async fn delete_integration(
+    State(state): State<AppState>,
+    AdminAccess(principal): AdminAccess,
+    Path(id): Path<String>,
+) -> Result<Json<Envelope<IntegrationDeleted>>, ApiError> {
+    let id = integration_id(&id)?;
+    let tenant = principal.tenant.as_str();
+    if !store::delete(&state.db, tenant, id).await? {
+        return Err(no_such());
+    }
+    tracing::info!(integration = %id, tenant, "integration removed");
+    Ok(ok(IntegrationDeleted { id, deleted: true }))
 }

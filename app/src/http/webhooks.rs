@@ -6,7 +6,10 @@
 //! `webhook-signature` by one of the integration's `signing_secrets`, over
 //! the raw body) or a Bearer key with scope `webhooks` of the
 //! integration's tenant. Refused deliveries count as failed attempts of
-//! the peer (the same limit as other unauthenticated calls).
+//! the peer (the same limit as other unauthenticated calls). An
+//! integration with a non-empty `settings.ip_allowlist` (addresses or CIDR
+//! ranges) takes deliveries only from the connection addresses it lists:
+//! any other peer is answered 403 before anything else is looked at.
 //!
 //! The event runs the same command as the HTTP route (`product_created` →
 //! register, `order_created` → record a sale, `stock_updated` → an
@@ -20,7 +23,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use karvon_adapters::integrations::{self as store, StoredIntegration};
+use karvon_adapters::integrations::{self as store, IpAllowlist, StoredIntegration};
 use karvon_domain::TenantId;
 use karvon_projections::Source;
 use serde::{Deserialize, Serialize};
@@ -85,6 +88,7 @@ pub struct Duplicate {
         (status = 200, description = "This webhook id was applied before; nothing changed", body = inline(Envelope<Duplicate>)),
         (status = 400, description = "Invalid event or payload; nothing recorded", body = ErrorBody),
         (status = 401, description = "Missing, forged or stale signature; nothing recorded", body = ErrorBody),
+        (status = 403, description = "The sender's address is not in the integration's `ip_allowlist`; nothing recorded", body = ErrorBody),
         (status = 404, description = "No such webhook_source integration", body = ErrorBody),
         (status = 429, description = "Too many refused attempts from this peer", body = ErrorBody)),
     security((), ("bearer" = [])))]
@@ -101,6 +105,7 @@ pub async fn receive_webhook(
         .await?
         .filter(|integration| integration.kind == "webhook_source")
         .ok_or_else(no_such)?;
+    check_allowlist(&integration, &peer)?;
     let webhook_id = match bearer(&headers) {
         Some(token) => {
             let principal = state.auth.authorize(Some(token), &peer, "webhooks").await?;
@@ -147,6 +152,27 @@ pub async fn receive_webhook(
     };
     store::record_delivery(&state.db, integration_id, &webhook_id).await?;
     Ok(answer.into_response())
+}
+
+/// 403 unless the integration has no allow-list or `peer` (the
+/// connection's address, never a header) is in it.
+fn check_allowlist(integration: &StoredIntegration, peer: &str) -> Result<(), ApiError> {
+    let Some(allowlist) = IpAllowlist::of(&integration.settings) else {
+        return Ok(());
+    };
+    if allowlist.allows(peer.parse().ok()) {
+        return Ok(());
+    }
+    if allowlist.unreadable() > 0 {
+        tracing::warn!(integration = %integration.id, unreadable = allowlist.unreadable(),
+            "ip_allowlist has entries that are not addresses or ranges; they match nothing");
+    }
+    tracing::warn!(integration = %integration.id, peer, "webhook refused: sender not in ip_allowlist");
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "this address may not deliver webhooks for this integration",
+    ))
 }
 
 /// Checks the Standard Webhooks headers against the integration's signing

@@ -387,7 +387,295 @@ async fn postgres_without_a_secrets_key_refuses_secrets() {
     assert_eq!(sealed_secrets_text(&app.db).await, "");
 }
 
+/// A `webhook_source` with an `ip_allowlist` takes deliveries only from
+/// the connection addresses it lists (the tests connect from 127.0.0.1):
+/// any other sender is answered 403 and nothing is written, however well
+/// signed or keyed. Entries that are not addresses or ranges are refused
+/// at registration.
+async fn ip_allowlists_refuse_other_senders(backend: Backend) {
+    let (_db, app) = start(backend).await;
+    let db = &app.db;
+    let register = |allowlist: Value| {
+        let app = &app;
+        async move {
+            app.post(
+                "/api/v1/integrations",
+                &json!({"kind": "webhook_source", "name": "shop",
+                        "settings": {"ip_allowlist": allowlist},
+                        "secrets": {"signing_secrets": [SECRET_NEW]}}),
+            )
+            .await
+        }
+    };
+    let (status, body) = register(json!(["10.0.0.0/8", "not-an-ip"])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("ip_allowlist"),
+        "{body}"
+    );
+
+    let id = |body: &Value| body["data"]["id"].as_str().expect("id").to_string();
+    let (status, body) = register(json!(["10.0.0.0/8", "192.0.2.7"])).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let elsewhere = id(&body);
+    let (status, body) = register(json!(["192.0.2.0/24", "127.0.0.0/8"])).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let local_range = id(&body);
+    let (status, body) = register(json!(["127.0.0.1"])).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let local_address = id(&body);
+    let (status, body) = register(json!([])).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let anyone = id(&body);
+
+    let event = |product_id: &str| {
+        json!({"event_type": "product_created", "payload": product(product_id, "dairy", None)})
+            .to_string()
+    };
+    let before = event_count(db).await.expect("count");
+    let (status, body) = deliver(&app, &elsewhere, "ip_1", SECRET_NEW, 0, &event("A1")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["success"], false, "{body}");
+    assert_eq!(body["error"], "forbidden", "{body}");
+    // A Bearer key with scope `webhooks` is no way around it.
+    let key = karvon_app::auth::create_api_key(
+        db,
+        "default",
+        vec!["webhooks".to_string()],
+        Some(1000),
+        None,
+        None,
+    )
+    .await
+    .expect("key")
+    .key;
+    let (status, body) = send(
+        &app,
+        &elsewhere,
+        &[("webhook-id", "ip_2")],
+        &event("A2"),
+        Some(&key),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(event_count(db).await.expect("count"), before);
+    assert_eq!(
+        deliveries(db).await,
+        0,
+        "a refused delivery is not remembered"
+    );
+
+    // Listed by range, by exact address, or no list at all: applied.
+    for (integration, webhook_id, product_id) in [
+        (&local_range, "ip_3", "A3"),
+        (&local_address, "ip_4", "A4"),
+        (&anyone, "ip_5", "A5"),
+    ] {
+        let (status, body) = deliver(
+            &app,
+            integration,
+            webhook_id,
+            SECRET_NEW,
+            0,
+            &event(product_id),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{integration}: {body}");
+    }
+    assert_eq!(event_count(db).await.expect("count"), before + 3);
+}
+
+async fn deliveries(db: &Db) -> i64 {
+    const COUNT: &str = "SELECT count(*) FROM webhook_deliveries";
+    match db {
+        Db::Postgres(pool) => sqlx::query_scalar(COUNT).fetch_one(pool).await,
+        Db::Sqlite(sqlite) => sqlx::query_scalar(COUNT).fetch_one(&sqlite.writer).await,
+    }
+    .expect("count")
+}
+
+/// Applied webhook ids are forgotten after the retention; younger ones stay.
+async fn old_webhook_deliveries_are_pruned(backend: Backend) {
+    let (_db, app) = start(backend).await;
+    let db = &app.db;
+    let integration = webhook_source(&app).await;
+    for id in ["old_1", "new_1"] {
+        let body = json!({"event_type": "product_created", "payload": product(id, "dairy", None)})
+            .to_string();
+        let (status, answer) = deliver(&app, &integration, id, SECRET_NEW, 0, &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    // `old_1` was received 31 days ago, in the backend's own time format.
+    let aged = match db.backend() {
+        Backend::Postgres => {
+            "UPDATE webhook_deliveries SET received_at = now() - interval '31 days'
+              WHERE webhook_id = 'old_1'"
+        }
+        Backend::Sqlite => {
+            "UPDATE webhook_deliveries
+                SET received_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-31 days')
+              WHERE webhook_id = 'old_1'"
+        }
+    };
+    assert_eq!(karvon_tests::execute(db, aged).await.expect("aged"), 1);
+    let retention = karvon_app::workers::delivery_retention(&karvon_app::Config::default());
+    assert_eq!(retention, Duration::from_secs(30 * 24 * 3600));
+    let pruned = karvon_adapters::integrations::prune_deliveries(db, retention)
+        .await
+        .expect("pruned");
+    assert_eq!(pruned, 1);
+    assert_eq!(deliveries(db).await, 1);
+    let kept = karvon_tests::fetch_strings(db, "SELECT webhook_id FROM webhook_deliveries")
+        .await
+        .expect("kept");
+    assert_eq!(kept, ["new_1"]);
+    // Pruning again finds nothing; the retention never goes below an hour.
+    assert_eq!(
+        karvon_adapters::integrations::prune_deliveries(db, retention)
+            .await
+            .expect("pruned"),
+        0
+    );
+    let config = karvon_app::Config {
+        webhook_delivery_retention_hours: 0,
+        ..karvon_app::Config::default()
+    };
+    assert_eq!(
+        karvon_app::workers::delivery_retention(&config),
+        Duration::from_secs(3600)
+    );
+}
+
+/// `PUT /api/v1/integrations/{id}` replaces name and settings, and the
+/// secrets only when given (never answered); `DELETE` removes the
+/// integration, whose webhooks then answer 404. Another tenant's admin gets
+/// 404 for both and changes nothing.
+async fn integrations_are_replaced_and_removed_within_their_tenant(backend: Backend) {
+    let (_db, app) = start(backend).await;
+    let integration = webhook_source(&app).await;
+    let path = format!("/api/v1/integrations/{integration}");
+    let put = |body: Value| {
+        let (app, path) = (&app, &path);
+        async move { app.send(app.client.put(app.url(path)).json(&body)).await }
+    };
+    let event = |product_id: &str| {
+        json!({"event_type": "product_created", "payload": product(product_id, "dairy", None)})
+            .to_string()
+    };
+
+    // Settings only: the secrets stay as they were.
+    let (status, body) =
+        put(json!({"name": "web shop", "settings": {"ip_allowlist": ["127.0.0.1"]}})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["id"], json!(integration));
+    assert_eq!(body["data"]["kind"], "webhook_source");
+    assert_eq!(body["data"]["name"], "web shop");
+    assert_eq!(
+        body["data"]["settings"]["ip_allowlist"],
+        json!(["127.0.0.1"])
+    );
+    assert_eq!(body["data"]["secret_names"], json!(["signing_secrets"]));
+    let (status, body) = deliver(&app, &integration, "put_1", SECRET_OLD, 0, &event("U1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // New secrets replace the old ones, and are never answered.
+    let (status, body) = put(json!({"kind": "webhook_source", "name": "web shop",
+                                    "secrets": {"signing_secrets": [FORGED]}}))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!body.to_string().contains("whsec_"), "{body}");
+    assert_eq!(body["data"]["settings"], json!({}), "settings replaced too");
+    assert!(!sealed_secrets_text(&app.db).await.contains("AQIDBAUG"));
+    let (status, body) = deliver(&app, &integration, "put_2", SECRET_OLD, 0, &event("U2")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "old secret: {body}");
+    let (status, body) = deliver(&app, &integration, "put_3", FORGED, 0, &event("U3")).await;
+    assert_eq!(status, StatusCode::CREATED, "new secret: {body}");
+
+    // Refused: another kind, an unknown field, bad settings or secrets.
+    for body in [
+        json!({"kind": "acrel", "name": "x"}),
+        json!({"name": "x", "colour": "red"}),
+        json!({"name": "x", "settings": {"ip_allowlist": ["nowhere"]}}),
+        json!({"name": "x", "secrets": {"signing_secrets": []}}),
+        json!({"name": " "}),
+    ] {
+        let (status, answer) = put(body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+    }
+    let (status, body) = app.get("/api/v1/integrations").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["items"][0]["name"], "web shop", "unchanged");
+
+    // Another tenant's admin: 404 for the first tenant's integration.
+    auth_store::create_tenant(&app.db, "other", "UTC")
+        .await
+        .expect("tenant");
+    let other = authorized_client(
+        &karvon_tests::admin_key(&app.db, "other")
+            .await
+            .expect("key"),
+    )
+    .expect("client");
+    let (status, body) = app
+        .send(
+            other
+                .put(app.url(&path))
+                .json(&json!({"name": "taken over"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = app.send(other.delete(app.url(&path))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = app.get("/api/v1/integrations").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["items"][0]["name"], "web shop", "unchanged");
+    // Ids that name nothing.
+    for missing in [uuid::Uuid::now_v7().to_string(), "not-a-uuid".to_string()] {
+        let (status, body) = app
+            .send(
+                app.client
+                    .delete(app.url(&format!("/api/v1/integrations/{missing}"))),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    }
+    // A key without `admin` may do neither.
+    let writer = karvon_app::auth::create_api_key(
+        &app.db,
+        "default",
+        vec!["read".to_string(), "write".to_string()],
+        Some(1000),
+        None,
+        None,
+    )
+    .await
+    .expect("key")
+    .key;
+    let writer = authorized_client(&writer).expect("client");
+    let (status, body) = app.send(writer.delete(app.url(&path))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    // Removed: gone from the list, its webhooks and remembered ids with it.
+    let (status, body) = app.send(app.client.delete(app.url(&path))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["deleted"], true);
+    let (status, body) = app.get("/api/v1/integrations").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["items"], json!([]));
+    assert_eq!(deliveries(&app.db).await, 0);
+    let (status, body) = deliver(&app, &integration, "put_4", FORGED, 0, &event("U4")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = app.send(app.client.delete(app.url(&path))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
 on_both_backends!(
     registry_keeps_secrets_and_tenants_apart,
     signed_webhooks_apply_once_and_forgeries_write_nothing,
+    ip_allowlists_refuse_other_senders,
+    old_webhook_deliveries_are_pruned,
+    integrations_are_replaced_and_removed_within_their_tenant,
 );
