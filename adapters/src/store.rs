@@ -553,3 +553,399 @@ fn storage_error<E: std::error::Error>(error: AggregateError<E>) -> StorageError
 fn rand_byte() -> u8 {
     uuid::Uuid::new_v4().as_bytes()[0]
 }
+
+/// A stream's stored state, loaded to decide a command on it; its
+/// [`Loaded::handle`] gives the write that [`commit_batch`] appends.
+pub struct Loaded<A: Aggregate> {
+    aggregate_id: String,
+    state: A,
+    sequence: usize,
+    snapshot: Option<usize>,
+}
+
+impl<A> Loaded<A>
+where
+    A: Aggregate<Services = ()> + Clone,
+{
+    pub fn state(&self) -> &A {
+        &self.state
+    }
+
+    pub fn aggregate_id(&self) -> &str {
+        &self.aggregate_id
+    }
+
+    /// Runs `command` on the loaded state: `None` when it changes nothing.
+    pub async fn handle(
+        &self,
+        command: A::Command,
+    ) -> Result<Option<StreamWrite>, CommandError<A::Error>> {
+        use cqrs_es::DomainEvent;
+        let mut working = self.state.clone();
+        let sink: EventSink<A> = EventSink::default();
+        working
+            .handle(command, &(), &sink)
+            .await
+            .map_err(CommandError::Domain)?;
+        let events = sink.collect().await;
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let encode = |error: serde_json::Error| StorageError::EventStore(error.to_string());
+        let events = events
+            .iter()
+            .map(|event| {
+                Ok((
+                    event.event_type(),
+                    event.event_version(),
+                    serde_json::to_value(event).map_err(encode)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        Ok(Some(StreamWrite {
+            aggregate_type: A::TYPE,
+            aggregate_id: self.aggregate_id.clone(),
+            first_sequence: self.sequence + 1,
+            last_sequence: self.sequence + events.len(),
+            events,
+            snapshot: serde_json::to_value(&working).map_err(encode)?,
+            expected_snapshot: self.snapshot,
+        }))
+    }
+}
+
+/// One stream's share of a batch: its new events and snapshot.
+#[derive(Debug, Clone)]
+pub struct StreamWrite {
+    aggregate_type: &'static str,
+    aggregate_id: String,
+    first_sequence: usize,
+    last_sequence: usize,
+    /// (type, version, payload) per event.
+    events: Vec<(String, String, serde_json::Value)>,
+    snapshot: serde_json::Value,
+    /// The snapshot version the write replaces (`None`: a new stream).
+    expected_snapshot: Option<usize>,
+}
+
+/// Why a batch did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// A stream moved since it was loaded (another writer, another
+    /// instance): nothing was written; load again and retry.
+    #[error("a stream of the batch moved since it was loaded")]
+    Conflict,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl<A> CommandExecutor<A>
+where
+    A: Aggregate<Services = ()> + Clone,
+    A::Command: Clone,
+{
+    /// Loads many streams' stored state at once (from their snapshots:
+    /// every append writes one), in the order of `aggregate_ids`.
+    pub async fn load_many(
+        &self,
+        aggregate_ids: &[String],
+    ) -> Result<Vec<Loaded<A>>, StorageError> {
+        let mut found: HashMap<String, Loaded<A>> = HashMap::with_capacity(aggregate_ids.len());
+        let rows = match &self.db {
+            Db::Postgres(pool) => sqlx::query(
+                "SELECT aggregate_id, last_sequence, current_snapshot, payload
+                       FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = ANY($2)",
+            )
+            .bind(A::TYPE)
+            .bind(aggregate_ids)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(snapshot_row)
+            .collect::<Result<Vec<_>, StorageError>>()?,
+            Db::Sqlite(sqlite) => {
+                let ids = serde_json::to_string(aggregate_ids)
+                    .map_err(|error| StorageError::EventStore(error.to_string()))?;
+                sqlx::query(
+                    "SELECT aggregate_id, last_sequence, current_snapshot, payload
+                       FROM snapshots WHERE aggregate_type = $1
+                        AND aggregate_id IN (SELECT value FROM json_each($2))",
+                )
+                .bind(A::TYPE)
+                .bind(ids)
+                .fetch_all(&sqlite.writer)
+                .await?
+                .iter()
+                .map(snapshot_row)
+                .collect::<Result<Vec<_>, StorageError>>()?
+            }
+        };
+        for (aggregate_id, sequence, snapshot, payload) in rows {
+            let state: A = serde_json::from_value(payload)
+                .map_err(|error| StorageError::EventStore(error.to_string()))?;
+            found.insert(
+                aggregate_id.clone(),
+                Loaded {
+                    aggregate_id,
+                    state,
+                    sequence,
+                    snapshot: Some(snapshot),
+                },
+            );
+        }
+        Ok(aggregate_ids
+            .iter()
+            .map(|id| {
+                found.remove(id).unwrap_or_else(|| Loaded {
+                    aggregate_id: id.clone(),
+                    state: A::default(),
+                    sequence: 0,
+                    snapshot: None,
+                })
+            })
+            .collect())
+    }
+
+    /// Forgets what this executor remembers of streams a batch wrote.
+    pub fn forget(&self, aggregate_ids: impl IntoIterator<Item = impl AsRef<str>>) {
+        if let Ok(mut warm) = self.warm.lock() {
+            for id in aggregate_ids {
+                warm.remove(id.as_ref());
+            }
+        }
+    }
+}
+
+fn snapshot_row<R>(row: &R) -> Result<(String, usize, usize, serde_json::Value), StorageError>
+where
+    R: sqlx::Row,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> serde_json::Value: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+{
+    Ok((
+        row.try_get("aggregate_id")?,
+        row.try_get::<i64, _>("last_sequence")? as usize,
+        row.try_get::<i64, _>("current_snapshot")? as usize,
+        row.try_get("payload")?,
+    ))
+}
+
+/// Appends every write of the batch, with the same metadata, in one
+/// transaction: all of them or none. A stream that moved since it was
+/// loaded fails the whole batch with [`BatchError::Conflict`].
+pub async fn commit_batch(
+    db: &Db,
+    writes: &[StreamWrite],
+    metadata: &EventMetadata,
+) -> Result<(), BatchError> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let metadata = serde_json::to_value(metadata.to_map())
+        .map_err(|error| StorageError::EventStore(error.to_string()))?;
+    let committed = match db {
+        Db::Postgres(pool) => commit_batch_postgres(pool, writes, &metadata).await,
+        Db::Sqlite(sqlite) => commit_batch_sqlite(&sqlite.writer, writes, &metadata).await,
+    };
+    match committed {
+        Ok(true) => {
+            db.notify_appended();
+            Ok(())
+        }
+        Ok(false) => Err(BatchError::Conflict),
+        Err(error) if is_unique_violation(&error) => Err(BatchError::Conflict),
+        Err(error) => Err(BatchError::Storage(error.into())),
+    }
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .is_some_and(|code| code == "23505" || code == "2067" || code == "1555")
+}
+
+/// Three statements: every event, the new streams' snapshots, the moved
+/// streams' snapshots (only where still at the loaded version). False when
+/// a snapshot had moved.
+async fn commit_batch_postgres(
+    pool: &sqlx::PgPool,
+    writes: &[StreamWrite],
+    metadata: &serde_json::Value,
+) -> Result<bool, sqlx::Error> {
+    let mut event_columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut event_rest = (Vec::new(), Vec::new());
+    for write in writes {
+        for (offset, (event_type, version, payload)) in write.events.iter().enumerate() {
+            event_columns.0.push(write.aggregate_type);
+            event_columns.1.push(write.aggregate_id.as_str());
+            event_columns.2.push((write.first_sequence + offset) as i64);
+            event_columns.3.push(event_type.as_str());
+            event_rest.0.push(version.as_str());
+            event_rest.1.push(payload.clone());
+        }
+    }
+    let metadatas = vec![metadata.clone(); event_columns.0.len()];
+    let mut transaction = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata)
+         SELECT e.t, e.id, e.seq, e.event_type, e.version, e.payload, e.metadata
+           FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                       $6::jsonb[], $7::jsonb[])
+                WITH ORDINALITY AS e(t, id, seq, event_type, version, payload, metadata, n)
+          ORDER BY e.n",
+    )
+    .bind(&event_columns.0)
+    .bind(&event_columns.1)
+    .bind(&event_columns.2)
+    .bind(&event_columns.3)
+    .bind(&event_rest.0)
+    .bind(&event_rest.1)
+    .bind(&metadatas)
+    .execute(&mut *transaction)
+    .await?;
+    let (new, moved): (Vec<&StreamWrite>, Vec<&StreamWrite>) = writes
+        .iter()
+        .partition(|write| write.expected_snapshot.is_none());
+    if !new.is_empty() {
+        sqlx::query(
+            "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot,
+                                    payload)
+             SELECT s.t, s.id, s.seq, 1, s.payload
+               FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::jsonb[])
+                    AS s(t, id, seq, payload)",
+        )
+        .bind(
+            new.iter()
+                .map(|write| write.aggregate_type)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            new.iter()
+                .map(|write| write.aggregate_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            new.iter()
+                .map(|write| write.last_sequence as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            new.iter()
+                .map(|write| write.snapshot.clone())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *transaction)
+        .await?;
+    }
+    if !moved.is_empty() {
+        let updated = sqlx::query(
+            "UPDATE snapshots AS s
+                SET last_sequence = u.seq, payload = u.payload, current_snapshot = u.expected + 1
+               FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::jsonb[], $5::bigint[])
+                    AS u(t, id, seq, payload, expected)
+              WHERE s.aggregate_type = u.t AND s.aggregate_id = u.id
+                AND s.current_snapshot = u.expected",
+        )
+        .bind(
+            moved
+                .iter()
+                .map(|write| write.aggregate_type)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            moved
+                .iter()
+                .map(|write| write.aggregate_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            moved
+                .iter()
+                .map(|write| write.last_sequence as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            moved
+                .iter()
+                .map(|write| write.snapshot.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            moved
+                .iter()
+                .map(|write| write.expected_snapshot.unwrap_or_default() as i64)
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+        if updated != moved.len() as u64 {
+            return Ok(false);
+        }
+    }
+    transaction.commit().await?;
+    Ok(true)
+}
+
+/// The same on SQLite's one writer: statements are local calls, so one per
+/// row. False when a snapshot had moved.
+async fn commit_batch_sqlite(
+    writer: &sqlx::SqlitePool,
+    writes: &[StreamWrite],
+    metadata: &serde_json::Value,
+) -> Result<bool, sqlx::Error> {
+    let mut transaction = writer.begin().await?;
+    for write in writes {
+        for (offset, (event_type, version, payload)) in write.events.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                     event_version, payload, metadata)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(write.aggregate_type)
+            .bind(&write.aggregate_id)
+            .bind((write.first_sequence + offset) as i64)
+            .bind(event_type)
+            .bind(version)
+            .bind(payload)
+            .bind(metadata)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        let written = match write.expected_snapshot {
+            None => sqlx::query(
+                "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence,
+                                        current_snapshot, payload)
+                 VALUES ($1, $2, $3, 1, $4)",
+            )
+            .bind(write.aggregate_type)
+            .bind(&write.aggregate_id)
+            .bind(write.last_sequence as i64)
+            .bind(&write.snapshot)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected(),
+            Some(expected) => sqlx::query(
+                "UPDATE snapshots SET last_sequence = $3, payload = $4, current_snapshot = $5 + 1
+                  WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $5",
+            )
+            .bind(write.aggregate_type)
+            .bind(&write.aggregate_id)
+            .bind(write.last_sequence as i64)
+            .bind(&write.snapshot)
+            .bind(expected as i64)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected(),
+        };
+        if written != 1 {
+            return Ok(false);
+        }
+    }
+    transaction.commit().await?;
+    Ok(true)
+}

@@ -59,6 +59,13 @@ pub struct Config {
     /// refused as stale anyway (5 minutes either way); see
     /// `workers::delivery_retention`.
     pub webhook_delivery_retention_hours: u64,
+    /// Where uploaded CommerceML files wait for their import job
+    /// (`KARVON_UPLOADS_DIR`). Unset: `uploads/` beside a SQLite database,
+    /// else `karvon-uploads` in the system's temporary directory.
+    pub uploads_dir: Option<String>,
+    /// Largest CommerceML upload (both files), in bytes
+    /// (`KARVON_MAX_UPLOAD_BYTES`, default 1 GiB).
+    pub max_upload_bytes: usize,
 }
 
 impl Default for Config {
@@ -82,6 +89,8 @@ impl Default for Config {
             tenant_rate_limit: 0,
             secrets_key: None,
             webhook_delivery_retention_hours: 720,
+            uploads_dir: None,
+            max_upload_bytes: 1024 * 1024 * 1024,
         }
     }
 }
@@ -110,6 +119,8 @@ impl fmt::Debug for Config {
                 "webhook_delivery_retention_hours",
                 &self.webhook_delivery_retention_hours,
             )
+            .field("uploads_dir", &self.uploads_dir)
+            .field("max_upload_bytes", &self.max_upload_bytes)
             .finish()
     }
 }
@@ -238,6 +249,12 @@ impl Config {
         if let Some(value) = var("KARVON_WEBHOOK_DELIVERY_RETENTION_HOURS") {
             self.webhook_delivery_retention_hours =
                 parsed("KARVON_WEBHOOK_DELIVERY_RETENTION_HOURS", value)?;
+        }
+        if let Some(value) = var("KARVON_UPLOADS_DIR") {
+            self.uploads_dir = Some(value).filter(|value| !value.is_empty());
+        }
+        if let Some(value) = var("KARVON_MAX_UPLOAD_BYTES") {
+            self.max_upload_bytes = parsed("KARVON_MAX_UPLOAD_BYTES", value)?;
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use karvon_adapters::db::Db;
+use karvon_adapters::imports::Imports;
 use karvon_adapters::integrations::SecretsKey;
 use karvon_adapters::registry::Registry;
 use karvon_adapters::runner::{self, Projection, RebuildReport};
@@ -48,6 +49,8 @@ pub struct Application {
     wakeup: runner::Wakeup,
     /// Ends that listener (at shutdown, or when the application is dropped).
     wakeup_stop: watch::Sender<bool>,
+    /// Import jobs: started by the API, run by the workers.
+    imports: Arc<Imports>,
 }
 
 impl Application {
@@ -73,13 +76,21 @@ impl Application {
             .context("preparing the feed consumers")?;
         let (wakeup_stop, wakeup_stopped) = watch::channel(false);
         let wakeup = runner::Wakeup::start(&db, wakeup_stopped);
+        let products = Arc::new(CommandExecutor::new(db.clone()));
+        let customers = Arc::new(CommandExecutor::new(db.clone()));
+        let imports = Arc::new(Imports::new(
+            db.clone(),
+            products.clone(),
+            customers.clone(),
+            secrets_key.clone(),
+        ));
         let state = http::AppState {
             db: db.clone(),
             wakeup: wakeup.clone(),
-            products: Arc::new(CommandExecutor::new(db.clone())),
+            products,
             stock: Arc::new(CommandExecutor::new(db.clone())),
             sales: Arc::new(CommandExecutor::new(db.clone())),
-            customers: Arc::new(CommandExecutor::new(db.clone())),
+            customers,
             suppliers: Arc::new(CommandExecutor::new(db.clone())),
             purchase_orders: Arc::new(CommandExecutor::new(db.clone())),
             metrics: metrics_handle(),
@@ -97,8 +108,11 @@ impl Application {
             consumer_figures_at: Arc::default(),
             secrets_key,
             registry,
+            imports: imports.clone(),
+            uploads_dir: uploads_dir(&config),
         };
         let settings = http::HttpSettings {
+            max_upload_bytes: config.max_upload_bytes,
             max_body_bytes: config.max_body_bytes,
             request_timeout: Duration::from_secs(config.request_timeout_secs),
         };
@@ -119,6 +133,7 @@ impl Application {
             role,
             wakeup,
             wakeup_stop,
+            imports,
         })
     }
 
@@ -142,7 +157,13 @@ impl Application {
         let workers = if self.role == Role::Api {
             Vec::new()
         } else {
-            workers::spawn(&self.db, &self.config, &self.wakeup, stop_rx.clone())
+            workers::spawn(
+                &self.db,
+                &self.config,
+                &self.wakeup,
+                &self.imports,
+                stop_rx.clone(),
+            )
         };
         tracing::info!(
             role = ?self.role,
@@ -214,6 +235,24 @@ fn secrets_key(config: &Config) -> anyhow::Result<Option<SecretsKey>> {
     SecretsKey::load_or_create(&path)
         .map(Some)
         .map_err(|why| anyhow::anyhow!("integration secrets key: {why}"))
+}
+
+/// Where uploads wait for their job: `KARVON_UPLOADS_DIR`, else `uploads/`
+/// beside a SQLite database, else a directory in the system's temp dir.
+fn uploads_dir(config: &Config) -> std::path::PathBuf {
+    if let Some(dir) = &config.uploads_dir {
+        return dir.into();
+    }
+    let url = &config.database_url;
+    let file = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .map(|file| file.split('?').next().unwrap_or_default())
+        .filter(|file| !file.is_empty() && !file.contains(":memory:"));
+    match file {
+        Some(file) => std::path::Path::new(file).with_file_name("uploads"),
+        None => std::env::temp_dir().join("karvon-uploads"),
+    }
 }
 
 /// What the listener allows one instance.

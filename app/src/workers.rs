@@ -1,11 +1,14 @@
-//! Background workers: one runner per feed consumer of the registry. On
+//! Background workers: one runner per feed consumer of the registry, and
+//! the import-job worker (`karvon_adapters::imports`). On
 //! PostgreSQL each holds an advisory lock while active, so any number of
 //! instances may run them; only one per consumer works at a time. Beside
 //! them, [`housekeeping`] prunes expired bookkeeping rows once a minute.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use karvon_adapters::db::Db;
+use karvon_adapters::imports::Imports;
 use karvon_adapters::integrations;
 use karvon_adapters::registry::Registry;
 use karvon_adapters::runner::{Runner, RunnerSettings, Wakeup};
@@ -20,6 +23,7 @@ pub fn spawn(
     db: &Db,
     config: &Config,
     wakeup: &Wakeup,
+    imports: &Arc<Imports>,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     let settings = RunnerSettings {
@@ -31,6 +35,7 @@ pub fn spawn(
         delivery_retention(config),
         shutdown.clone(),
     ))];
+    tasks.push(tokio::spawn(imports.clone().run_worker(shutdown.clone())));
     let registry = Registry::new(config.nats_url.as_deref());
     tasks.extend(registry.consumers().into_iter().map(|consumer| {
         let runner =

@@ -93,6 +93,13 @@ pub struct Customer {
     details: Option<CustomerDetails>,
 }
 
+impl Customer {
+    /// `None` until registered.
+    pub fn details(&self) -> Option<&CustomerDetails> {
+        self.details.as_ref()
+    }
+}
+
 impl Aggregate for Customer {
     const TYPE: &'static str = "Customer";
     type Command = CustomerCommand;

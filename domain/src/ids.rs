@@ -87,6 +87,11 @@ pub fn purchase_order_stream_id(tenant: &TenantId, po: &Id) -> String {
     format!("{tenant}/{po}")
 }
 
+/// The aggregate id of an import job stream: `<tenant>/<job>`.
+pub fn import_job_stream_id(tenant: &TenantId, job: &Id) -> String {
+    format!("{tenant}/{job}")
+}
+
 /// The aggregate id of a stock item stream: `<tenant>/<warehouse>/<product>`.
 pub fn stock_stream_id(tenant: &TenantId, warehouse: &Id, product: &Id) -> String {
     format!("{tenant}/{warehouse}/{product}")

@@ -2,6 +2,8 @@
 //!
 //! Identity: tenant + product id (stream id `<tenant>/<product>`).
 
+use std::collections::BTreeMap;
+
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
@@ -18,6 +20,10 @@ pub struct ProductDetails {
     pub barcode: Option<String>,
     pub price: Option<Money>,
     pub reorder_level: Option<Money>,
+    /// The product's ids in other systems, by system (`1c`, `regos`). A
+    /// command only adds to them: one that names none keeps those known.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub external_refs: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -136,7 +142,23 @@ impl ProductDetails {
         if let Some(barcode) = &self.barcode {
             check("barcode", barcode, 64)?;
         }
+        for (system, reference) in &self.external_refs {
+            check("external_refs", system, 32)?;
+            check("external_refs", reference, 128)?;
+        }
         Ok(())
+    }
+
+    /// These details with the references `known` has and these lack.
+    fn keeping_refs(mut self, known: Option<&ProductDetails>) -> Self {
+        if let Some(known) = known {
+            for (system, reference) in &known.external_refs {
+                self.external_refs
+                    .entry(system.clone())
+                    .or_insert_with(|| reference.clone());
+            }
+        }
+        self
     }
 }
 
@@ -159,6 +181,7 @@ impl Aggregate for Product {
                 details,
             } => {
                 details.validate()?;
+                let details = details.keeping_refs(self.details.as_ref());
                 if let Some(existing) = &self.details {
                     // A retried create with the same content is not an error.
                     if *existing == details {
@@ -177,6 +200,7 @@ impl Aggregate for Product {
             }
             ProductCommand::Update { details } => {
                 details.validate()?;
+                let details = details.keeping_refs(self.details.as_ref());
                 let product_id = self.product_id.clone().ok_or(ProductError::NotRegistered)?;
                 if self.status == ProductStatus::Discontinued {
                     return Err(ProductError::Discontinued);
@@ -246,6 +270,7 @@ mod tests {
             barcode: Some("4780000000011".into()),
             price: Some(Money::parse(Decimal::new(1250050, 2)).expect("price")),
             reorder_level: Some(Money::parse(Decimal::from(10)).expect("level")),
+            external_refs: Default::default(),
         }
     }
 

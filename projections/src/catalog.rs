@@ -42,10 +42,14 @@ pub fn apply(
         } => {
             let created_at = row.as_ref().map_or(at, |row| row.created_at);
             let status = row.as_ref().map_or(ProductStatus::Active, |row| row.status);
-            let external_refs = row.as_ref().map_or_else(
-                || serde_json::Value::Object(Default::default()),
-                |row| row.external_refs.clone(),
-            );
+            let mut refs = match row.as_ref().map(|row| &row.external_refs) {
+                Some(serde_json::Value::Object(known)) => known.clone(),
+                _ => Default::default(),
+            };
+            for (system, reference) in &details.external_refs {
+                refs.insert(system.clone(), reference.clone().into());
+            }
+            let external_refs = serde_json::Value::Object(refs);
             Some(ProductRow {
                 tenant_id: tenant_id.to_string(),
                 product_id: product_id.to_string(),

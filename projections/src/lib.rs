@@ -14,6 +14,7 @@
 
 pub mod catalog;
 pub mod customers;
+pub mod jobs;
 pub mod metadata;
 pub mod position;
 pub mod procurement;
@@ -31,6 +32,7 @@ pub mod names {
     pub const SALES: &str = "sales";
     pub const CUSTOMERS: &str = "customers";
     pub const PROCUREMENT: &str = "procurement";
+    pub const JOBS: &str = "jobs";
     /// Not a read model: the process manager that completes transfers.
     pub const TRANSFERS: &str = "transfers";
     /// Not a read model: the reactor that makes stock follow sales.

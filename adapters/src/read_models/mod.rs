@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod customers;
+pub mod jobs;
 pub mod procurement;
 pub mod sales;
 pub mod stock;

@@ -168,6 +168,36 @@ field!(Uuid, Uuid, Uuid, uuid, opt_uuid);
 field!(bool, Bool, Bool, flag, opt_flag);
 field!(NaiveDate, Date, Date, date, opt_date);
 
+/// Implements [`Field`] for an enum that serde spells as a string (a
+/// `rename_all = "snake_case"` status, a kind): stored as that text.
+macro_rules! serde_text_field {
+    ($($rust:ty),+ $(,)?) => {$(
+        impl $crate::records::Field for $rust {
+            const TYPE: $crate::records::SqlType = $crate::records::SqlType::Text;
+            fn value(&self) -> $crate::records::Value {
+                let text = match serde_json::to_value(self) {
+                    Ok(serde_json::Value::String(text)) => Some(text),
+                    _ => None,
+                };
+                $crate::records::Value::Text(text)
+            }
+            fn read(
+                row: &(impl $crate::db::Portable + ?Sized),
+                column: &str,
+            ) -> Result<Self, $crate::StorageError> {
+                let text = row.text(column)?;
+                serde_json::from_value(serde_json::Value::String(text.clone())).map_err(|_| {
+                    $crate::StorageError::Corrupt(format!(
+                        "{} {text:?} in {column}",
+                        stringify!($rust)
+                    ))
+                })
+            }
+        }
+    )+};
+}
+pub(crate) use serde_text_field;
+
 /// A read-model row stored with the generic functions of this module.
 /// Implement it with [`record!`].
 pub trait Record: Sized + Send + Sync {

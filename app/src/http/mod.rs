@@ -25,6 +25,7 @@ mod customers;
 mod envelope;
 mod error;
 mod extract;
+mod imports;
 mod integrations;
 mod openapi;
 mod ops;
@@ -95,11 +96,17 @@ pub struct AppState {
     pub secrets_key: Option<karvon_adapters::integrations::SecretsKey>,
     /// The feed consumers this configuration runs.
     pub registry: karvon_adapters::registry::Registry,
+    /// Import jobs (1C, CommerceML): started here, run by the workers.
+    pub imports: Arc<karvon_adapters::imports::Imports>,
+    /// Where uploaded files wait for their import job.
+    pub uploads_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub max_body_bytes: usize,
+    /// The CommerceML upload's own, larger body limit.
+    pub max_upload_bytes: usize,
     pub request_timeout: Duration,
 }
 
@@ -117,6 +124,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(recommendations::routes())
         .merge(integrations::routes())
         .merge(webhooks::routes())
+        .merge(imports::routes(settings.max_upload_bytes))
         .merge(auth::routes())
         .merge(admin::routes())
         .merge(audit::routes())

@@ -104,6 +104,7 @@ pub(super) async fn register(
         barcode: request.barcode,
         price: request.price,
         reorder_level: request.reorder_level,
+        external_refs: Default::default(),
     };
     let stream = product_stream_id(&context.tenant, &request.product_id);
     let executed = state
@@ -151,6 +152,7 @@ pub async fn update_product(
         barcode: request.barcode,
         price: request.price,
         reorder_level: request.reorder_level,
+        external_refs: Default::default(),
     };
     let stream = product_stream_id(&context.tenant, &product_id);
     let executed = state

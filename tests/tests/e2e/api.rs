@@ -616,6 +616,7 @@ async fn operational_endpoints_and_unknown_routes(backend: Backend) {
             "sales",
             "customers",
             "procurement",
+            "jobs",
             "transfers",
             "sales_stock",
             "receipts_stock"

@@ -34,6 +34,7 @@ mod executor;
 mod feed;
 mod hardening;
 mod idempotency;
+mod imports;
 mod nats;
 mod procurement;
 mod rebuild;

@@ -1,0 +1,563 @@
+//! CommerceML 2 exchange files: `import.xml` (groups, products) and
+//! `offers.xml` (price types, offers with prices and variants `a#b`), read as
+//! streams.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+
+use super::{Field, Parsed, ProductRecord, SourceError, Xml, flag, non_empty, parse_decimal};
+
+/// The price type used when none is configured (else the first one listed).
+pub const DEFAULT_PRICE_TYPE: &str = "Розница";
+
+/// What `import.xml` and `offers.xml` describe.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Catalog {
+    /// `(guid, name, parent guid)` per `Группа`, parents before children.
+    pub folders: Vec<(String, String, Option<String>)>,
+    /// Products in `import.xml` order, each variant right after its product,
+    /// then rejected offers of unknown products.
+    pub products: Vec<Parsed<ProductRecord>>,
+}
+
+/// Reads `import` and, if given, joins `offers` to it: a plain offer `a`
+/// sets the price (and barcode) of product `a`; an offer `a#b` is a variant
+/// `b` of `a`. The price is that of the type named `price_type`, else
+/// [`DEFAULT_PRICE_TYPE`], else the first type listed.
+pub fn parse<R1: BufRead, R2: BufRead>(
+    import: R1,
+    offers: Option<R2>,
+    price_type: Option<&str>,
+) -> Result<Catalog, SourceError> {
+    let mut import = read_import(import)?;
+    let Some(offers) = offers else {
+        return Ok(Catalog {
+            folders: import.folders,
+            products: import.products,
+        });
+    };
+    let offers = read_offers(offers, &mut import.price_types)?;
+    let retail = retail_type(&import.price_types, price_type)?;
+    Ok(Catalog {
+        folders: import.folders,
+        products: join(import.products, offers, retail),
+    })
+}
+
+#[derive(Default)]
+struct Import {
+    folders: Vec<(String, String, Option<String>)>,
+    products: Vec<Parsed<ProductRecord>>,
+    /// `(Ид, Наименование)`; CommerceML 2.07+ may list them in `import.xml`.
+    price_types: Vec<(String, String)>,
+}
+
+#[derive(Default)]
+struct Offer {
+    id: String,
+    name: String,
+    barcode: String,
+    /// `(ИдТипаЦены, ЦенаЗаЕдиницу)`
+    prices: Vec<(String, String)>,
+}
+
+/// Calls `f` inside the root `КоммерческаяИнформация`.
+fn document<R: BufRead>(
+    source: R,
+    mut f: impl FnMut(&mut Xml<R>, &str) -> Result<(), SourceError>,
+) -> Result<(), SourceError> {
+    let mut found = false;
+    Xml::new(source).children(|x, name| {
+        if name != "КоммерческаяИнформация" {
+            return Err(SourceError::Malformed(format!(
+                "<{name}> is not CommerceML"
+            )));
+        }
+        found = true;
+        x.children(&mut f)
+    })?;
+    match found {
+        true => Ok(()),
+        false => Err(SourceError::Malformed("no <КоммерческаяИнформация>".into())),
+    }
+}
+
+fn read_import<R: BufRead>(source: R) -> Result<Import, SourceError> {
+    let mut import = Import::default();
+    document(source, |x, name| match name {
+        "Классификатор" => x.children(|x, name| match name {
+            "Группы" => read_groups(x, &mut import.folders),
+            "ТипыЦен" => read_price_types(x, &mut import.price_types),
+            _ => Ok(()),
+        }),
+        "Каталог" => x.children(|x, name| match name {
+            "Товары" => x.children(|x, name| {
+                if name == "Товар" {
+                    let product = read_product(x, import.products.len() + 1)?;
+                    import.products.push(product);
+                }
+                Ok(())
+            }),
+            _ => Ok(()),
+        }),
+        _ => Ok(()),
+    })?;
+    Ok(import)
+}
+
+/// Reads `Группы`: each `Группа`, then its subgroups (whose parent it is).
+fn read_groups<R: BufRead>(
+    x: &mut Xml<R>,
+    folders: &mut Vec<(String, String, Option<String>)>,
+) -> Result<(), SourceError> {
+    x.children(|x, name| {
+        if name != "Группа" {
+            return Ok(());
+        }
+        let at = folders.len();
+        folders.push((String::new(), String::new(), None));
+        let mut subgroups = Vec::new();
+        x.children(|x, name| {
+            match name {
+                "Ид" => folders[at].0 = x.read_text()?.trim().to_owned(),
+                "Наименование" => folders[at].1 = x.read_text()?.trim().to_owned(),
+                // Subgroups are read once the group's Ид is known.
+                "Группы" => {
+                    let mut nested = Vec::new();
+                    read_groups(x, &mut nested)?;
+                    subgroups.push(nested);
+                }
+                _ => {}
+            }
+            Ok(())
+        })?;
+        let id = non_empty(folders[at].0.clone());
+        for mut nested in subgroups {
+            for folder in nested.iter_mut().filter(|f| f.2.is_none()) {
+                folder.2.clone_from(&id);
+            }
+            folders.append(&mut nested);
+        }
+        if id.is_none() {
+            folders.remove(at);
+        }
+        Ok(())
+    })
+}
+
+fn read_price_types<R: BufRead>(
+    x: &mut Xml<R>,
+    types: &mut Vec<(String, String)>,
+) -> Result<(), SourceError> {
+    x.children(|x, name| {
+        if name == "ТипЦены" {
+            let (mut id, mut type_name) = (String::new(), String::new());
+            x.children(|x, name| {
+                match name {
+                    "Ид" => id = x.read_text()?.trim().to_owned(),
+                    "Наименование" => type_name = x.read_text()?.trim().to_owned(),
+                    _ => {}
+                }
+                Ok(())
+            })?;
+            types.push((id, type_name));
+        }
+        Ok(())
+    })
+}
+
+fn read_product<R: BufRead>(
+    x: &mut Xml<R>,
+    index: usize,
+) -> Result<Parsed<ProductRecord>, SourceError> {
+    let mut p = ProductRecord {
+        guid: String::new(),
+        code: String::new(),
+        name: String::new(),
+        article: String::new(),
+        unit: String::new(),
+        barcode: None,
+        price: None,
+        parent: None,
+        is_folder: false,
+        deletion_mark: false,
+        variant_of: None,
+    };
+    let (mut deletion, mut status) = (None, String::new());
+    x.children(|x, name| {
+        let text = |x: &mut Xml<R>| Ok::<_, SourceError>(x.read_text()?.trim().to_owned());
+        match name {
+            "Ид" => p.guid = text(x)?,
+            "Код" => p.code = text(x)?,
+            "Артикул" => p.article = text(x)?,
+            "Наименование" => p.name = text(x)?,
+            "БазоваяЕдиница" => p.unit = text(x)?,
+            "Штрихкод" => p.barcode = non_empty(text(x)?),
+            "ПометкаУдаления" => deletion = Some(Field::Text(text(x)?)),
+            "Статус" => status = text(x)?,
+            "Группы" => x.children(|x, name| {
+                if name == "Ид" && p.parent.is_none() {
+                    p.parent = non_empty(text(x)?);
+                }
+                Ok(())
+            })?,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    if p.guid.is_empty() {
+        return Ok(Parsed::Rejected {
+            reference: format!("#{index}"),
+            reason: "missing Ид".into(),
+        });
+    }
+    Ok(match flag("ПометкаУдаления", deletion) {
+        Ok(deleted) => {
+            p.deletion_mark = deleted || status == "Удален";
+            Parsed::Ok(p)
+        }
+        Err(reason) => Parsed::Rejected {
+            reference: p.guid,
+            reason,
+        },
+    })
+}
+
+/// Offers in file order; price types found on the way go to `types`.
+fn read_offers<R: BufRead>(
+    source: R,
+    types: &mut Vec<(String, String)>,
+) -> Result<Vec<Offer>, SourceError> {
+    let mut offers = Vec::new();
+    document(source, |x, name| {
+        if name != "ПакетПредложений" {
+            return Ok(());
+        }
+        x.children(|x, name| match name {
+            "ТипыЦен" => read_price_types(x, types),
+            "Предложения" => x.children(|x, name| {
+                if name == "Предложение" {
+                    offers.push(read_offer(x)?);
+                }
+                Ok(())
+            }),
+            _ => Ok(()),
+        })
+    })?;
+    Ok(offers)
+}
+
+fn read_offer<R: BufRead>(x: &mut Xml<R>) -> Result<Offer, SourceError> {
+    let mut offer = Offer::default();
+    x.children(|x, name| {
+        match name {
+            "Ид" => offer.id = x.read_text()?.trim().to_owned(),
+            "Наименование" => offer.name = x.read_text()?.trim().to_owned(),
+            "Штрихкод" => offer.barcode = x.read_text()?.trim().to_owned(),
+            "Цены" => x.children(|x, name| {
+                if name == "Цена" {
+                    let (mut type_id, mut price) = (String::new(), String::new());
+                    x.children(|x, name| {
+                        match name {
+                            "ИдТипаЦены" => type_id = x.read_text()?.trim().to_owned(),
+                            "ЦенаЗаЕдиницу" => {
+                                price = x.read_text()?.trim().to_owned()
+                            }
+                            _ => {}
+                        }
+                        Ok(())
+                    })?;
+                    offer.prices.push((type_id, price));
+                }
+                Ok(())
+            })?,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok(offer)
+}
+
+/// The `Ид` of the retail price type; `None` when no type is listed (then an
+/// offer's first price is used).
+fn retail_type<'t>(
+    types: &'t [(String, String)],
+    wanted: Option<&str>,
+) -> Result<Option<&'t str>, SourceError> {
+    let named = |name: &str| types.iter().find(|t| t.1 == name).map(|t| t.0.as_str());
+    match wanted {
+        Some(wanted) => named(wanted).map(Some).ok_or_else(|| {
+            let listed: Vec<_> = types.iter().map(|t| t.1.as_str()).collect();
+            SourceError::Malformed(format!("no price type {wanted:?} among {listed:?}"))
+        }),
+        None => Ok(named(DEFAULT_PRICE_TYPE).or_else(|| types.first().map(|t| t.0.as_str()))),
+    }
+}
+
+fn join(
+    mut products: Vec<Parsed<ProductRecord>>,
+    offers: Vec<Offer>,
+    retail: Option<&str>,
+) -> Vec<Parsed<ProductRecord>> {
+    let index: HashMap<String, usize> = products
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match p {
+            Parsed::Ok(p) => (p.guid.clone(), i),
+            Parsed::Rejected { reference, .. } => (reference.clone(), i),
+        })
+        .collect();
+    let mut variants: Vec<Vec<Parsed<ProductRecord>>> = vec![Vec::new(); products.len()];
+    let mut unknown = Vec::new();
+    for offer in offers {
+        let (product, variant) = match offer.id.split_once('#') {
+            Some((a, b)) if !b.is_empty() => (a, Some(b)),
+            Some((a, _)) => (a, None),
+            None => (offer.id.as_str(), None),
+        };
+        let Some(&i) = index.get(product) else {
+            let reason = format!("offer for product {product} which import.xml does not have");
+            unknown.push(Parsed::Rejected {
+                reference: offer.id.clone(),
+                reason,
+            });
+            continue;
+        };
+        let price = match retail {
+            Some(retail) => offer.prices.iter().find(|p| p.0 == retail),
+            None => offer.prices.first(),
+        }
+        .map(|p| p.1.as_str())
+        .filter(|p| !p.is_empty());
+        let price = price
+            .map(|p| parse_decimal(p).ok_or_else(|| format!("Price {p:?} is not a number")))
+            .transpose();
+        let Parsed::Ok(parent) = &mut products[i] else {
+            if variant.is_some() {
+                let reason = format!("its product {product} is rejected");
+                variants[i].push(Parsed::Rejected {
+                    reference: offer.id.clone(),
+                    reason,
+                });
+            }
+            continue;
+        };
+        let Some(variant) = variant else {
+            match price {
+                Ok(price) => {
+                    parent.price = price.or(parent.price);
+                    parent.barcode = non_empty(offer.barcode).or(parent.barcode.take());
+                }
+                Err(reason) => {
+                    products[i] = Parsed::Rejected {
+                        reference: offer.id,
+                        reason,
+                    }
+                }
+            }
+            continue;
+        };
+        variants[i].push(match price {
+            Ok(price) => Parsed::Ok(ProductRecord {
+                guid: variant.to_owned(),
+                code: String::new(),
+                name: non_empty(offer.name.clone()).unwrap_or_else(|| parent.name.clone()),
+                article: parent.article.clone(),
+                unit: parent.unit.clone(),
+                barcode: non_empty(offer.barcode.clone()),
+                price,
+                parent: parent.parent.clone(),
+                is_folder: false,
+                deletion_mark: parent.deletion_mark,
+                variant_of: Some(product.to_owned()),
+            }),
+            Err(reason) => Parsed::Rejected {
+                reference: offer.id.clone(),
+                reason,
+            },
+        });
+    }
+    products
+        .into_iter()
+        .zip(variants)
+        .flat_map(|(product, variants)| std::iter::once(product).chain(variants))
+        .chain(unknown)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal::Decimal;
+
+    const IMPORT: &str = include_str!("testdata/commerceml-import.xml");
+    const OFFERS: &str = include_str!("testdata/commerceml-offers.xml");
+    const TEA: &str = "6f1c2a10-8b3e-11ee-9c1a-00155d012345";
+    const SHIRT: &str = "7a2d3b21-8b3e-11ee-9c1a-00155d012345";
+    const GROUP: &str = "0b7d4e20-8b3e-11ee-9c1a-00155d012345";
+
+    fn catalog(
+        import: &str,
+        offers: Option<&str>,
+        price_type: Option<&str>,
+    ) -> Result<Catalog, SourceError> {
+        parse(import.as_bytes(), offers.map(str::as_bytes), price_type)
+    }
+
+    fn ok(p: &Parsed<ProductRecord>) -> &ProductRecord {
+        match p {
+            Parsed::Ok(p) => p,
+            other => panic!("rejected: {other:?}"),
+        }
+    }
+
+    fn price(p: &Parsed<ProductRecord>) -> Option<String> {
+        ok(p).price.map(|p| p.to_string())
+    }
+
+    #[test]
+    fn retail_prices_and_variants() {
+        let c = catalog(IMPORT, Some(OFFERS), None).expect("parses");
+        assert_eq!(
+            c.folders,
+            vec![(GROUP.to_owned(), "Напитки".to_owned(), None)]
+        );
+        let tea = ProductRecord {
+            guid: TEA.into(),
+            code: String::new(),
+            name: "Чай зелёный 100 г".into(),
+            article: "TEA-G-100".into(),
+            unit: "шт".into(),
+            barcode: Some("0478000000017".into()),
+            price: Some(Decimal::from(18500)),
+            parent: Some(GROUP.into()),
+            is_folder: false,
+            deletion_mark: false,
+            variant_of: None,
+        };
+        let shirt = ProductRecord {
+            guid: SHIRT.into(),
+            name: "Футболка".into(),
+            article: "TSH-01".into(),
+            barcode: None,
+            price: None,
+            parent: None,
+            ..tea.clone()
+        };
+        let variant = |id: &str, name: &str, barcode: &str, price: i64| ProductRecord {
+            guid: id.into(),
+            name: name.into(),
+            barcode: Some(barcode.into()),
+            price: Some(Decimal::from(price)),
+            variant_of: Some(SHIRT.into()),
+            ..shirt.clone()
+        };
+        let expected = vec![
+            tea,
+            shirt.clone(),
+            variant(
+                "d1e2f3a4-0000-11ee-9c1a-00155d0000aa",
+                "Футболка (M, синяя)",
+                "4780000000031",
+                95000,
+            ),
+            variant(
+                "d1e2f3a4-0000-11ee-9c1a-00155d0000bb",
+                "Футболка (L, синяя)",
+                "4780000000048",
+                97000,
+            ),
+        ];
+        assert_eq!(
+            c.products,
+            expected.into_iter().map(Parsed::Ok).collect::<Vec<_>>()
+        );
+        let explicit = catalog(IMPORT, Some(OFFERS), Some("Розница")).expect("parses");
+        assert_eq!(explicit, c);
+    }
+
+    #[test]
+    fn wholesale_prices() {
+        let c = catalog(IMPORT, Some(OFFERS), Some("Опт")).expect("parses");
+        assert_eq!(c.products.len(), 4);
+        assert_eq!(price(&c.products[0]).as_deref(), Some("16200.50"));
+        assert_eq!(
+            [
+                price(&c.products[1]),
+                price(&c.products[2]),
+                price(&c.products[3])
+            ],
+            [None, None, None]
+        );
+        assert_eq!(ok(&c.products[2]).variant_of.as_deref(), Some(SHIRT));
+        assert!(matches!(
+            catalog(IMPORT, Some(OFFERS), Some("VIP")),
+            Err(SourceError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn import_alone() {
+        let c = catalog(IMPORT, None, None).expect("parses");
+        assert_eq!(c.products.len(), 2);
+        assert_eq!(
+            (price(&c.products[0]), ok(&c.products[0]).barcode.clone()),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn truncated_or_foreign_is_malformed() {
+        let (import, offers) = (IMPORT.as_bytes(), OFFERS.as_bytes());
+        for (import, offers) in [
+            (&import[..import.len() / 2], None),
+            (import, Some(&offers[..offers.len() / 2])),
+            (b"<root/>", None),
+            (b"", None),
+        ] {
+            let result = parse(import, offers, None);
+            assert!(
+                matches!(result, Err(SourceError::Malformed(_))),
+                "{result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejections_nested_groups_and_deletion() {
+        let import = IMPORT
+            .replace(
+                "<Наименование>Напитки</Наименование>",
+                "<Наименование>Напитки</Наименование><Группы><Группа><Ид>sub</Ид><Наименование>Чай</Наименование></Группа></Группы>",
+            )
+            .replace("<Артикул>TSH-01</Артикул>", "<Артикул>TSH-01</Артикул><Статус>Удален</Статус>");
+        let offers = OFFERS
+            .replacen("<ЦенаЗаЕдиницу>95000<", "<ЦенаЗаЕдиницу>9 5000<", 1)
+            .replacen(
+                "<Предложения>",
+                "<Предложения><Предложение><Ид>nobody#x</Ид><Цены/></Предложение>",
+                1,
+            );
+        let c = catalog(&import, Some(&offers), None).expect("parses");
+        assert_eq!(
+            c.folders,
+            vec![
+                (GROUP.to_owned(), "Напитки".to_owned(), None),
+                ("sub".to_owned(), "Чай".to_owned(), Some(GROUP.to_owned()))
+            ]
+        );
+        assert!(ok(&c.products[1]).deletion_mark);
+        assert_eq!(
+            c.products[2],
+            Parsed::Rejected {
+                reference: format!("{SHIRT}#d1e2f3a4-0000-11ee-9c1a-00155d0000aa"),
+                reason: r#"Price "9 5000" is not a number"#.into()
+            }
+        );
+        assert!(ok(&c.products[3]).deletion_mark);
+        assert!(
+            matches!(&c.products[4], Parsed::Rejected { reference, .. } if reference == "nobody#x")
+        );
+        assert_eq!(c.products.len(), 5);
+    }
+}

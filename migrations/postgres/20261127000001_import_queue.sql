@@ -1,0 +1,19 @@
+-- Import jobs not yet finished: the worker's queue. Progress lives in the
+-- event store (ImportJob streams); a row here only says "run this job"
+-- and keeps one running job per integration and kind (uploads name no
+-- integration, so they never block each other). The worker deletes the
+-- row once the job completed or failed.
+CREATE TABLE import_queue
+(
+    job_id         text        PRIMARY KEY,
+    tenant_id      text        NOT NULL,
+    integration_id text,
+    kind           text        NOT NULL,
+    source         text        NOT NULL,
+    -- A CommerceML upload: the directory holding import.xml / offers.xml.
+    upload_dir     text,
+    -- Who asked (`user:<id>`, `key:<id>`): the actor of the job's events.
+    actor          text        NOT NULL,
+    queued_at      timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (tenant_id, integration_id, kind)
+);

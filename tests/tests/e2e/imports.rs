@@ -1,0 +1,721 @@
+//! 1C imports end to end: a fake 1C (SOAP web service and OData, speaking
+//! the formats of `fixtures/1c/`) serving generated catalogues, the real
+//! application importing from it in the background, progress read from
+//! the status endpoint.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode as AxumStatus};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use karvon_projections::names;
+use karvon_tests::{
+    Backend, Db, TestApp, TestDb, admin_key, fetch_strings, karvon_binary, spawn_app_with,
+    test_config,
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const IMPORT_XML: &str = include_str!("../../../../shared/fixtures/1c/commerceml-import.xml");
+const OFFERS_XML: &str = include_str!("../../../../shared/fixtures/1c/commerceml-offers.xml");
+const CLIENTS_SOAP: &str =
+    include_str!("../../../../shared/fixtures/1c/soap-return-json-string.xml");
+const FAULT_SOAP: &str = include_str!("../../../../shared/fixtures/1c/soap-fault.xml");
+
+// ---------------------------------------------------------------------------
+// The fake 1C
+
+#[derive(Clone, Debug)]
+struct FakeProduct {
+    guid: String,
+    code: String,
+    name: String,
+    article: String,
+    barcode: String,
+    price: String,
+    parent: String,
+    folder: bool,
+    deleted: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Normal,
+    Fault,
+    Http500,
+    /// Answers after this long.
+    Slow(Duration),
+    Truncated,
+}
+
+struct Fake {
+    products: Vec<FakeProduct>,
+    mode: Mode,
+    requests: usize,
+}
+
+type Shared = Arc<Mutex<Fake>>;
+
+const FOLDERS: usize = 5;
+
+fn guid(n: usize) -> String {
+    format!("00000000-0000-4000-8000-{n:012}")
+}
+
+/// `count` products under `FOLDERS` folders; every 7th barcode has a
+/// leading zero, prices have two decimals.
+fn catalogue(count: usize) -> Vec<FakeProduct> {
+    let mut products: Vec<FakeProduct> = (0..FOLDERS)
+        .map(|folder| FakeProduct {
+            guid: guid(900_000 + folder),
+            code: format!("F-{folder}"),
+            name: format!("Group {folder}"),
+            article: String::new(),
+            barcode: String::new(),
+            price: "0".into(),
+            parent: "00000000-0000-0000-0000-000000000000".into(),
+            folder: true,
+            deleted: false,
+        })
+        .collect();
+    products.extend((0..count).map(|n| FakeProduct {
+        guid: guid(n),
+        code: format!("00-{n:08}"),
+        name: format!("Товар №{n}"),
+        article: format!("ART-{n}"),
+        barcode: if n % 7 == 0 {
+            format!("0{:012}", 478_000_000_000u64 + n as u64)
+        } else {
+            format!("{}", 4_780_000_000_000u64 + n as u64)
+        },
+        price: format!("{}.{:02}", 1000 + n, n % 100),
+        parent: guid(900_000 + n % FOLDERS),
+        folder: false,
+        deleted: false,
+    }));
+    products
+}
+
+fn soap_products(products: &[FakeProduct]) -> String {
+    let mut xml = String::from(
+        r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><m:GetProductListResponse xmlns:m="http://erp.example.uz/exchange"><m:return>"#,
+    );
+    for p in products {
+        xml.push_str(&format!(
+            "<m:Product><m:GUID>{}</m:GUID><m:Code>{}</m:Code><m:Description>{}</m:Description><m:Article>{}</m:Article><m:Unit code=\"796\">шт</m:Unit><m:Barcode>{}</m:Barcode><m:Price currency=\"UZS\">{}</m:Price><m:ParentGUID>{}</m:ParentGUID><m:IsFolder>{}</m:IsFolder><m:DeletionMark>{}</m:DeletionMark></m:Product>",
+            p.guid, p.code, p.name, p.article, p.barcode, p.price, p.parent, p.folder, p.deleted
+        ));
+    }
+    xml.push_str("</m:return></m:GetProductListResponse></soap:Body></soap:Envelope>");
+    xml
+}
+
+fn odata_product(p: &FakeProduct) -> Value {
+    // Edm.Double: the price goes out as a JSON number.
+    let price: Value = serde_json::from_str(&p.price).expect("number");
+    json!({
+        "Ref_Key": p.guid, "DataVersion": "AAAAAQAAAAA=", "DeletionMark": p.deleted,
+        "Parent_Key": p.parent, "IsFolder": p.folder, "Code": p.code,
+        "Description": p.name, "Артикул": p.article, "Штрихкод": p.barcode,
+        "ЕдиницаИзмерения_Key": "a1b2c3d4-0000-11ee-9c1a-00155d012345", "Цена": price,
+    })
+}
+
+async fn soap(State(fake): State<Shared>, headers: HeaderMap, body: String) -> Response {
+    let (mode, products) = {
+        let mut fake = fake.lock().expect("fake");
+        fake.requests += 1;
+        (fake.mode, fake.products.clone())
+    };
+    let action = headers
+        .get("soapaction")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let xml = |text: String| {
+        (
+            [(axum::http::header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+            text,
+        )
+    };
+    match mode {
+        Mode::Fault => {
+            return (
+                AxumStatus::INTERNAL_SERVER_ERROR,
+                xml(FAULT_SOAP.to_string()),
+            )
+                .into_response();
+        }
+        Mode::Http500 => {
+            return (
+                AxumStatus::INTERNAL_SERVER_ERROR,
+                "<html>Internal Server Error</html>",
+            )
+                .into_response();
+        }
+        Mode::Slow(delay) => tokio::time::sleep(delay).await,
+        Mode::Normal | Mode::Truncated => {}
+    }
+    if action.contains("GetClientList") || body.contains("GetClientList") {
+        return xml(CLIENTS_SOAP.to_string()).into_response();
+    }
+    let mut text = soap_products(&products);
+    if mode == Mode::Truncated {
+        text.truncate(text.len() / 2);
+    }
+    xml(text).into_response()
+}
+
+async fn odata(
+    State(fake): State<Shared>,
+    Path(entity): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let products = {
+        let mut fake = fake.lock().expect("fake");
+        fake.requests += 1;
+        fake.products.clone()
+    };
+    if entity != "Catalog_Номенклатура" {
+        return (AxumStatus::NOT_FOUND, "no such entity").into_response();
+    }
+    let top: usize = query.get("$top").and_then(|v| v.parse().ok()).unwrap_or(20);
+    let skip: usize = query.get("$skip").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let value: Vec<Value> = products
+        .iter()
+        .skip(skip)
+        .take(top)
+        .map(odata_product)
+        .collect();
+    axum::Json(json!({"odata.metadata": "…#Catalog_Номенклатура", "value": value})).into_response()
+}
+
+async fn fake_1c(products: Vec<FakeProduct>) -> (String, Shared) {
+    let fake = Arc::new(Mutex::new(Fake {
+        products,
+        mode: Mode::Normal,
+        requests: 0,
+    }));
+    let app = Router::new()
+        .route("/trade/ws/exchange.1cws", post(soap))
+        .route("/trade/odata/standard.odata/{entity}", get(odata))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{address}/trade"), fake)
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+async fn start(backend: Backend) -> (TestDb, TestApp) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let app = spawn_app_with(secrets(test_config(&db), backend), karvon_app::Role::All)
+        .await
+        .expect("app");
+    (db, app)
+}
+
+fn secrets(mut config: karvon_app::Config, backend: Backend) -> karvon_app::Config {
+    if backend == Backend::Postgres {
+        config.secrets_key = Some("22".repeat(32));
+    }
+    config
+}
+
+async fn integration(app: &TestApp, kind: &str, settings: Value) -> String {
+    let (status, body) = app
+        .post(
+            "/api/v1/integrations",
+            &json!({"kind": kind, "name": "1C", "settings": settings,
+                    "secrets": {"username": "exchange", "password": "s3cret"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["data"]["id"].as_str().expect("id").to_string()
+}
+
+fn soap_settings(base: &str, extra: Value) -> Value {
+    let mut settings = json!({"url": format!("{base}/ws/exchange.1cws"),
+                              "namespace": "http://erp.example.uz/exchange"});
+    if let (Some(settings), Some(extra)) = (settings.as_object_mut(), extra.as_object()) {
+        settings.extend(extra.clone());
+    }
+    settings
+}
+
+async fn sync(app: &TestApp, what: &str, integration: &str) -> String {
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/integration/sync/{what}/{integration}/"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["data"]["status"], "started", "{body}");
+    body["data"]["task_id"].as_str().expect("task").to_string()
+}
+
+/// Polls the status until the job finished; its last status.
+async fn finished(client: &reqwest::Client, base: &str, task: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        if let Ok(response) = client
+            .get(format!("{base}/api/v1/integration/sync/status/{task}/"))
+            .send()
+            .await
+        {
+            let body: Value = response.json().await.unwrap_or_default();
+            let status = &body["data"]["status"];
+            if status == "completed" || status == "error" {
+                return body["data"].clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "job {task} did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The job's last status, once the read models have caught up with it.
+async fn job_done(app: &TestApp, task: &str) -> Value {
+    let done = finished(&app.client, &app.address, task).await;
+    karvon_tests::wait_caught_up(
+        &app.db,
+        &[names::CATALOG, names::CUSTOMERS],
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("read models catch up");
+    done
+}
+
+async fn product_events(db: &Db) -> i64 {
+    fetch_strings(
+        db,
+        "SELECT CAST(count(*) AS TEXT) FROM events WHERE aggregate_type = 'Product'",
+    )
+    .await
+    .expect("count")[0]
+        .parse()
+        .expect("number")
+}
+
+fn counts(status: &Value) -> (i64, i64, i64, i64, i64, i64) {
+    let n = |key: &str| status[key].as_i64().unwrap_or(-1);
+    (
+        n("total"),
+        n("processed"),
+        n("created"),
+        n("updated"),
+        n("unchanged"),
+        n("errors"),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+const PRODUCTS: usize = 20_000;
+
+async fn import_20000_then_nothing_then_exactly_the_changes(
+    app: &TestApp,
+    fake: &Shared,
+    id: &str,
+) {
+    let task = sync(app, "nomenklatura", id).await;
+    let done = job_done(app, &task).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let n = PRODUCTS as i64;
+    assert_eq!(counts(&done), (n, n, n, 0, 0, 0), "{done}");
+    assert_eq!(done["progress_percent"], 100);
+    assert_eq!(product_events(&app.db).await, n);
+
+    // Exact text: the leading zero of a barcode, the price's decimals,
+    // the folder as category, the GUID as id and external reference.
+    let (status, body) = app.get(&format!("/api/v1/products/{}", guid(7))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let product = &body["data"];
+    assert_eq!(product["barcode"], "0478000000007", "{product}");
+    assert_eq!(product["price"], "1007.07", "{product}");
+    assert_eq!(product["category"], "Group 2", "{product}");
+    assert_eq!(product["external_refs"]["1c"], guid(7), "{product}");
+    assert_eq!(product["sku"], "ART-7");
+
+    // Again: nothing changed, nothing appended.
+    let task = sync(app, "nomenklatura", id).await;
+    let again = job_done(app, &task).await;
+    assert_eq!(counts(&again), (n, n, 0, 0, n, 0), "{again}");
+    assert_eq!(product_events(&app.db).await, n);
+
+    // Ten changed, three deletion-marked: exactly those are written.
+    {
+        let mut fake = fake.lock().expect("fake");
+        for n in 0..10 {
+            let product = &mut fake.products[FOLDERS + 100 + n];
+            product.price = format!("{}.99", 5000 + n);
+        }
+        for n in 0..3 {
+            fake.products[FOLDERS + 200 + n].deleted = true;
+        }
+    }
+    let task = sync(app, "nomenklatura", id).await;
+    let third = job_done(app, &task).await;
+    assert_eq!(counts(&third), (n, n, 0, 13, n - 13, 0), "{third}");
+    assert_eq!(product_events(&app.db).await, n + 13);
+    let (_, body) = app.get(&format!("/api/v1/products/{}", guid(100))).await;
+    assert_eq!(body["data"]["price"], "5000.99", "{body}");
+    let (_, body) = app.get(&format!("/api/v1/products/{}", guid(201))).await;
+    assert_eq!(body["data"]["status"], "discontinued", "{body}");
+}
+
+async fn soap_imports_completely_then_only_changes(backend: Backend) {
+    let (_db, app) = start(backend).await;
+    let (base, fake) = fake_1c(catalogue(PRODUCTS)).await;
+    let id = integration(&app, "1c_soap", soap_settings(&base, json!({}))).await;
+    import_20000_then_nothing_then_exactly_the_changes(&app, &fake, &id).await;
+}
+
+async fn odata_imports_completely_then_only_changes(backend: Backend) {
+    let (_db, app) = start(backend).await;
+    let (base, fake) = fake_1c(catalogue(PRODUCTS)).await;
+    let id = integration(
+        &app,
+        "1c_odata",
+        json!({"base_url": format!("{base}/odata/standard.odata"), "page_size": 1000}),
+    )
+    .await;
+    import_20000_then_nothing_then_exactly_the_changes(&app, &fake, &id).await;
+    // 20,005 rows in pages of 1,000: 21 pages per run (the last one short).
+    assert_eq!(fake.lock().expect("fake").requests, 3 * 21);
+}
+
+async fn clients_become_customers_keyed_by_guid(backend: Backend) {
+    let (_db, app) = start(backend).await;
+    let (base, _fake) = fake_1c(Vec::new()).await;
+    let id = integration(&app, "1c_soap", soap_settings(&base, json!({}))).await;
+    let task = sync(&app, "clients", &id).await;
+    let done = job_done(&app, &task).await;
+    assert_eq!(counts(&done), (2, 2, 2, 0, 0, 0), "{done}");
+    assert_eq!(done["kind"], "clients");
+    let (status, body) = app
+        .get("/api/v1/customers/c1a2b3c4-8b3e-11ee-9c1a-00155d0a0001")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["name"], "OOO \"Baraka Savdo\"");
+    assert_eq!(body["data"]["tax_id"], "301234567");
+    assert_eq!(body["data"]["phone"], "+998901234567");
+}
+
+/// Each failure ends the job in `error` with a message naming the cause,
+/// writes no product, and leaves the API answering.
+async fn source_failures_are_clear_job_errors_and_write_nothing(backend: Backend) {
+    let (_db, app) = start(backend).await;
+    let (base, fake) = fake_1c(catalogue(300)).await;
+    let id = integration(
+        &app,
+        "1c_soap",
+        soap_settings(&base, json!({"timeout_secs": 1})),
+    )
+    .await;
+    for (mode, expected) in [
+        (Mode::Truncated, "malformed"),
+        (Mode::Fault, "недостаточно прав"),
+        (Mode::Http500, "HTTP 500"),
+        (Mode::Slow(Duration::from_secs(3)), "within 1 s"),
+    ] {
+        fake.lock().expect("fake").mode = mode;
+        let task = sync(&app, "nomenklatura", &id).await;
+        let done = job_done(&app, &task).await;
+        assert_eq!(done["status"], "error", "{mode:?}: {done}");
+        let message = done["message"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{mode:?}: {message}");
+        assert_eq!(done["processed"], 0, "{done}");
+        assert_eq!(product_events(&app.db).await, 0, "{mode:?} wrote products");
+        let (status, _) = app.get("/api/v1/products").await;
+        assert_eq!(status, StatusCode::OK, "the API stays up after {mode:?}");
+    }
+
+    // A record with a malformed number is rejected with its reason; the
+    // others are imported.
+    {
+        let mut fake = fake.lock().expect("fake");
+        fake.mode = Mode::Normal;
+        fake.products[FOLDERS + 17].price = "12,5x".into();
+    }
+    let task = sync(&app, "nomenklatura", &id).await;
+    let done = job_done(&app, &task).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(counts(&done), (300, 300, 299, 0, 0, 1), "{done}");
+    assert_eq!(done["rejected"][0]["ref"], guid(17), "{done}");
+    assert!(
+        done["rejected"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("12,5x"),
+        "{done}"
+    );
+    assert_eq!(product_events(&app.db).await, 299);
+}
+
+async fn a_second_start_answers_the_running_job(backend: Backend) {
+    let (_db, app) = start(backend).await;
+    let (base, fake) = fake_1c(catalogue(10)).await;
+    fake.lock().expect("fake").mode = Mode::Slow(Duration::from_secs(2));
+    let id = integration(&app, "1c_soap", soap_settings(&base, json!({}))).await;
+    let first = sync(&app, "nomenklatura", &id).await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/integration/sync/nomenklatura/{id}/"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["data"]["task_id"], first.as_str());
+    assert_eq!(body["data"]["status"], "running");
+    // Clients are another kind: they start their own job.
+    let clients = sync(&app, "clients", &id).await;
+    assert_ne!(clients, first);
+    let done = job_done(&app, &first).await;
+    assert_eq!(done["created"], 10, "{done}");
+    // Finished: the next start is a new job.
+    let next = sync(&app, "nomenklatura", &id).await;
+    assert_ne!(next, first);
+}
+
+async fn commerceml_upload_imports_price_types_and_variants(backend: Backend) {
+    let (_db, app) = start(backend).await;
+    let upload = |query: String| {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "import",
+                reqwest::multipart::Part::bytes(IMPORT_XML.as_bytes()).file_name("import.xml"),
+            )
+            .part(
+                "offers",
+                reqwest::multipart::Part::bytes(OFFERS_XML.as_bytes()).file_name("offers.xml"),
+            );
+        app.client
+            .post(app.url(&format!("/api/v1/integration/import/commerceml{query}")))
+            .multipart(form)
+    };
+    let (status, body) = app.send(upload(String::new())).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let task = body["data"]["task_id"].as_str().expect("task").to_string();
+    let done = job_done(&app, &task).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    // Two products and two variants of the T-shirt.
+    assert_eq!(counts(&done), (4, 4, 4, 0, 0, 0), "{done}");
+
+    let tea = "6f1c2a10-8b3e-11ee-9c1a-00155d012345";
+    let (_, body) = app.get(&format!("/api/v1/products/{tea}")).await;
+    let product = &body["data"];
+    assert_eq!(product["barcode"], "0478000000017", "{product}");
+    assert_eq!(
+        product["price"], "18500",
+        "the retail (Розница) price: {product}"
+    );
+    assert_eq!(product["category"], "Напитки", "{product}");
+    assert_eq!(product["sku"], "TEA-G-100");
+    let variant = "d1e2f3a4-0000-11ee-9c1a-00155d0000aa";
+    let (status, body) = app.get(&format!("/api/v1/products/{variant}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["price"], "95000", "{body}");
+    assert_eq!(body["data"]["barcode"], "4780000000031", "{body}");
+    assert_eq!(body["data"]["sku"], "TSH-01", "{body}");
+
+    // The wholesale price type, named by an integration's settings.
+    let (base, _fake) = fake_1c(Vec::new()).await;
+    let id = integration(
+        &app,
+        "1c_soap",
+        soap_settings(&base, json!({"price_type": "Опт"})),
+    )
+    .await;
+    let (status, body) = app.send(upload(format!("?integration={id}"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let task = body["data"]["task_id"].as_str().expect("task").to_string();
+    let done = job_done(&app, &task).await;
+    // The tea takes its wholesale price; the variants have none of that
+    // type, so they lose their price; the T-shirt itself had none.
+    assert_eq!(counts(&done), (4, 4, 0, 3, 1, 0), "{done}");
+    let (_, body) = app.get(&format!("/api/v1/products/{tea}")).await;
+    assert_eq!(body["data"]["price"], "16200.50", "{body}");
+    let (_, body) = app.get(&format!("/api/v1/products/{variant}")).await;
+    assert_eq!(body["data"]["price"], Value::Null, "{body}");
+
+    // No `import` part: a clear 400.
+    let form = reqwest::multipart::Form::new().part(
+        "offers",
+        reqwest::multipart::Part::bytes(OFFERS_XML.as_bytes()),
+    );
+    let (status, body) = app
+        .send(
+            app.client
+                .post(app.url("/api/v1/integration/import/commerceml"))
+                .multipart(form),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+on_both_backends!(
+    soap_imports_completely_then_only_changes,
+    odata_imports_completely_then_only_changes,
+    clients_become_customers_keyed_by_guid,
+    source_failures_are_clear_job_errors_and_write_nothing,
+    a_second_start_answers_the_running_job,
+    commerceml_upload_imports_price_types_and_variants,
+    kill_9_mid_import_finishes_with_the_same_state,
+);
+
+// ---------------------------------------------------------------------------
+// kill -9
+
+struct Server {
+    child: Child,
+    address: String,
+    client: reqwest::Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn serve(db: &TestDb, backend: Backend) -> Server {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        listener.local_addr().expect("addr").port()
+    };
+    let mut command = Command::new(karvon_binary().expect("binary"));
+    command
+        .arg("serve")
+        .env("KARVON_DATABASE_URL", &db.url)
+        .env("KARVON_LISTEN", format!("127.0.0.1:{port}"))
+        .env("KARVON_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if backend == Backend::Postgres {
+        command.env("KARVON_SECRETS_KEY", "22".repeat(32));
+    }
+    let child = command.spawn().expect("karvon starts");
+    let address = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let probe = reqwest::Client::new();
+    loop {
+        if let Ok(response) = probe.get(format!("{address}/ready")).send().await {
+            if response.status() == StatusCode::OK {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let store = db.db().await.expect("store");
+    let token = admin_key(&store, "default").await.expect("key");
+    store.close().await;
+    Server {
+        child,
+        address,
+        client: karvon_tests::authorized_client(&token).expect("client"),
+    }
+}
+
+async fn kill_9_mid_import_finishes_with_the_same_state(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let (base, _fake) = fake_1c(catalogue(PRODUCTS)).await;
+    let mut server = serve(&db, backend).await;
+    // Small chunks: many commits, so the kill lands mid-job.
+    let (status, body) = post_to(
+        &server,
+        "/api/v1/integrations",
+        json!({"kind": "1c_soap", "name": "1C",
+               "settings": soap_settings(&base, json!({"chunk_size": 20})),
+               "secrets": {"username": "u", "password": "p"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["data"]["id"].as_str().expect("id").to_string();
+    let (status, body) = post_to(
+        &server,
+        &format!("/api/v1/integration/sync/nomenklatura/{id}/"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let task = body["data"]["task_id"].as_str().expect("task").to_string();
+
+    // Wait until some chunks are in, then kill -9.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let processed_at_kill = loop {
+        let response = server
+            .client
+            .get(format!(
+                "{}/api/v1/integration/sync/status/{task}/",
+                server.address
+            ))
+            .send()
+            .await
+            .expect("status");
+        let body: Value = response.json().await.expect("json");
+        let processed = body["data"]["processed"].as_i64().unwrap_or(0);
+        if processed >= 1_000 {
+            server.child.kill().expect("kill -9");
+            server.child.wait().expect("reaped");
+            break processed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job made no progress: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        processed_at_kill < PRODUCTS as i64,
+        "the kill must land mid-job ({processed_at_kill} processed)"
+    );
+
+    let server = serve(&db, backend).await;
+    let done = finished(&server.client, &server.address, &task).await;
+    let n = PRODUCTS as i64;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(counts(&done), (n, n, n, 0, 0, 0), "{done}");
+    let store = db.db().await.expect("store");
+    assert_eq!(
+        product_events(&store).await,
+        n,
+        "each product registered once"
+    );
+    let distinct: i64 = fetch_strings(
+        &store,
+        "SELECT CAST(count(DISTINCT aggregate_id) AS TEXT) FROM events
+          WHERE aggregate_type = 'Product'",
+    )
+    .await
+    .expect("count")[0]
+        .parse()
+        .expect("number");
+    assert_eq!(distinct, n);
+    store.close().await;
+}
+
+async fn post_to(server: &Server, path: &str, body: Value) -> (StatusCode, Value) {
+    let response = server
+        .client
+        .post(format!("{}{path}", server.address))
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    let status = response.status();
+    (status, response.json().await.unwrap_or_default())
+}
