@@ -137,6 +137,23 @@ impl Backend {
         }
     }
 
+    /// The strings of a JSON array parameter (`["a","b"]`) as a subquery,
+    /// for `column IN (…)`.
+    pub fn text_list(self, param: &str) -> String {
+        match self {
+            Backend::Postgres => format!("SELECT jsonb_array_elements_text({param}::jsonb)"),
+            Backend::Sqlite => format!("SELECT value FROM json_each({param})"),
+        }
+    }
+
+    /// A text field of a JSON object column.
+    pub fn json_text(self, column: &str, field: &str) -> String {
+        match self {
+            Backend::Postgres => format!("({column}->>'{field}')"),
+            Backend::Sqlite => format!("json_extract({column}, '$.{field}')"),
+        }
+    }
+
     /// A field of an element from [`Backend::json_elements`], as a number.
     pub fn json_number(self, alias: &str, field: &str) -> String {
         match self {

@@ -54,6 +54,10 @@ enum Expect {
     IpRanges,
     /// A list of `whsec_…` signing secrets (at least one).
     SigningSecrets,
+    /// A local time of day, `HH:MM`.
+    TimeOfDay,
+    /// An object of non-empty strings (`{"1": "B1"}`).
+    TextMap,
 }
 
 struct Field {
@@ -113,7 +117,10 @@ fn schema(kind: &str) -> Option<(Vec<Field>, Vec<Field>)> {
             vec![
                 required("base_url", Text),
                 required("connected_integration_id", Text),
-                required("sync_time", Text),
+                optional("sync_time", TimeOfDay, || "03:00".into()),
+                optional("branch_map", TextMap, none),
+                optional("chunk_size", Count, || 100.into()),
+                optional("requests_per_second", Count, none),
             ],
             vec![required("integration_key", Text)],
         ),
@@ -222,6 +229,23 @@ fn check_value(expect: &Expect, value: &Value) -> Result<(), String> {
                 Ok(())
             }
             _ => Err("must be a list of at most 256 IP addresses or CIDR ranges".into()),
+        },
+        Expect::TimeOfDay => match value.as_str() {
+            Some(text) if chrono::NaiveTime::parse_from_str(text, "%H:%M").is_ok() => Ok(()),
+            _ => Err("must be a local time of day as HH:MM".into()),
+        },
+        Expect::TextMap => match value.as_object() {
+            Some(map)
+                if map.len() <= 10_000
+                    && map.values().all(|value| {
+                        value
+                            .as_str()
+                            .is_some_and(|text| !text.trim().is_empty() && text.len() <= 64)
+                    }) =>
+            {
+                Ok(())
+            }
+            _ => Err("must be an object whose values are non-empty strings".into()),
         },
         Expect::SigningSecrets => match value.as_array() {
             Some(items) if !items.is_empty() && items.len() <= 10 => {
@@ -732,6 +756,35 @@ pub async fn get(db: &Db, integration_id: Uuid) -> Result<Option<StoredIntegrati
             })
         })
         .transpose())
+}
+
+/// Every integration of `kind` (all tenants), with its settings and
+/// when it was registered: what the schedulers go through.
+pub async fn of_kind(
+    db: &Db,
+    kind: &str,
+) -> Result<Vec<(StoredIntegration, chrono::DateTime<chrono::Utc>)>, StorageError> {
+    on_pool!(db, read, pool => sqlx::query(
+        "SELECT integration_id, tenant_id, kind, settings, secrets, created_at
+           FROM integrations WHERE kind = $1 ORDER BY created_at",
+    )
+    .bind(kind)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|row| {
+        Ok((
+            StoredIntegration {
+                id: row.uuid("integration_id")?,
+                tenant_id: row.text("tenant_id")?,
+                kind: row.text("kind")?,
+                settings: row.json("settings")?,
+                sealed_secrets: Map::new(),
+            },
+            row.time("created_at")?,
+        ))
+    })
+    .collect())
 }
 
 /// Whether `webhook_id` was already applied for the integration.

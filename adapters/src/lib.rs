@@ -30,6 +30,7 @@ pub mod read_models;
 pub mod receipts_stock;
 pub mod records;
 pub mod registry;
+pub mod regos;
 pub mod relay;
 pub mod runner;
 pub mod sales_stock;

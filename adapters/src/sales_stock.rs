@@ -3,6 +3,9 @@
 //! be: a sale is a fact), each refunded line is returned; the runner keys
 //! each command by (reactor, event, line), so a repeat changes nothing.
 //!
+//! A return reported by a till brings its lines back; a corrected sale
+//! undoes its previous lines and applies the new ones.
+//!
 //! A sale naming a product the catalogue does not know yet is still
 //! recorded (the sale lists it in `unknown_products`) and its stock line is
 //! applied at once: a stock item does not need a catalogue entry, and
@@ -10,10 +13,11 @@
 //! product is registered.
 
 use cqrs_es::Aggregate;
-use karvon_domain::TenantId;
 use karvon_domain::ids::stock_stream_id;
 use karvon_domain::sale::{Sale, SaleEvent};
+use karvon_domain::sale::{SaleDetails, SaleLine};
 use karvon_domain::stock::StockCommand;
+use karvon_domain::{Id, Quantity, TenantId};
 use karvon_projections::names;
 
 use crate::StorageError;
@@ -35,32 +39,75 @@ impl Reactor for SalesStock {
         }
         let tenant = TenantId::parse(event.metadata.tenant_id.clone())
             .map_err(|error| StorageError::Corrupt(format!("tenant id: {error}")))?;
-        let stock = |branch, product, command| Reaction::Stock {
+        let stock = |branch: &Id, product: &Id, command: StockCommand| Reaction::Stock {
             stream: stock_stream_id(&tenant, branch, product),
             command,
             metadata: caused_by(event, names::SALES_STOCK, None),
         };
+        let sell = |details: &SaleDetails, sale_id: &Id, line: u32, sold: &SaleLine| {
+            stock(
+                &details.branch_id,
+                &sold.product_id,
+                StockCommand::Sell {
+                    warehouse_id: details.branch_id.clone(),
+                    product_id: sold.product_id.clone(),
+                    qty: sold.qty,
+                    sale_id: sale_id.clone(),
+                    line,
+                },
+            )
+        };
+        let give_back = |branch: &Id, sale_id: &Id, line: u32, product: &Id, qty: Quantity| {
+            stock(
+                branch,
+                product,
+                StockCommand::Return {
+                    warehouse_id: branch.clone(),
+                    product_id: product.clone(),
+                    qty,
+                    sale_id: sale_id.clone(),
+                    line,
+                },
+            )
+        };
+        // Sold lines leave the branch; returned ones come back.
+        let lines = |details: &SaleDetails, sale_id: &Id, outgoing: bool| -> Vec<Reaction> {
+            (1u32..)
+                .zip(&details.lines)
+                .map(|(number, line)| {
+                    if outgoing {
+                        sell(details, sale_id, number, line)
+                    } else {
+                        give_back(
+                            &details.branch_id,
+                            sale_id,
+                            number,
+                            &line.product_id,
+                            line.qty,
+                        )
+                    }
+                })
+                .collect()
+        };
         Ok(match decode::<SaleEvent>(event)? {
             SaleEvent::SaleRecorded {
                 sale_id, details, ..
-            } => details
-                .lines
-                .iter()
-                .enumerate()
-                .map(|(index, line)| {
-                    stock(
-                        &details.branch_id,
-                        &line.product_id,
-                        StockCommand::Sell {
-                            warehouse_id: details.branch_id.clone(),
-                            product_id: line.product_id.clone(),
-                            qty: line.qty,
-                            sale_id: sale_id.clone(),
-                            line: index as u32 + 1,
-                        },
-                    )
-                })
-                .collect(),
+            } => lines(&details, &sale_id, true),
+            SaleEvent::ReturnRecorded {
+                sale_id, details, ..
+            } => lines(&details, &sale_id, false),
+            // Undo what the previous content did, then do the new one.
+            SaleEvent::SaleCorrected {
+                sale_id,
+                is_return,
+                previous,
+                details,
+                ..
+            } => {
+                let mut reactions = lines(&previous, &sale_id, is_return);
+                reactions.extend(lines(&details, &sale_id, !is_return));
+                reactions
+            }
             SaleEvent::SaleRefunded {
                 sale_id,
                 branch_id,
@@ -68,19 +115,7 @@ impl Reactor for SalesStock {
                 ..
             } => lines
                 .iter()
-                .map(|line| {
-                    stock(
-                        &branch_id,
-                        &line.product_id,
-                        StockCommand::Return {
-                            warehouse_id: branch_id.clone(),
-                            product_id: line.product_id.clone(),
-                            qty: line.qty,
-                            sale_id: sale_id.clone(),
-                            line: line.line,
-                        },
-                    )
-                })
+                .map(|line| give_back(&branch_id, &sale_id, line.line, &line.product_id, line.qty))
                 .collect(),
         })
     }

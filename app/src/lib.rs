@@ -78,10 +78,12 @@ impl Application {
         let wakeup = runner::Wakeup::start(&db, wakeup_stopped);
         let products = Arc::new(CommandExecutor::new(db.clone()));
         let customers = Arc::new(CommandExecutor::new(db.clone()));
+        let sales = Arc::new(CommandExecutor::new(db.clone()));
         let imports = Arc::new(Imports::new(
             db.clone(),
             products.clone(),
             customers.clone(),
+            sales.clone(),
             secrets_key.clone(),
         ));
         let state = http::AppState {
@@ -89,7 +91,7 @@ impl Application {
             wakeup: wakeup.clone(),
             products,
             stock: Arc::new(CommandExecutor::new(db.clone())),
-            sales: Arc::new(CommandExecutor::new(db.clone())),
+            sales,
             customers,
             suppliers: Arc::new(CommandExecutor::new(db.clone())),
             purchase_orders: Arc::new(CommandExecutor::new(db.clone())),

@@ -29,6 +29,9 @@
 //! 6. Supplier performance (`procurement`): 100 suppliers × 10,000 POs,
 //!    catch-up beside a runner folding nothing, query p50/p99 beside a
 //!    single-row read.
+//! 7. 1C imports (`imports`): 100,000 products from a fake SOAP service and
+//!    from a CommerceML upload, products/s beside raw 100-row batch inserts;
+//!    `inventory-levels` p50/p99 during the import beside idle.
 //!
 //! Knobs: `KARVON_BENCH_SECS` (default 10), `KARVON_BENCH_EVENTS`
 //! (default 1,000,000; 0 skips 3), `KARVON_BENCH_BASELINE_EVENTS` (default
@@ -36,9 +39,11 @@
 //! `KARVON_BENCH_YEAR_SALES` (default 1,000,000; 0 skips 4),
 //! `KARVON_BENCH_RELAY_EVENTS` (default 1,000,000; 0 skips 5),
 //! `KARVON_BENCH_PURCHASE_ORDERS` (default 10,000; 0 skips 6),
+//! `KARVON_BENCH_IMPORT_PRODUCTS` (default 100,000; 0 skips 7),
 //! `KARVON_BENCH_BACKENDS` (default `postgres,sqlite`),
 //! `KARVON_BENCH_ROLE=api` (phase 1 without workers).
 
+mod imports;
 mod procurement;
 mod relay;
 
@@ -80,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
     let year_sales = knob("KARVON_BENCH_YEAR_SALES", 1_000_000) as i64;
     let purchase_orders = knob("KARVON_BENCH_PURCHASE_ORDERS", 10_000) as usize;
     let relay_events = knob("KARVON_BENCH_RELAY_EVENTS", 1_000_000) as i64;
+    let import_products = knob("KARVON_BENCH_IMPORT_PRODUCTS", 100_000) as usize;
     println!(
         "karvon bench {}: {seconds}s load phases, {events} events to replay, sales at {sales_rate}/s, \
          a year of {year_sales} sales (build: release expected)\n",
@@ -118,6 +124,10 @@ async fn main() -> anyhow::Result<()> {
         if purchase_orders > 0 {
             let db = TestDb::create_on(backend).await?;
             procurement::run(&db, purchase_orders).await?;
+        }
+        if import_products > 0 {
+            let db = TestDb::create_on(backend).await?;
+            imports::run(&db, import_products).await?;
         }
     }
     Ok(())

@@ -1,5 +1,5 @@
 //! The `ImportJob` aggregate: one run of an import from an external system
-//! (1C products or clients, a CommerceML upload, later REGOS sales), and
+//! (1C products or clients, a CommerceML upload, REGOS sales), and
 //! its progress.
 //!
 //! Identity: tenant + job id (stream id `<tenant>/<job>`). A job is
@@ -21,6 +21,7 @@ use crate::{EVENT_VERSION_1, Id};
 pub enum ImportKind {
     Products,
     Clients,
+    Sales,
 }
 
 /// Where a job reads from.
@@ -32,6 +33,7 @@ pub enum ImportSource {
     #[serde(rename = "1c_odata")]
     OneCOdata,
     Commerceml,
+    Regos,
 }
 
 /// A record the job could not use, and why.

@@ -109,6 +109,16 @@ pub enum SaleCommand {
         /// recorded, and says so.
         unknown_products: Vec<Id>,
     },
+    /// What an external till (REGOS) reports, as often as it reports it:
+    /// recorded the first time (a return as a return), nothing when the
+    /// content is unchanged, corrected when it changed.
+    Sync {
+        sale_id: Id,
+        details: SaleDetails,
+        /// A return document: it counts as refunded on its own date.
+        is_return: bool,
+        unknown_products: Vec<Id>,
+    },
     /// `lines: None` refunds everything not yet refunded.
     Refund {
         refund_id: String,
@@ -126,6 +136,23 @@ pub enum SaleEvent {
         details: SaleDetails,
         unknown_products: Vec<Id>,
     },
+    /// A return reported by a till on its own (not against a recorded
+    /// sale): refunded on its own date, its goods back at its branch.
+    ReturnRecorded {
+        sale_id: Id,
+        #[serde(flatten)]
+        details: SaleDetails,
+        unknown_products: Vec<Id>,
+    },
+    /// The till changed a sale (or return) it had reported: `previous` is
+    /// undone, `details` counts instead.
+    SaleCorrected {
+        sale_id: Id,
+        is_return: bool,
+        previous: SaleDetails,
+        details: SaleDetails,
+        unknown_products: Vec<Id>,
+    },
     SaleRefunded {
         sale_id: Id,
         /// The sale's branch, where the goods go back to.
@@ -139,10 +166,23 @@ pub enum SaleEvent {
     },
 }
 
+impl SaleEvent {
+    pub fn sale_id(&self) -> &Id {
+        match self {
+            SaleEvent::SaleRecorded { sale_id, .. }
+            | SaleEvent::ReturnRecorded { sale_id, .. }
+            | SaleEvent::SaleCorrected { sale_id, .. }
+            | SaleEvent::SaleRefunded { sale_id, .. } => sale_id,
+        }
+    }
+}
+
 impl DomainEvent for SaleEvent {
     fn event_type(&self) -> String {
         match self {
             SaleEvent::SaleRecorded { .. } => "SaleRecorded",
+            SaleEvent::ReturnRecorded { .. } => "ReturnRecorded",
+            SaleEvent::SaleCorrected { .. } => "SaleCorrected",
             SaleEvent::SaleRefunded { .. } => "SaleRefunded",
         }
         .to_string()
@@ -161,6 +201,10 @@ pub enum SaleError {
     NotRecorded,
     #[error("nothing is left to refund")]
     NothingToRefund,
+    #[error("sale {0} has refunds; it can no longer be corrected")]
+    RefundedSaleChanged(Id),
+    #[error("sale {0} was recorded as a {1}; it cannot become the other")]
+    KindChanged(Id, &'static str),
     #[error("cannot refund {requested} of {product_id}: {left} sold and not yet refunded")]
     RefundTooLarge {
         product_id: Id,
@@ -182,9 +226,16 @@ pub struct Sale {
     /// Refunded so far, per sale line (index = line − 1).
     refunded: Vec<Decimal>,
     refund_ids: Vec<String>,
+    /// A return document (reported by a till), not a sale.
+    #[serde(default)]
+    is_return: bool,
 }
 
 impl Sale {
+    pub fn is_recorded(&self) -> bool {
+        self.details.is_some()
+    }
+
     /// Quantity of each line not yet refunded, with the line.
     fn refundable(&self) -> Vec<(u32, &SaleLine, Decimal)> {
         let Some(details) = &self.details else {
@@ -301,12 +352,51 @@ impl Aggregate for Sale {
                 )
                 .await;
             }
+            SaleCommand::Sync {
+                sale_id,
+                details,
+                is_return,
+                unknown_products,
+            } => {
+                details.validate()?;
+                let event = match &self.details {
+                    None if is_return => SaleEvent::ReturnRecorded {
+                        sale_id,
+                        details,
+                        unknown_products,
+                    },
+                    None => SaleEvent::SaleRecorded {
+                        sale_id,
+                        details,
+                        unknown_products,
+                    },
+                    Some(_) if self.is_return != is_return => {
+                        let was = if self.is_return { "return" } else { "sale" };
+                        return Err(SaleError::KindChanged(sale_id, was));
+                    }
+                    Some(existing) if *existing == details => return Ok(()),
+                    Some(_) if !self.refund_ids.is_empty() => {
+                        return Err(SaleError::RefundedSaleChanged(sale_id));
+                    }
+                    Some(existing) => SaleEvent::SaleCorrected {
+                        sale_id,
+                        is_return,
+                        previous: existing.clone(),
+                        details,
+                        unknown_products,
+                    },
+                };
+                sink.write(event, self).await;
+            }
             SaleCommand::Refund {
                 refund_id,
                 occurred_at,
                 reason,
                 lines,
             } => {
+                if self.is_return {
+                    return Err(SaleError::NothingToRefund);
+                }
                 let sale_id = self.sale_id.clone().ok_or(SaleError::NotRecorded)?;
                 let (branch_id, cashier) = self
                     .details
@@ -350,6 +440,25 @@ impl Aggregate for Sale {
             } => {
                 self.refunded = vec![Decimal::ZERO; details.lines.len()];
                 self.sale_id = Some(sale_id);
+                self.details = Some(details);
+                self.unknown_products = unknown_products;
+            }
+            SaleEvent::ReturnRecorded {
+                sale_id,
+                details,
+                unknown_products,
+            } => {
+                self.sale_id = Some(sale_id);
+                self.details = Some(details);
+                self.unknown_products = unknown_products;
+                self.is_return = true;
+            }
+            SaleEvent::SaleCorrected {
+                details,
+                unknown_products,
+                ..
+            } => {
+                self.refunded = vec![Decimal::ZERO; details.lines.len()];
                 self.details = Some(details);
                 self.unknown_products = unknown_products;
             }
@@ -538,5 +647,57 @@ mod tests {
             .given_no_previous_events()
             .when(refund(None))
             .then_expect_error(SaleError::NotRecorded);
+    }
+
+    fn sync(lines: Vec<SaleLine>, is_return: bool) -> SaleCommand {
+        SaleCommand::Sync {
+            sale_id: id("S1"),
+            details: details(lines),
+            is_return,
+            unknown_products: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_synced_sale_is_recorded_once_and_corrected_when_it_changed() {
+        SaleTest::with(())
+            .given_no_previous_events()
+            .when(sync(vec![line("P1", 2, 100)], false))
+            .then_expect_events(vec![recorded(vec![line("P1", 2, 100)])]);
+        SaleTest::with(())
+            .given(vec![recorded(vec![line("P1", 2, 100)])])
+            .when(sync(vec![line("P1", 2, 100)], false))
+            .then_expect_events(vec![]);
+        SaleTest::with(())
+            .given(vec![recorded(vec![line("P1", 2, 100)])])
+            .when(sync(vec![line("P1", 3, 100)], false))
+            .then_expect_events(vec![SaleEvent::SaleCorrected {
+                sale_id: id("S1"),
+                is_return: false,
+                previous: details(vec![line("P1", 2, 100)]),
+                details: details(vec![line("P1", 3, 100)]),
+                unknown_products: Vec::new(),
+            }]);
+    }
+
+    #[test]
+    fn a_synced_return_is_its_own_document_and_cannot_be_refunded_or_become_a_sale() {
+        let returned = SaleEvent::ReturnRecorded {
+            sale_id: id("S1"),
+            details: details(vec![line("P1", 1, 100)]),
+            unknown_products: Vec::new(),
+        };
+        SaleTest::with(())
+            .given_no_previous_events()
+            .when(sync(vec![line("P1", 1, 100)], true))
+            .then_expect_events(vec![returned.clone()]);
+        SaleTest::with(())
+            .given(vec![returned.clone()])
+            .when(refund(None))
+            .then_expect_error(SaleError::NothingToRefund);
+        SaleTest::with(())
+            .given(vec![returned])
+            .when(sync(vec![line("P1", 1, 100)], false))
+            .then_expect_error(SaleError::KindChanged(id("S1"), "return"));
     }
 }

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use karvon_domain::customer::CustomerEvent;
-use karvon_domain::sale::SaleEvent;
+use karvon_domain::sale::{SaleDetails, SaleEvent};
 use rust_decimal::Decimal;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,17 +66,6 @@ pub fn apply_purchase(
             sale_id, details, ..
         } => {
             let customer = details.customer_id.as_ref()?;
-            let lines = details
-                .lines
-                .iter()
-                .map(|line| {
-                    serde_json::json!({
-                        "product_id": line.product_id,
-                        "qty": line.qty,
-                        "unit_price": line.unit_price,
-                    })
-                })
-                .collect();
             Some(PurchaseRow {
                 tenant_id: tenant_id.to_string(),
                 sale_id: sale_id.to_string(),
@@ -85,13 +74,41 @@ pub fn apply_purchase(
                 branch_id: details.branch_id.to_string(),
                 total: details.lines.iter().map(|line| line.amount()).sum(),
                 refunded_amount: Decimal::ZERO,
-                lines: serde_json::Value::Array(lines),
+                lines: purchase_lines(details),
             })
         }
+        SaleEvent::SaleCorrected {
+            details,
+            is_return: false,
+            ..
+        } => row.map(|row| PurchaseRow {
+            at: details.occurred_at,
+            branch_id: details.branch_id.to_string(),
+            total: details.lines.iter().map(|line| line.amount()).sum(),
+            lines: purchase_lines(details),
+            ..row
+        }),
+        // A till's return document is not linked to a purchase.
+        SaleEvent::ReturnRecorded { .. } | SaleEvent::SaleCorrected { .. } => row,
         SaleEvent::SaleRefunded { lines, .. } => row.map(|row| PurchaseRow {
             refunded_amount: row.refunded_amount
                 + lines.iter().map(|line| line.amount).sum::<Decimal>(),
             ..row
         }),
     }
+}
+
+/// A purchase's lines as answered: `[{product_id, qty, unit_price}]`.
+fn purchase_lines(details: &SaleDetails) -> serde_json::Value {
+    details
+        .lines
+        .iter()
+        .map(|line| {
+            serde_json::json!({
+                "product_id": line.product_id,
+                "qty": line.qty,
+                "unit_price": line.unit_price,
+            })
+        })
+        .collect()
 }

@@ -4,7 +4,7 @@
 //! time; refunds by refund time.
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
-use karvon_domain::sale::{SaleEvent, SaleType};
+use karvon_domain::sale::{SaleDetails, SaleEvent, SaleType};
 use rust_decimal::Decimal;
 
 pub const PERIODS: [&str; 4] = ["daily", "weekly", "monthly", "yearly"];
@@ -64,41 +64,82 @@ impl Totals {
     }
 }
 
-/// The buckets a sale event adds to; `local_day` turns a UTC time into the
-/// tenant's local date.
+/// What a sale (or a return document) adds to its buckets: a sale at sale
+/// time in `total_amount`, a return in `refunds_amount`.
+fn contribution(details: &SaleDetails, is_return: bool) -> Totals {
+    let total: Decimal = details.lines.iter().map(|line| line.amount()).sum();
+    if is_return {
+        return Totals {
+            refunds_amount: total,
+            ..Totals::default()
+        };
+    }
+    let items: Decimal = details.lines.iter().map(|line| line.qty.value()).sum();
+    let (retail, wholesale) = match details.sale_type {
+        SaleType::Retail => (total, Decimal::ZERO),
+        SaleType::Wholesale => (Decimal::ZERO, total),
+    };
+    Totals {
+        total_amount: total,
+        retail_amount: retail,
+        wholesale_amount: wholesale,
+        sales_count: 1,
+        items_sold: items,
+        ..Totals::default()
+    }
+}
+
+impl Totals {
+    fn negated(&self) -> Totals {
+        Totals {
+            total_amount: -self.total_amount,
+            retail_amount: -self.retail_amount,
+            wholesale_amount: -self.wholesale_amount,
+            refunds_amount: -self.refunds_amount,
+            sales_count: -self.sales_count,
+            items_sold: -self.items_sold,
+        }
+    }
+}
+
+/// The buckets a sale event adds to (a correction: takes the previous
+/// content out and puts the new in); `local_day` turns a UTC time into
+/// the tenant's local date.
 pub fn changes(
     event: &SaleEvent,
     local_day: impl Fn(DateTime<Utc>) -> NaiveDate,
 ) -> Vec<(BucketKey, Totals)> {
-    let (at, branch, cashier, totals) = match event {
+    let at_details = |details: &SaleDetails, totals: Totals| {
+        (
+            details.occurred_at,
+            details.branch_id.to_string(),
+            details.cashier.clone(),
+            totals,
+        )
+    };
+    let parts = match event {
         SaleEvent::SaleRecorded { details, .. } => {
-            let total: Decimal = details.lines.iter().map(|line| line.amount()).sum();
-            let items: Decimal = details.lines.iter().map(|line| line.qty.value()).sum();
-            let (retail, wholesale) = match details.sale_type {
-                SaleType::Retail => (total, Decimal::ZERO),
-                SaleType::Wholesale => (Decimal::ZERO, total),
-            };
-            (
-                details.occurred_at,
-                details.branch_id.to_string(),
-                details.cashier.clone(),
-                Totals {
-                    total_amount: total,
-                    retail_amount: retail,
-                    wholesale_amount: wholesale,
-                    sales_count: 1,
-                    items_sold: items,
-                    ..Totals::default()
-                },
-            )
+            vec![at_details(details, contribution(details, false))]
         }
+        SaleEvent::ReturnRecorded { details, .. } => {
+            vec![at_details(details, contribution(details, true))]
+        }
+        SaleEvent::SaleCorrected {
+            is_return,
+            previous,
+            details,
+            ..
+        } => vec![
+            at_details(previous, contribution(previous, *is_return).negated()),
+            at_details(details, contribution(details, *is_return)),
+        ],
         SaleEvent::SaleRefunded {
             branch_id,
             cashier,
             occurred_at,
             lines,
             ..
-        } => (
+        } => vec![(
             *occurred_at,
             branch_id.to_string(),
             cashier.clone(),
@@ -106,27 +147,33 @@ pub fn changes(
                 refunds_amount: lines.iter().map(|line| line.amount).sum(),
                 ..Totals::default()
             },
-        ),
+        )],
     };
-    let day = local_day(at);
-    let slices = [
-        Slice::All,
-        Slice::Branch(branch.clone()),
-        Slice::Cashier { branch, cashier },
-    ];
-    PERIODS
-        .iter()
-        .flat_map(|period| {
-            slices.iter().map(|slice| {
-                (
-                    BucketKey {
-                        period,
-                        period_start: period_start(period, day),
-                        slice: slice.clone(),
-                    },
-                    totals.clone(),
-                )
-            })
+    parts
+        .into_iter()
+        .flat_map(|(at, branch, cashier, totals)| {
+            let day = local_day(at);
+            let slices = [
+                Slice::All,
+                Slice::Branch(branch.clone()),
+                Slice::Cashier { branch, cashier },
+            ];
+            PERIODS
+                .iter()
+                .flat_map(move |period| {
+                    let totals = totals.clone();
+                    slices.clone().into_iter().map(move |slice| {
+                        (
+                            BucketKey {
+                                period,
+                                period_start: period_start(period, day),
+                                slice,
+                            },
+                            totals.clone(),
+                        )
+                    })
+                })
+                .collect::<Vec<_>>()
         })
         .collect()
 }

@@ -850,3 +850,80 @@ impl Drop for NatsServer {
         let _ = std::fs::remove_dir_all(&self.store);
     }
 }
+
+/// A `karvon serve` process on a free port (for crash tests: `kill -9`
+/// through `child`), with a client holding tenant `default`'s admin key.
+pub struct KarvonProcess {
+    pub child: std::process::Child,
+    pub address: String,
+    pub client: reqwest::Client,
+}
+
+impl KarvonProcess {
+    /// Starts the binary on `db` with `env` added; waits until `/ready`.
+    pub async fn start(db: &TestDb, env: &[(&str, String)]) -> Self {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            listener.local_addr().expect("addr").port()
+        };
+        let mut command = std::process::Command::new(karvon_binary().expect("binary"));
+        command
+            .arg("serve")
+            .env("KARVON_DATABASE_URL", &db.url)
+            .env("KARVON_LISTEN", format!("127.0.0.1:{port}"))
+            .env("KARVON_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("karvon starts");
+        let address = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let probe = reqwest::Client::new();
+        loop {
+            if let Ok(response) = probe.get(format!("{address}/ready")).send().await {
+                if response.status() == reqwest::StatusCode::OK {
+                    break;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let store = db.db().await.expect("store");
+        let token = admin_key(&store, "default").await.expect("key");
+        store.close().await;
+        Self {
+            child,
+            address,
+            client: authorized_client(&token).expect("client"),
+        }
+    }
+
+    /// `kill -9`, and reaps the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (reqwest::StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.address))
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        let status = response.status();
+        (status, response.json().await.unwrap_or_default())
+    }
+}
+
+impl Drop for KarvonProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

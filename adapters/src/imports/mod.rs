@@ -9,6 +9,7 @@
 //! whose content is what Karvon already holds append nothing.
 
 pub mod queue;
+mod schedule;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -17,12 +18,14 @@ use std::time::Duration;
 
 use chrono::Utc;
 use karvon_domain::customer::{Customer, CustomerCommand, CustomerDetails};
+use karvon_domain::ids::sale_stream_id;
 use karvon_domain::ids::{customer_stream_id, import_job_stream_id, product_stream_id};
 use karvon_domain::import_job::{
     ChunkOutcome, ImportJob, ImportJobCommand, ImportJobError, ImportKind, ImportSource, Rejection,
 };
 use karvon_domain::product::{Product, ProductCommand, ProductDetails, ProductStatus};
-use karvon_domain::{Id, Money};
+use karvon_domain::sale::{PaymentType, Sale, SaleCommand, SaleDetails, SaleLine, SaleType};
+use karvon_domain::{Id, Money, Quantity};
 use karvon_projections::{EventMetadata, PositionToken};
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, Semaphore, watch};
@@ -32,6 +35,7 @@ use crate::StorageError;
 use crate::db::Db;
 use crate::integrations::{self, SecretsKey};
 use crate::onec::{self, ClientRecord, Parsed, ProductRecord, SourceError, Transport};
+use crate::regos::{self, Cheque, ChequeLine, Pace};
 use crate::store::{BatchError, CommandError, CommandExecutor, StreamWrite, commit_batch};
 pub use queue::Queued;
 
@@ -44,6 +48,8 @@ pub const ONE_C: &str = "1c";
 
 /// Jobs one instance runs at once.
 const PARALLEL_JOBS: usize = 2;
+/// How often the worker looks for daily syncs that are due.
+const SCHEDULE: Duration = Duration::from_secs(30);
 /// How often the worker looks for queued jobs another instance added.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -72,9 +78,11 @@ pub struct Imports {
     db: Db,
     products: Arc<CommandExecutor<Product>>,
     customers: Arc<CommandExecutor<Customer>>,
+    sales: Arc<CommandExecutor<Sale>>,
     jobs: Arc<CommandExecutor<ImportJob>>,
     secrets: Option<SecretsKey>,
     transport: Transport,
+    pace: Pace,
     wake: Notify,
     /// Jobs this instance runs now.
     running: Mutex<HashSet<String>>,
@@ -98,6 +106,32 @@ enum Fetched {
         records: Vec<Parsed<ClientRecord>>,
         chunk_size: usize,
     },
+    /// Closed cheques of the window; their lines are read chunk by chunk.
+    Sales {
+        cheques: Vec<Result<Cheque, Rejection>>,
+        client: regos::Client,
+        /// REGOS stock id → Karvon branch id.
+        branch_map: HashMap<i64, String>,
+        chunk_size: usize,
+    },
+}
+
+impl Fetched {
+    fn len(&self) -> usize {
+        match self {
+            Fetched::Products { records, .. } => records.len(),
+            Fetched::Clients { records, .. } => records.len(),
+            Fetched::Sales { cheques, .. } => cheques.len(),
+        }
+    }
+
+    fn chunk_size(&self) -> usize {
+        match self {
+            Fetched::Products { chunk_size, .. }
+            | Fetched::Clients { chunk_size, .. }
+            | Fetched::Sales { chunk_size, .. } => (*chunk_size).max(1),
+        }
+    }
 }
 
 impl Imports {
@@ -105,6 +139,7 @@ impl Imports {
         db: Db,
         products: Arc<CommandExecutor<Product>>,
         customers: Arc<CommandExecutor<Customer>>,
+        sales: Arc<CommandExecutor<Sale>>,
         secrets: Option<SecretsKey>,
     ) -> Self {
         Self {
@@ -112,8 +147,10 @@ impl Imports {
             db,
             products,
             customers,
+            sales,
             secrets,
             transport: Transport::default(),
+            pace: Pace::default(),
             wake: Notify::new(),
             running: Mutex::default(),
         }
@@ -176,9 +213,11 @@ impl Imports {
     }
 
     fn metadata(&self, job: &Queued) -> EventMetadata {
+        use karvon_projections::metadata::Source;
         let source = match job.source.as_str() {
             "commerceml" => "upload",
-            _ => karvon_projections::metadata::Source::OneC.as_str(),
+            "regos" => Source::Regos.as_str(),
+            _ => Source::OneC.as_str(),
         };
         EventMetadata {
             tenant_id: job.tenant_id.clone(),
@@ -197,7 +236,14 @@ impl Imports {
     /// PostgreSQL a job runs where its advisory lock is held.
     pub async fn run_worker(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let slots = Arc::new(Semaphore::new(PARALLEL_JOBS));
+        let mut next_schedule = std::time::Instant::now();
         loop {
+            if std::time::Instant::now() >= next_schedule {
+                next_schedule = std::time::Instant::now() + SCHEDULE;
+                if let Err(error) = self.start_due_runs().await {
+                    tracing::warn!(%error, "starting the daily REGOS syncs failed");
+                }
+            }
             match queue::queued(&self.db).await {
                 Ok(jobs) => {
                     for job in jobs {
@@ -295,17 +341,7 @@ impl Imports {
             Ok(fetched) => fetched,
             Err(message) => return self.fail(job, stream, message).await,
         };
-        let (total, chunk_size) = match &fetched {
-            Fetched::Products {
-                records,
-                chunk_size,
-                ..
-            } => (records.len(), *chunk_size),
-            Fetched::Clients {
-                records,
-                chunk_size,
-            } => (records.len(), *chunk_size),
-        };
+        let (total, chunk_size) = (fetched.len(), fetched.chunk_size());
         self.command(
             job,
             stream,
@@ -328,6 +364,7 @@ impl Imports {
                     chunk = self.jobs.load(stream).await?.next_chunk() as usize;
                 }
                 Err(ChunkError::Finished) => return self.finish(job).await,
+                Err(ChunkError::Source(message)) => return self.fail(job, stream, message).await,
                 Err(ChunkError::Storage(error)) => return Err(error),
             }
         }
@@ -385,6 +422,17 @@ impl Imports {
         source: ImportSource,
     ) -> Result<Fetched, String> {
         let config = self.source(job).await?;
+        match (kind, source) {
+            (ImportKind::Sales, ImportSource::Regos) => {}
+            (ImportKind::Sales, _) | (_, ImportSource::Regos) => {
+                return Err(format!(
+                    "a {} job cannot import {}",
+                    spelled(&source),
+                    spelled(&kind)
+                ));
+            }
+            _ => {}
+        }
         let chunk_size = |key: &str| {
             config
                 .settings
@@ -416,9 +464,10 @@ impl Imports {
                     transport,
                 )
                 .map_err(failed)?;
-                let (operation, default) = match kind {
-                    ImportKind::Products => ("products_operation", "GetProductList"),
-                    ImportKind::Clients => ("clients_operation", "GetClientList"),
+                let (operation, default) = if kind == ImportKind::Clients {
+                    ("clients_operation", "GetClientList")
+                } else {
+                    ("products_operation", "GetProductList")
                 };
                 let operation = match text(&config.settings, operation) {
                     name if name.is_empty() => default.to_string(),
@@ -426,14 +475,15 @@ impl Imports {
                 };
                 let body = client.call(&operation).await.map_err(failed)?;
                 let chunk_size = chunk_size("chunk_size");
-                blocking(move || match kind {
-                    ImportKind::Products => onec::soap::parse_products(&body)
-                        .map(|records| products(records, chunk_size)),
-                    ImportKind::Clients => {
+                blocking(move || {
+                    if kind == ImportKind::Clients {
                         onec::soap::parse_clients(&body).map(|records| Fetched::Clients {
                             records,
                             chunk_size,
                         })
+                    } else {
+                        onec::soap::parse_products(&body)
+                            .map(|records| products(records, chunk_size))
                     }
                 })
                 .await?
@@ -449,7 +499,7 @@ impl Imports {
                 .map_err(failed)?;
                 let page = chunk_size("page_size");
                 match kind {
-                    ImportKind::Products => {
+                    ImportKind::Products | ImportKind::Sales => {
                         let entity = match text(&config.settings, "products_entity") {
                             name if name.is_empty() => "Catalog_Номенклатура".to_string(),
                             name => name,
@@ -470,6 +520,7 @@ impl Imports {
                     }
                 }
             }
+            ImportSource::Regos => self.fetch_cheques(job, &config).await,
             ImportSource::Commerceml => {
                 let dir = PathBuf::from(job.upload_dir.clone().unwrap_or_default());
                 let price_type = config
@@ -538,6 +589,15 @@ impl Imports {
                 Fetched::Clients { records, .. } => {
                     self.client_writes(tenant, &records[range.clone()]).await?
                 }
+                Fetched::Sales {
+                    cheques,
+                    client,
+                    branch_map,
+                    ..
+                } => {
+                    self.sale_writes(tenant, client, branch_map, &cheques[range.clone()])
+                        .await?
+                }
             };
             let loaded = self.jobs.load_many(&[stream.to_string()]).await?;
             let Some(job_state) = loaded.first() else {
@@ -569,6 +629,7 @@ impl Imports {
                     match fetched {
                         Fetched::Products { .. } => self.products.forget(&touched),
                         Fetched::Clients { .. } => self.customers.forget(&touched),
+                        Fetched::Sales { .. } => self.sales.forget(&touched),
                     }
                     self.jobs.forget([stream]);
                     return Ok(());
@@ -738,9 +799,365 @@ impl Imports {
     }
 }
 
+/// REGOS sales: the window's closed cheques, then per chunk their lines.
+impl Imports {
+    /// Uses another pace towards REGOS (the bench switches the limit off).
+    pub fn with_pace(mut self, pace: Pace) -> Self {
+        self.pace = pace;
+        self
+    }
+
+    /// The closed cheques of the job's window (local dates in the tenant's
+    /// zone; default yesterday and today).
+    async fn fetch_cheques(&self, job: &Queued, config: &Source) -> Result<Fetched, String> {
+        let integration = job.integration_id.clone().unwrap_or_default();
+        let client = self.regos_client(&integration, config)?;
+        let zone = crate::auth_store::tenant(&self.db, &job.tenant_id)
+            .await
+            .map_err(|error| error.to_string())?
+            .and_then(|tenant| tenant.time_zone.parse::<chrono_tz::Tz>().ok())
+            .unwrap_or(chrono_tz::UTC);
+        let (from, to) = window(job.params.as_deref(), zone)?;
+        let filter = serde_json::json!({
+            "start_date": from.timestamp(),
+            "end_date": to.timestamp(),
+        });
+        let rows = client
+            .all("DocCheque/Get", &filter)
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut seen = HashSet::new();
+        let cheques = rows
+            .iter()
+            .map(regos::cheque)
+            .filter_map(|cheque| match cheque {
+                // Other statuses (open, cancelled, postponed) are not sales.
+                Ok(cheque) if !cheque.closed => None,
+                // A cheque on two pages (the list moved while paging): once.
+                Ok(cheque) if !seen.insert(cheque.uuid.clone()) => None,
+                Ok(cheque) => Some(Ok(cheque)),
+                Err(reason) => Some(Err(Rejection {
+                    reference: "DocCheque".into(),
+                    reason,
+                })),
+            })
+            .collect();
+        let branch_map = branch_map(&config.settings);
+        let chunk_size = config
+            .settings
+            .get("chunk_size")
+            .and_then(Value::as_u64)
+            .map_or(100, |size| size.clamp(1, 10_000) as usize);
+        Ok(Fetched::Sales {
+            cheques,
+            client,
+            branch_map,
+            chunk_size,
+        })
+    }
+
+    /// The gateway client of integration `id` (its rate, its key).
+    fn regos_client(&self, id: &str, config: &Source) -> Result<regos::Client, String> {
+        let text = |map: &Map<String, Value>, key: &str| {
+            map.get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let mut pace = self.pace.clone();
+        if let Some(rate) = config
+            .settings
+            .get("requests_per_second")
+            .and_then(Value::as_u64)
+        {
+            pace.rate = Some(rate as f64);
+        }
+        regos::Client::new(
+            self.db.clone(),
+            id,
+            &text(&config.settings, "base_url"),
+            &text(&config.secrets, "integration_key"),
+            pace,
+        )
+        .map_err(|error| error.to_string())
+    }
+
+    /// Fetches one cheque (a `DocChequeClosed` webhook) and records its
+    /// sale: the same mapping as a sync, content-idempotent.
+    pub async fn sync_cheque(
+        &self,
+        tenant_id: &str,
+        integration_id: &str,
+        uuid: &str,
+    ) -> Result<(), String> {
+        let job = Queued {
+            job_id: format!("webhook-{uuid}"),
+            tenant_id: tenant_id.to_string(),
+            integration_id: Some(integration_id.to_string()),
+            kind: spelled(&ImportKind::Sales),
+            source: spelled(&ImportSource::Regos),
+            upload_dir: None,
+            actor: format!("integration:{integration_id}"),
+            params: None,
+        };
+        let tenant = Id::parse(tenant_id).map_err(|error| error.to_string())?;
+        let config = self.source(&job).await?;
+        let client = self.regos_client(integration_id, &config)?;
+        let rows = client
+            .call("DocCheque/Get", &serde_json::json!({"uuids": [uuid]}))
+            .await
+            .map_err(|error| error.to_string())?
+            .rows;
+        let cheque = rows
+            .iter()
+            .map(regos::cheque)
+            .find(|cheque| cheque.as_ref().is_ok_and(|cheque| cheque.uuid == uuid))
+            .ok_or_else(|| format!("REGOS does not know cheque {uuid}"))??;
+        if !cheque.closed {
+            return Ok(());
+        }
+        let branch_map = branch_map(&config.settings);
+        let (writes, outcome, _) = self
+            .sale_writes(&tenant, &client, &branch_map, &[Ok(cheque)])
+            .await
+            .map_err(|error| match error {
+                ChunkError::Source(message) => message,
+                ChunkError::Storage(error) => error.to_string(),
+                ChunkError::OutOfTurn | ChunkError::Finished => "out of turn".to_string(),
+            })?;
+        if let Some(rejected) = outcome.rejected.first() {
+            return Err(rejected.reason.clone());
+        }
+        let mut metadata = self.metadata(&job);
+        metadata.correlation_id = format!("regos-webhook:{uuid}");
+        match commit_batch(&self.db, &writes, &metadata).await {
+            // A concurrent delivery of the same cheque got there first.
+            Ok(()) | Err(BatchError::Conflict) => Ok(()),
+            Err(BatchError::Storage(error)) => Err(error.to_string()),
+        }
+    }
+
+    /// Reads the chunk's cheque lines and decides each cheque's sale.
+    async fn sale_writes(
+        &self,
+        tenant: &Id,
+        client: &regos::Client,
+        branch_map: &HashMap<i64, String>,
+        cheques: &[Result<Cheque, Rejection>],
+    ) -> Result<(Vec<StreamWrite>, ChunkOutcome, Vec<String>), ChunkError> {
+        let mut outcome = ChunkOutcome::default();
+        let mut read = Vec::new();
+        for cheque in cheques {
+            let cheque = match cheque {
+                Ok(cheque) => cheque,
+                Err(rejection) => {
+                    outcome.rejected.push(rejection.clone());
+                    continue;
+                }
+            };
+            let rows = client
+                .all(
+                    "chequeitemoperation/get",
+                    &serde_json::json!({"doc_sale_uuid": cheque.uuid}),
+                )
+                .await
+                .map_err(|error| ChunkError::Source(error.to_string()))?;
+            let lines: Result<Vec<ChequeLine>, String> =
+                rows.iter().map(regos::cheque_line).collect();
+            match lines {
+                Ok(lines) => read.push((cheque, lines)),
+                Err(reason) => reject(&mut outcome, &cheque.uuid, &reason),
+            }
+        }
+        let known = self.known_items(tenant, &read).await?;
+        let mut wanted = Vec::new();
+        for (cheque, lines) in read {
+            match sale_of(cheque, &lines, branch_map, &known) {
+                Ok((sale_id, details, unknown)) => wanted.push((
+                    sale_stream_id(tenant, &sale_id),
+                    sale_id,
+                    details,
+                    unknown,
+                    cheque,
+                )),
+                Err(reason) => reject(&mut outcome, &cheque.uuid, &reason),
+            }
+        }
+        let streams: Vec<String> = wanted.iter().map(|(stream, ..)| stream.clone()).collect();
+        let loaded = self.sales.load_many(&streams).await?;
+        let mut writes = Vec::new();
+        for ((_, sale_id, details, unknown_products, cheque), loaded) in
+            wanted.into_iter().zip(loaded)
+        {
+            let recorded = loaded.state().is_recorded();
+            let command = SaleCommand::Sync {
+                sale_id,
+                details,
+                is_return: cheque.is_return,
+                unknown_products,
+            };
+            match loaded.handle(command).await {
+                Ok(Some(write)) => {
+                    if recorded {
+                        outcome.updated += 1;
+                    } else {
+                        outcome.created += 1;
+                    }
+                    writes.push(write);
+                }
+                Ok(None) => outcome.unchanged += 1,
+                Err(CommandError::Domain(error)) => {
+                    reject(&mut outcome, &cheque.uuid, &error.to_string())
+                }
+                Err(CommandError::Storage(error)) => return Err(ChunkError::Storage(error)),
+                Err(other) => {
+                    return Err(ChunkError::Storage(StorageError::EventStore(
+                        other.to_string(),
+                    )));
+                }
+            }
+        }
+        Ok((writes, outcome, streams))
+    }
+
+    /// The Karvon products of the chunk's items: by REGOS id, then by
+    /// barcode.
+    async fn known_items(
+        &self,
+        tenant: &Id,
+        read: &[(&Cheque, Vec<ChequeLine>)],
+    ) -> Result<Known, StorageError> {
+        let lines = read.iter().flat_map(|(_, lines)| lines);
+        let ids: Vec<String> = lines.clone().map(|line| line.item_id.to_string()).collect();
+        let barcodes: Vec<String> = lines.filter_map(|line| line.barcode.clone()).collect();
+        let mut reader = crate::records::tenant_reader(&self.db, tenant.as_str()).await?;
+        let found = crate::read_models::catalog::by_reference_or_barcode(
+            &mut reader,
+            tenant.as_str(),
+            REGOS,
+            &ids,
+            &barcodes,
+        )
+        .await;
+        reader.finish().await?;
+        let (by_id, by_barcode) = found?;
+        Ok(Known { by_id, by_barcode })
+    }
+}
+
+/// `settings.branch_map`: REGOS stock id → Karvon branch id.
+fn branch_map(settings: &Map<String, Value>) -> HashMap<i64, String> {
+    settings
+        .get("branch_map")
+        .and_then(Value::as_object)
+        .map(|map| {
+            map.iter()
+                .filter_map(|(stock, branch)| {
+                    Some((stock.parse().ok()?, branch.as_str()?.to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The system name of REGOS ids in `external_refs`.
+pub const REGOS: &str = "regos";
+
+/// Products known for a chunk's items.
+struct Known {
+    by_id: HashMap<String, String>,
+    by_barcode: HashMap<String, String>,
+}
+
+/// The sale a closed cheque is (SPEC §3, REGOS mapping): id
+/// `regos:<uuid>`, branch by the stock of its lines, each line's product by
+/// REGOS id, else barcode, else `regos:<item id>` (listed as unknown).
+fn sale_of(
+    cheque: &Cheque,
+    lines: &[ChequeLine],
+    branch_map: &HashMap<i64, String>,
+    known: &Known,
+) -> Result<(Id, SaleDetails, Vec<Id>), String> {
+    let id = |text: String| Id::parse(text.as_str()).map_err(|error| format!("{text:?}: {error}"));
+    let sold: Vec<&ChequeLine> = lines.iter().filter(|line| !line.storno).collect();
+    let first = sold.first().ok_or("the cheque has no lines")?;
+    let branch = branch_map
+        .get(&first.stock_id)
+        .cloned()
+        .unwrap_or_else(|| format!("regos-stock-{}", first.stock_id));
+    let mut unknown = Vec::new();
+    let mut sale_lines = Vec::with_capacity(sold.len());
+    for line in sold {
+        let item = line.item_id.to_string();
+        let product = match known.by_id.get(&item).or_else(|| {
+            line.barcode
+                .as_ref()
+                .and_then(|barcode| known.by_barcode.get(barcode))
+        }) {
+            Some(product) => id(product.clone())?,
+            None => {
+                let product = id(format!("regos:{item}"))?;
+                if !unknown.contains(&product) {
+                    unknown.push(product.clone());
+                }
+                product
+            }
+        };
+        sale_lines.push(SaleLine {
+            product_id: product,
+            qty: Quantity::parse(line.quantity)
+                .map_err(|error| format!("quantity {}: {error}", line.quantity))?,
+            unit_price: Money::parse(line.price)
+                .map_err(|error| format!("price {}: {error}", line.price))?,
+        });
+    }
+    let details = SaleDetails {
+        branch_id: id(branch)?,
+        cashier: cheque.cashier.clone(),
+        customer_id: None,
+        sale_type: SaleType::Retail,
+        payment_type: PaymentType::Cash,
+        occurred_at: cheque.date,
+        lines: sale_lines,
+    };
+    Ok((id(format!("regos:{}", cheque.uuid))?, details, unknown))
+}
+
+/// The UTC instants of a job's window: from the start of `date_from` to
+/// the end of `date_to`, local days in `zone` (default yesterday–today).
+fn window(
+    params: Option<&str>,
+    zone: chrono_tz::Tz,
+) -> Result<(chrono::DateTime<Utc>, chrono::DateTime<Utc>), String> {
+    use chrono::{NaiveDate, TimeZone};
+    let params: Value = params
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|error| format!("job parameters: {error}"))?
+        .unwrap_or(Value::Null);
+    let today = Utc::now().with_timezone(&zone).date_naive();
+    let date = |key: &str, default: NaiveDate| match params[key].as_str() {
+        Some(text) => NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .map_err(|_| format!("{key} {text:?} is not a date (YYYY-MM-DD)")),
+        None => Ok(default),
+    };
+    let from = date("date_from", today.pred_opt().unwrap_or(today))?;
+    let to = date("date_to", today)?;
+    let start = |day: NaiveDate| {
+        day.and_hms_opt(0, 0, 0)
+            .and_then(|midnight| zone.from_local_datetime(&midnight).earliest())
+            .map(|local| local.with_timezone(&Utc))
+            .ok_or_else(|| format!("{day} has no start in {zone}"))
+    };
+    let end = start(to.succ_opt().unwrap_or(to))? - chrono::Duration::seconds(1);
+    Ok((start(from)?, end))
+}
+
 enum ChunkError {
     OutOfTurn,
     Finished,
+    /// The source failed while the chunk was read: the job fails with this.
+    Source(String),
     Storage(StorageError),
 }
 
@@ -782,6 +1199,14 @@ fn job_parts(job: &Queued) -> Result<Parts, String> {
         kind: parse("kind", &job.kind)?,
         source: parse("source", &job.source)?,
     })
+}
+
+/// How serde spells a kind or source.
+fn spelled(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(text)) => text,
+        _ => String::new(),
+    }
 }
 
 /// Folders become categories; everything else is a product to write.

@@ -17,6 +17,8 @@ pub struct Queued {
     pub source: String,
     pub upload_dir: Option<String>,
     pub actor: String,
+    /// The job's parameters as JSON (a REGOS sync: its date window).
+    pub params: Option<String>,
 }
 
 /// Queues `job` unless the integration already has a job of that kind:
@@ -25,8 +27,8 @@ pub async fn enqueue(db: &Db, job: &Queued) -> Result<Option<String>, StorageErr
     for _ in 0..3 {
         let inserted = on_pool!(db, write, pool => sqlx::query(
             "INSERT INTO import_queue (job_id, tenant_id, integration_id, kind, source,
-                                       upload_dir, actor)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+                                       upload_dir, actor, params)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (tenant_id, integration_id, kind) DO NOTHING",
         )
         .bind(&job.job_id)
@@ -36,6 +38,7 @@ pub async fn enqueue(db: &Db, job: &Queued) -> Result<Option<String>, StorageErr
         .bind(&job.source)
         .bind(&job.upload_dir)
         .bind(&job.actor)
+        .bind(&job.params)
         .execute(pool)
         .await?
         .rows_affected());
@@ -64,7 +67,7 @@ pub async fn enqueue(db: &Db, job: &Queued) -> Result<Option<String>, StorageErr
 /// Every queued job, oldest first.
 pub async fn queued(db: &Db) -> Result<Vec<Queued>, StorageError> {
     on_pool!(db, read, pool => sqlx::query(
-        "SELECT job_id, tenant_id, integration_id, kind, source, upload_dir, actor
+        "SELECT job_id, tenant_id, integration_id, kind, source, upload_dir, actor, params
            FROM import_queue ORDER BY queued_at, job_id",
     )
     .fetch_all(pool)
@@ -79,6 +82,7 @@ pub async fn queued(db: &Db) -> Result<Vec<Queued>, StorageError> {
             source: row.text("source")?,
             upload_dir: row.opt_text("upload_dir")?,
             actor: row.text("actor")?,
+            params: row.opt_text("params")?,
         })
     })
     .collect())

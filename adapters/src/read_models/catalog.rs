@@ -5,6 +5,7 @@
 use karvon_domain::product::{Product, ProductEvent, ProductStatus};
 use karvon_projections::catalog::{self, ProductRow};
 use karvon_projections::names;
+use std::collections::HashMap;
 
 use crate::StorageError;
 use crate::db::{Conn, Portable, like_pattern};
@@ -183,4 +184,57 @@ pub async fn product_names(
             .map(|row| (row.product_id, row.name))
             .collect(),
     )
+}
+
+/// The tenant's products known by an id in `system` (`external_refs`) or
+/// by barcode: (reference → product id, barcode → product id).
+pub async fn by_reference_or_barcode(
+    reader: &mut Reader,
+    tenant: &str,
+    system: &str,
+    references: &[String],
+    barcodes: &[String],
+) -> Result<(HashMap<String, String>, HashMap<String, String>), StorageError> {
+    let mut conn = reader.conn();
+    let backend = conn.backend();
+    let reference = backend.json_text("external_refs", system);
+    let statement = format!(
+        "SELECT product_id, barcode, {reference} AS reference FROM {}
+          WHERE tenant_id = $1
+            AND ({reference} IN ({}) OR barcode IN ({}))
+          ORDER BY product_id",
+        backend.table(names::CATALOG, ProductRow::TABLE),
+        backend.text_list("$2"),
+        backend.text_list("$3"),
+    );
+    let list = |items: &[String]| Value::Text(serde_json::to_string(items).ok());
+    let rows = records::fetch(
+        &mut conn,
+        &statement,
+        vec![
+            Value::Text(Some(tenant.to_string())),
+            list(references),
+            list(barcodes),
+        ],
+        |row| {
+            Ok((
+                row.text("product_id")?,
+                row.opt_text("barcode")?,
+                row.opt_text("reference")?,
+            ))
+        },
+    )
+    .await?;
+    let (mut by_reference, mut by_barcode) = (HashMap::new(), HashMap::new());
+    for (product, barcode, reference) in rows {
+        if let Some(reference) = reference {
+            by_reference
+                .entry(reference)
+                .or_insert_with(|| product.clone());
+        }
+        if let Some(barcode) = barcode {
+            by_barcode.entry(barcode).or_insert(product);
+        }
+    }
+    Ok((by_reference, by_barcode))
 }

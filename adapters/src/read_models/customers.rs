@@ -3,7 +3,7 @@
 //! the rows' storage declarations, and the queries.
 
 use karvon_domain::customer::Customer;
-use karvon_domain::sale::{Sale, SaleEvent};
+use karvon_domain::sale::Sale;
 use karvon_projections::customers::{self, CustomerRow, PurchaseRow};
 use karvon_projections::names;
 
@@ -77,10 +77,7 @@ impl Projection for CustomersProjection {
         let purchases = super::events_of::<Sale>(events)?
             .into_iter()
             .map(|(event, payload)| {
-                let sale_id = match &payload {
-                    SaleEvent::SaleRecorded { sale_id, .. }
-                    | SaleEvent::SaleRefunded { sale_id, .. } => sale_id.to_string(),
-                };
+                let sale_id = payload.sale_id().to_string();
                 let key = vec![text(&event.metadata.tenant_id), text(&sale_id)];
                 (key, (event, payload))
             })

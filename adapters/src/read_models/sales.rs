@@ -141,16 +141,40 @@ impl Projection for SalesProjection {
         let mut zones: HashMap<String, chrono_tz::Tz> = HashMap::new();
         let mut changes: Vec<BucketRow> = Vec::new();
         let mut products: Vec<SaleProductRow> = Vec::new();
+        // Product rows of corrected sales, removed before the new ones go in.
+        let mut stale: Vec<Vec<Value>> = Vec::new();
         for (event, payload) in &sale_events {
             let tenant = &event.metadata.tenant_id;
             if !zones.contains_key(tenant) {
                 zones.insert(tenant.clone(), time_zone(conn, tenant).await?);
             }
             let zone = zones[tenant];
-            if let SaleEvent::SaleRecorded {
-                sale_id, details, ..
-            } = payload
-            {
+            let (written, previous) = match payload {
+                SaleEvent::SaleRecorded {
+                    sale_id, details, ..
+                } => (Some((sale_id, details)), None),
+                SaleEvent::SaleCorrected {
+                    sale_id,
+                    details,
+                    previous,
+                    is_return: false,
+                    ..
+                } => (Some((sale_id, details)), Some((sale_id, previous))),
+                _ => (None, None),
+            };
+            if let Some((sale_id, previous)) = previous {
+                // A correction replaces the sale's product rows.
+                products
+                    .retain(|row| !(row.tenant_id == *tenant && row.sale_id == sale_id.as_str()));
+                for line in &previous.lines {
+                    stale.push(vec![
+                        Value::Text(Some(tenant.clone())),
+                        Value::Text(Some(sale_id.to_string())),
+                        Value::Text(Some(line.product_id.to_string())),
+                    ]);
+                }
+            }
+            if let Some((sale_id, details)) = written {
                 let day = details.occurred_at.with_timezone(&zone).date_naive();
                 let mut per_product: Vec<SaleProductRow> = Vec::new();
                 for line in &details.lines {
@@ -193,7 +217,9 @@ impl Projection for SalesProjection {
             })
         })
         .await?;
-        // A sale is recorded once: its product rows are new.
+        // A sale's product rows are written when it is recorded and
+        // replaced when it is corrected.
+        records::delete::<SaleProductRow>(conn, schema, stale).await?;
         records::upsert(conn, schema, &products).await
     }
 }

@@ -134,7 +134,9 @@ impl From<SaleError> for ApiError {
     fn from(error: SaleError) -> Self {
         let message = error.to_string();
         match error {
-            SaleError::AlreadyRecorded(_) => {
+            SaleError::AlreadyRecorded(_)
+            | SaleError::RefundedSaleChanged(_)
+            | SaleError::KindChanged(..) => {
                 ApiError::new(StatusCode::CONFLICT, "already_exists", message)
             }
             SaleError::NotRecorded => ApiError::not_found("sale not found"),

@@ -99,7 +99,7 @@ impl From<JobRow> for TaskStatus {
     }
 }
 
-type Accepted = (StatusCode, Json<Envelope<TaskStarted>>);
+pub(super) type Accepted = (StatusCode, Json<Envelope<TaskStarted>>);
 
 #[utoipa::path(post, path = "/api/v1/integration/sync/nomenklatura/{integration_id}/", tag = "imports",
     summary = "Import the products of a 1C integration in the background",
@@ -171,7 +171,7 @@ async fn one_c_integration(
     Ok((id, source))
 }
 
-fn queued(
+pub(super) fn queued(
     principal: &Principal,
     integration: Option<Uuid>,
     kind: ImportKind,
@@ -186,6 +186,7 @@ fn queued(
         source: spelled(&source),
         upload_dir: upload_dir.map(|dir| dir.to_string_lossy().into_owned()),
         actor: principal.actor.clone(),
+        params: None,
     }
 }
 
@@ -198,7 +199,11 @@ fn spelled(value: &impl Serialize) -> String {
 }
 
 /// Queues the job and answers 202 once its status can be read.
-async fn start(state: &AppState, principal: &Principal, job: Queued) -> Result<Accepted, ApiError> {
+pub(super) async fn start(
+    state: &AppState,
+    principal: &Principal,
+    job: Queued,
+) -> Result<Accepted, ApiError> {
     let started = state
         .imports
         .start(job)

@@ -33,6 +33,7 @@ mod products;
 mod purchase_orders;
 mod query;
 mod recommendations;
+mod regos;
 mod sales;
 mod stock;
 mod suppliers;
@@ -125,6 +126,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(integrations::routes())
         .merge(webhooks::routes())
         .merge(imports::routes(settings.max_upload_bytes))
+        .merge(regos::routes())
         .merge(auth::routes())
         .merge(admin::routes())
         .merge(audit::routes())

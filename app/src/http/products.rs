@@ -46,6 +46,10 @@ pub struct RegisterProduct {
     price: Option<Money>,
     #[schema(value_type = Option<String>, pattern = "^[0-9]+(\\.[0-9]+)?$", example = "1250.50")]
     reorder_level: Option<Money>,
+    /// The product's ids in other systems (`{"regos": "101"}`): a REGOS
+    /// sale line is matched to the product by its REGOS item id.
+    #[serde(default)]
+    external_refs: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -104,7 +108,7 @@ pub(super) async fn register(
         barcode: request.barcode,
         price: request.price,
         reorder_level: request.reorder_level,
-        external_refs: Default::default(),
+        external_refs: request.external_refs,
     };
     let stream = product_stream_id(&context.tenant, &request.product_id);
     let executed = state

@@ -3,7 +3,6 @@
 //! application importing from it in the background, progress read from
 //! the status endpoint.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,8 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use karvon_projections::names;
 use karvon_tests::{
-    Backend, Db, TestApp, TestDb, admin_key, fetch_strings, karvon_binary, spawn_app_with,
-    test_config,
+    Backend, Db, KarvonProcess, TestApp, TestDb, fetch_strings, spawn_app_with, test_config,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -221,6 +219,14 @@ async fn start(backend: Backend) -> (TestDb, TestApp) {
         .await
         .expect("app");
     (db, app)
+}
+
+/// The environment a `karvon serve` process needs for integration secrets.
+pub fn secret_env(backend: Backend) -> Vec<(&'static str, String)> {
+    match backend {
+        Backend::Postgres => vec![("KARVON_SECRETS_KEY", "22".repeat(32))],
+        Backend::Sqlite => Vec::new(),
+    }
 }
 
 fn secrets(mut config: karvon_app::Config, backend: Backend) -> karvon_app::Config {
@@ -578,79 +584,27 @@ on_both_backends!(
 // ---------------------------------------------------------------------------
 // kill -9
 
-struct Server {
-    child: Child,
-    address: String,
-    client: reqwest::Client,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn serve(db: &TestDb, backend: Backend) -> Server {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        listener.local_addr().expect("addr").port()
-    };
-    let mut command = Command::new(karvon_binary().expect("binary"));
-    command
-        .arg("serve")
-        .env("KARVON_DATABASE_URL", &db.url)
-        .env("KARVON_LISTEN", format!("127.0.0.1:{port}"))
-        .env("KARVON_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if backend == Backend::Postgres {
-        command.env("KARVON_SECRETS_KEY", "22".repeat(32));
-    }
-    let child = command.spawn().expect("karvon starts");
-    let address = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let probe = reqwest::Client::new();
-    loop {
-        if let Ok(response) = probe.get(format!("{address}/ready")).send().await {
-            if response.status() == StatusCode::OK {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "server did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let store = db.db().await.expect("store");
-    let token = admin_key(&store, "default").await.expect("key");
-    store.close().await;
-    Server {
-        child,
-        address,
-        client: karvon_tests::authorized_client(&token).expect("client"),
-    }
-}
-
 async fn kill_9_mid_import_finishes_with_the_same_state(backend: Backend) {
     let db = TestDb::create_on(backend).await.expect("db");
     let (base, _fake) = fake_1c(catalogue(PRODUCTS)).await;
-    let mut server = serve(&db, backend).await;
+    let mut server = KarvonProcess::start(&db, &secret_env(backend)).await;
     // Small chunks: many commits, so the kill lands mid-job.
-    let (status, body) = post_to(
-        &server,
-        "/api/v1/integrations",
-        json!({"kind": "1c_soap", "name": "1C",
+    let (status, body) = server
+        .post(
+            "/api/v1/integrations",
+            json!({"kind": "1c_soap", "name": "1C",
                "settings": soap_settings(&base, json!({"chunk_size": 20})),
                "secrets": {"username": "u", "password": "p"}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let id = body["data"]["id"].as_str().expect("id").to_string();
-    let (status, body) = post_to(
-        &server,
-        &format!("/api/v1/integration/sync/nomenklatura/{id}/"),
-        json!({}),
-    )
-    .await;
+    let (status, body) = server
+        .post(
+            &format!("/api/v1/integration/sync/nomenklatura/{id}/"),
+            json!({}),
+        )
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let task = body["data"]["task_id"].as_str().expect("task").to_string();
 
@@ -669,8 +623,7 @@ async fn kill_9_mid_import_finishes_with_the_same_state(backend: Backend) {
         let body: Value = response.json().await.expect("json");
         let processed = body["data"]["processed"].as_i64().unwrap_or(0);
         if processed >= 1_000 {
-            server.child.kill().expect("kill -9");
-            server.child.wait().expect("reaped");
+            server.kill();
             break processed;
         }
         assert!(
@@ -684,7 +637,7 @@ async fn kill_9_mid_import_finishes_with_the_same_state(backend: Backend) {
         "the kill must land mid-job ({processed_at_kill} processed)"
     );
 
-    let server = serve(&db, backend).await;
+    let server = KarvonProcess::start(&db, &secret_env(backend)).await;
     let done = finished(&server.client, &server.address, &task).await;
     let n = PRODUCTS as i64;
     assert_eq!(done["status"], "completed", "{done}");
@@ -706,16 +659,4 @@ async fn kill_9_mid_import_finishes_with_the_same_state(backend: Backend) {
         .expect("number");
     assert_eq!(distinct, n);
     store.close().await;
-}
-
-async fn post_to(server: &Server, path: &str, body: Value) -> (StatusCode, Value) {
-    let response = server
-        .client
-        .post(format!("{}{path}", server.address))
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
-    let status = response.status();
-    (status, response.json().await.unwrap_or_default())
 }

@@ -38,6 +38,7 @@ mod imports;
 mod nats;
 mod procurement;
 mod rebuild;
+mod regos;
 mod runners;
 mod sales;
 mod sqlite;
