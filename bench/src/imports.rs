@@ -118,7 +118,7 @@ pub async fn run(db: &TestDb, products: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn job_seconds(status: &Value) -> f64 {
+pub(crate) fn job_seconds(status: &Value) -> f64 {
     let time = |key: &str| {
         status[key]
             .as_str()
@@ -127,6 +127,21 @@ fn job_seconds(status: &Value) -> f64 {
     match (time("started_at"), time("finished_at")) {
         (Some(start), Some(end)) => (end - start).num_milliseconds() as f64 / 1000.0,
         _ => f64::NAN,
+    }
+}
+
+/// Polls a job's status until it finished.
+pub(crate) async fn finished(app: &TestApp, task: &str) -> anyhow::Result<Value> {
+    let url = app.url(&format!("/api/v1/integration/sync/status/{task}/"));
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let (_, body) = app.send(app.client.get(&url)).await;
+        let status = &body["data"]["status"];
+        if status == "completed" || status == "error" {
+            return Ok(body["data"].clone());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the job did not finish: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

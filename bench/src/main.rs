@@ -32,6 +32,8 @@
 //! 7. 1C imports (`imports`): 100,000 products from a fake SOAP service and
 //!    from a CommerceML upload, products/s beside raw 100-row batch inserts;
 //!    `inventory-levels` p50/p99 during the import beside idle.
+//! 8. REGOS sync (`regos`): 10,000 cheques of 3 lines from a fake gateway,
+//!    cheques/s beside the same requests made straight to the gateway.
 //!
 //! Knobs: `KARVON_BENCH_SECS` (default 10), `KARVON_BENCH_EVENTS`
 //! (default 1,000,000; 0 skips 3), `KARVON_BENCH_BASELINE_EVENTS` (default
@@ -40,11 +42,13 @@
 //! `KARVON_BENCH_RELAY_EVENTS` (default 1,000,000; 0 skips 5),
 //! `KARVON_BENCH_PURCHASE_ORDERS` (default 10,000; 0 skips 6),
 //! `KARVON_BENCH_IMPORT_PRODUCTS` (default 100,000; 0 skips 7),
+//! `KARVON_BENCH_REGOS_CHEQUES` (default 10,000; 0 skips 8),
 //! `KARVON_BENCH_BACKENDS` (default `postgres,sqlite`),
 //! `KARVON_BENCH_ROLE=api` (phase 1 without workers).
 
 mod imports;
 mod procurement;
+mod regos;
 mod relay;
 
 use std::sync::Arc;
@@ -86,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
     let purchase_orders = knob("KARVON_BENCH_PURCHASE_ORDERS", 10_000) as usize;
     let relay_events = knob("KARVON_BENCH_RELAY_EVENTS", 1_000_000) as i64;
     let import_products = knob("KARVON_BENCH_IMPORT_PRODUCTS", 100_000) as usize;
+    let regos_cheques = knob("KARVON_BENCH_REGOS_CHEQUES", 10_000) as usize;
     println!(
         "karvon bench {}: {seconds}s load phases, {events} events to replay, sales at {sales_rate}/s, \
          a year of {year_sales} sales (build: release expected)\n",
@@ -128,6 +133,10 @@ async fn main() -> anyhow::Result<()> {
         if import_products > 0 {
             let db = TestDb::create_on(backend).await?;
             imports::run(&db, import_products).await?;
+        }
+        if regos_cheques > 0 {
+            let db = TestDb::create_on(backend).await?;
+            regos::run(&db, regos_cheques).await?;
         }
     }
     Ok(())
