@@ -58,6 +58,8 @@ enum Expect {
     TimeOfDay,
     /// An object of non-empty strings (`{"1": "B1"}`).
     TextMap,
+    /// `true` or `false`.
+    Flag,
 }
 
 struct Field {
@@ -121,6 +123,8 @@ fn schema(kind: &str) -> Option<(Vec<Field>, Vec<Field>)> {
                 optional("branch_map", TextMap, none),
                 optional("chunk_size", Count, || 100.into()),
                 optional("requests_per_second", Count, none),
+                optional("sales_source", Text, || "cheques".into()),
+                optional("client_rate_limit", Flag, || true.into()),
             ],
             vec![required("integration_key", Text)],
         ),
@@ -229,6 +233,10 @@ fn check_value(expect: &Expect, value: &Value) -> Result<(), String> {
                 Ok(())
             }
             _ => Err("must be a list of at most 256 IP addresses or CIDR ranges".into()),
+        },
+        Expect::Flag => match value {
+            Value::Bool(_) => Ok(()),
+            _ => Err("must be true or false".into()),
         },
         Expect::TimeOfDay => match value.as_str() {
             Some(text) if chrono::NaiveTime::parse_from_str(text, "%H:%M").is_ok() => Ok(()),

@@ -23,6 +23,7 @@ pub mod db;
 pub mod feed;
 pub mod imports;
 pub mod integrations;
+pub mod mqtt;
 pub mod onec;
 pub mod postgres;
 pub mod reactions;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::read_models::catalog::CatalogProjection;
 use crate::read_models::customers::CustomersProjection;
 use crate::read_models::jobs::JobsProjection;
+use crate::read_models::meters::MetersProjection;
 use crate::read_models::procurement::ProcurementProjection;
 use crate::read_models::sales::SalesProjection;
 use crate::read_models::stock::StockProjection;
@@ -39,6 +40,7 @@ impl Registry {
             Consumer::Projection(Arc::new(CustomersProjection)),
             Consumer::Projection(Arc::new(ProcurementProjection)),
             Consumer::Projection(Arc::new(JobsProjection)),
+            Consumer::Projection(Arc::new(MetersProjection)),
             Consumer::Reactor(Arc::new(TransferProcess)),
             Consumer::Reactor(Arc::new(SalesStock)),
             Consumer::Reactor(Arc::new(ReceiptsStock)),

@@ -131,7 +131,8 @@ impl Client {
                 .json()
                 .await
                 .map_err(|error| self.malformed(method, error.without_url().to_string()))?;
-            if answer["ok"] == Value::Bool(true) {
+            // `Sale/Get` answers `{success, result, total_count}`.
+            if answer["ok"] == Value::Bool(true) || answer["success"] == Value::Bool(true) {
                 let rows = match &answer["result"] {
                     Value::Array(rows) => rows.clone(),
                     Value::Null => Vec::new(),
@@ -140,7 +141,9 @@ impl Client {
                 return Ok(Page {
                     rows,
                     next_offset: answer["next_offset"].as_u64(),
-                    total: answer["total"].as_u64(),
+                    total: answer["total"]
+                        .as_u64()
+                        .or_else(|| answer["total_count"].as_u64()),
                 });
             }
             let code = answer["result"]["error"].as_i64().unwrap_or(-1);
@@ -260,16 +263,23 @@ async fn take(db: &Db, bucket: &str, rate: f64, burst: f64) -> Result<bool, Stor
     Ok(taken == 1)
 }
 
-/// A retail cheque (`DocCheque`), as far as a sale needs it.
+/// A retail cheque (`DocCheque`), or a flattened `Sale/Get` row, as far
+/// as a sale needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cheque {
+    /// The cheque's uuid, or `sale-<id>` for a `Sale/Get` row.
     pub uuid: String,
     pub date: DateTime<Utc>,
     pub closed: bool,
     pub is_return: bool,
     pub cashier: String,
-    /// The row as REGOS sent it (kept for reasons in rejections).
     pub code: String,
+    pub wholesale: bool,
+    /// `cash`, `card` or `transfer` when REGOS says (cheques do not).
+    pub payment: Option<String>,
+    /// A `Sale/Get` row carries its line and its department; a cheque's
+    /// lines are read separately.
+    pub lines: Option<Vec<ChequeLine>>,
 }
 
 /// A cheque line (`DocChequeOperation`).
@@ -328,6 +338,9 @@ pub fn cheque(row: &Value) -> Result<Cheque, String> {
     let date = DateTime::from_timestamp(raw.date, 0)
         .ok_or_else(|| format!("cheque {}: date {} is out of range", raw.uuid, raw.date))?;
     Ok(Cheque {
+        wholesale: false,
+        payment: None,
+        lines: None,
         closed: raw.status == "Closed",
         is_return: raw.is_return,
         cashier: raw
@@ -338,6 +351,68 @@ pub fn cheque(row: &Value) -> Result<Cheque, String> {
         code: raw.code.unwrap_or_default(),
         uuid: raw.uuid,
         date,
+    })
+}
+
+#[derive(Deserialize)]
+struct RawSaleRow {
+    id: i64,
+    date: String,
+    department_id: i64,
+    item_id: i64,
+    quantity: Decimal,
+    price: Decimal,
+    #[serde(default)]
+    sale_type: Option<String>,
+    #[serde(default)]
+    cashier: Option<String>,
+    #[serde(default)]
+    payment_type: Option<String>,
+}
+
+/// A flattened `Sale/Get` row (`fixtures/regos/sale-get.json`): one sale
+/// of one line at a department, its `date` local to `zone`.
+pub fn sale_row(row: &Value, zone: chrono_tz::Tz) -> Result<Cheque, String> {
+    use chrono::TimeZone;
+    let raw: RawSaleRow = serde_json::from_value(row.clone())
+        .map_err(|error| format!("unreadable Sale/Get row: {error}"))?;
+    let local =
+        chrono::NaiveDateTime::parse_from_str(&raw.date, "%Y-%m-%dT%H:%M:%S").map_err(|_| {
+            format!(
+                "sale {}: date {:?} is not YYYY-MM-DDTHH:MM:SS",
+                raw.id, raw.date
+            )
+        })?;
+    let date = zone
+        .from_local_datetime(&local)
+        .earliest()
+        .ok_or_else(|| format!("sale {}: {} does not exist in {zone}", raw.id, raw.date))?
+        .with_timezone(&Utc);
+    let wholesale = match raw.sale_type.as_deref() {
+        None | Some("retail") => false,
+        Some("wholesale") => true,
+        Some(other) => return Err(format!("sale {}: sale_type {other:?} is unknown", raw.id)),
+    };
+    Ok(Cheque {
+        uuid: format!("sale-{}", raw.id),
+        date,
+        closed: true,
+        is_return: false,
+        cashier: raw
+            .cashier
+            .filter(|name| !name.trim().is_empty())
+            .unwrap_or_else(|| "unknown".to_string()),
+        code: raw.id.to_string(),
+        wholesale,
+        payment: raw.payment_type,
+        lines: Some(vec![ChequeLine {
+            item_id: raw.item_id,
+            barcode: None,
+            stock_id: raw.department_id,
+            quantity: raw.quantity,
+            price: raw.price,
+            storno: false,
+        }]),
     })
 }
 
@@ -378,6 +453,23 @@ mod tests {
         assert_eq!(sugar.price.to_string(), "13846.15");
         assert_eq!(sugar.barcode.as_deref(), Some("0478000000024"));
         assert_eq!((sugar.item_id, sugar.stock_id), (102, 1));
+    }
+
+    #[test]
+    fn sale_get_rows_are_one_line_sales_at_local_time() {
+        let rows: Value =
+            serde_json::from_str(include_str!("testdata/regos/sale-get.json")).expect("json");
+        let zone: chrono_tz::Tz = "Asia/Tashkent".parse().expect("zone");
+        let retail = sale_row(&rows["result"][0], zone).expect("row");
+        assert_eq!(retail.uuid, "sale-12345");
+        assert_eq!(retail.date.to_rfc3339(), "2024-12-28T10:30:00+00:00");
+        assert!(!retail.wholesale && retail.closed);
+        let line = &retail.lines.as_ref().expect("lines")[0];
+        assert_eq!((line.item_id, line.stock_id), (101, 1));
+        assert_eq!(line.quantity * line.price, Decimal::from(500_000));
+        let wholesale = sale_row(&rows["result"][1], zone).expect("row");
+        assert!(wholesale.wholesale);
+        assert_eq!(wholesale.payment.as_deref(), Some("card"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Background workers: one runner per feed consumer of the registry, and
-//! the import-job worker (`karvon_adapters::imports`). On
+//! the import-job worker (`karvon_adapters::imports`), the MQTT meter
+//! listeners (`karvon_adapters::mqtt`). On
 //! PostgreSQL each holds an advisory lock while active, so any number of
 //! instances may run them; only one per consumer works at a time. Beside
 //! them, [`housekeeping`] prunes expired bookkeeping rows once a minute.
@@ -36,6 +37,11 @@ pub fn spawn(
         shutdown.clone(),
     ))];
     tasks.push(tokio::spawn(imports.clone().run_worker(shutdown.clone())));
+    tasks.push(tokio::spawn(karvon_adapters::mqtt::run(
+        db.clone(),
+        Arc::new(karvon_adapters::store::CommandExecutor::new(db.clone())),
+        shutdown.clone(),
+    )));
     let registry = Registry::new(config.nats_url.as_deref());
     tasks.extend(registry.consumers().into_iter().map(|consumer| {
         let runner =

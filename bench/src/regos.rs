@@ -30,7 +30,7 @@ pub async fn run(db: &TestDb, cheques: usize) -> anyhow::Result<()> {
             "/api/v1/integrations",
             &json!({"kind": "regos", "name": "bench",
                     "settings": {"base_url": base, "connected_integration_id": "c",
-                                 "requests_per_second": 1_000_000},
+                                 "client_rate_limit": false},
                     "secrets": {"integration_key": KEY}}),
         )
         .await;
@@ -43,7 +43,10 @@ pub async fn run(db: &TestDb, cheques: usize) -> anyhow::Result<()> {
         )
         .await;
     anyhow::ensure!(status.is_success(), "sync: {status} {body}");
-    let task = body["data"]["task_id"].as_str().context("task")?.to_string();
+    let task = body["data"]["task_id"]
+        .as_str()
+        .context("task")?
+        .to_string();
     let done = finished(&app, &task).await?;
     anyhow::ensure!(done["status"] == "completed", "sync: {done}");
     app.stop().await?;
@@ -64,7 +67,9 @@ pub async fn run(db: &TestDb, cheques: usize) -> anyhow::Result<()> {
     }
     for n in 0..cheques {
         let _: Value = client
-            .post(format!("{base}/gateway/out/{KEY}/v1/chequeitemoperation/get"))
+            .post(format!(
+                "{base}/gateway/out/{KEY}/v1/chequeitemoperation/get"
+            ))
             .json(&json!({"doc_sale_uuid": uuid(n), "limit": 500, "offset": 0}))
             .send()
             .await?

@@ -92,6 +92,11 @@ pub fn import_job_stream_id(tenant: &TenantId, job: &Id) -> String {
     format!("{tenant}/{job}")
 }
 
+/// The aggregate id of a meter stream: `<tenant>/<meter>`.
+pub fn meter_stream_id(tenant: &TenantId, meter: &Id) -> String {
+    format!("{tenant}/{meter}")
+}
+
 /// The aggregate id of a stock item stream: `<tenant>/<warehouse>/<product>`.
 pub fn stock_stream_id(tenant: &TenantId, warehouse: &Id, product: &Id) -> String {
     format!("{tenant}/{warehouse}/{product}")

@@ -10,6 +10,7 @@ pub mod contact;
 pub mod customer;
 pub mod ids;
 pub mod import_job;
+pub mod meter;
 pub mod product;
 pub mod purchase_order;
 pub mod sale;

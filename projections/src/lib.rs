@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod customers;
 pub mod jobs;
 pub mod metadata;
+pub mod meters;
 pub mod position;
 pub mod procurement;
 pub mod sales;
@@ -33,6 +34,7 @@ pub mod names {
     pub const CUSTOMERS: &str = "customers";
     pub const PROCUREMENT: &str = "procurement";
     pub const JOBS: &str = "jobs";
+    pub const METERS: &str = "meters";
     /// Not a read model: the process manager that completes transfers.
     pub const TRANSFERS: &str = "transfers";
     /// Not a read model: the reactor that makes stock follow sales.

@@ -927,3 +927,69 @@ impl Drop for KarvonProcess {
         self.kill();
     }
 }
+
+/// A Mosquitto broker of a test's own (a random port, unlimited queues for
+/// persistent sessions, so a listener that is down misses nothing):
+/// `/usr/sbin/mosquitto`, or `KARVON_TEST_MOSQUITTO`.
+pub struct MosquittoServer {
+    pub port: u16,
+    config: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl MosquittoServer {
+    pub async fn started() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let config =
+            std::env::temp_dir().join(format!("karvon-mosquitto-{}.conf", uuid::Uuid::now_v7()));
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_queued_messages 0\nmax_inflight_messages 0\nlog_type none\n"
+            ),
+        )?;
+        let binary = std::env::var("KARVON_TEST_MOSQUITTO")
+            .unwrap_or_else(|_| "/usr/sbin/mosquitto".to_string());
+        let child = std::process::Command::new(&binary)
+            .arg("-c")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        let server = Self {
+            port,
+            config,
+            child: Some(child),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not listen"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for MosquittoServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.config);
+    }
+}

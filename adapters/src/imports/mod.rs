@@ -48,6 +48,8 @@ pub const ONE_C: &str = "1c";
 
 /// Jobs one instance runs at once.
 const PARALLEL_JOBS: usize = 2;
+/// How long a job that stopped on a storage error waits before it runs again.
+const RETRY: Duration = Duration::from_secs(30);
 /// How often the worker looks for daily syncs that are due.
 const SCHEDULE: Duration = Duration::from_secs(30);
 /// How often the worker looks for queued jobs another instance added.
@@ -86,6 +88,8 @@ pub struct Imports {
     wake: Notify,
     /// Jobs this instance runs now.
     running: Mutex<HashSet<String>>,
+    /// Jobs that stopped on a storage error, and when to try them again.
+    retry_at: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// Everything a job needs to read its source.
@@ -153,6 +157,7 @@ impl Imports {
             pace: Pace::default(),
             wake: Notify::new(),
             running: Mutex::default(),
+            retry_at: Mutex::default(),
         }
     }
 
@@ -250,7 +255,7 @@ impl Imports {
                         let Ok(slot) = slots.clone().try_acquire_owned() else {
                             break;
                         };
-                        if !self.claim_locally(&job.job_id) {
+                        if self.backing_off(&job.job_id) || !self.claim_locally(&job.job_id) {
                             continue;
                         }
                         let imports = self.clone();
@@ -258,7 +263,8 @@ impl Imports {
                         tokio::spawn(async move {
                             let job_id = job.job_id.clone();
                             if let Err(error) = imports.run_locked(job, shutdown).await {
-                                tracing::warn!(job_id, %error, "import job stopped; retried later");
+                                tracing::warn!(job_id, %error, "import job stopped; retried in 30 s");
+                                imports.back_off(&job_id);
                             }
                             imports.release_locally(&job_id);
                             drop(slot);
@@ -272,6 +278,27 @@ impl Imports {
                 _ = self.wake.notified() => {}
                 _ = shutdown.changed() => return,
             }
+        }
+    }
+
+    /// Whether a job that stopped on a storage error still waits.
+    fn backing_off(&self, job_id: &str) -> bool {
+        let Ok(mut retry_at) = self.retry_at.lock() else {
+            return false;
+        };
+        match retry_at.get(job_id) {
+            Some(at) if *at > std::time::Instant::now() => true,
+            Some(_) => {
+                retry_at.remove(job_id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn back_off(&self, job_id: &str) {
+        if let Ok(mut retry_at) = self.retry_at.lock() {
+            retry_at.insert(job_id.to_string(), std::time::Instant::now() + RETRY);
         }
     }
 
@@ -822,14 +849,36 @@ impl Imports {
             "start_date": from.timestamp(),
             "end_date": to.timestamp(),
         });
+        // Cheques (default), or the flattened `Sale/Get` rows.
+        let sale_rows = match config.settings.get("sales_source").and_then(Value::as_str) {
+            None | Some("cheques") => false,
+            Some("sale_rows") => true,
+            Some(other) => {
+                return Err(format!(
+                    "settings.sales_source {other:?} is unknown (cheques or sale_rows)"
+                ));
+            }
+        };
+        let method = if sale_rows {
+            "Sale/Get"
+        } else {
+            "DocCheque/Get"
+        };
+        let read = |row: &Value| {
+            if sale_rows {
+                regos::sale_row(row, zone)
+            } else {
+                regos::cheque(row)
+            }
+        };
         let rows = client
-            .all("DocCheque/Get", &filter)
+            .all(method, &filter)
             .await
             .map_err(|error| error.to_string())?;
         let mut seen = HashSet::new();
         let cheques = rows
             .iter()
-            .map(regos::cheque)
+            .map(read)
             .filter_map(|cheque| match cheque {
                 // Other statuses (open, cancelled, postponed) are not sales.
                 Ok(cheque) if !cheque.closed => None,
@@ -837,7 +886,7 @@ impl Imports {
                 Ok(cheque) if !seen.insert(cheque.uuid.clone()) => None,
                 Ok(cheque) => Some(Ok(cheque)),
                 Err(reason) => Some(Err(Rejection {
-                    reference: "DocCheque".into(),
+                    reference: method.to_string(),
                     reason,
                 })),
             })
@@ -947,24 +996,24 @@ impl Imports {
     ) -> Result<(Vec<StreamWrite>, ChunkOutcome, Vec<String>), ChunkError> {
         let mut outcome = ChunkOutcome::default();
         let mut read = Vec::new();
+        // Lines of several cheques in flight at once (the rate bucket still
+        // paces them), answers kept in cheque order.
+        let mut wanted_lines = Vec::new();
         for cheque in cheques {
-            let cheque = match cheque {
-                Ok(cheque) => cheque,
-                Err(rejection) => {
-                    outcome.rejected.push(rejection.clone());
-                    continue;
-                }
-            };
-            let rows = client
-                .all(
-                    "chequeitemoperation/get",
-                    &serde_json::json!({"doc_sale_uuid": cheque.uuid}),
-                )
-                .await
-                .map_err(|error| ChunkError::Source(error.to_string()))?;
-            let lines: Result<Vec<ChequeLine>, String> =
-                rows.iter().map(regos::cheque_line).collect();
-            match lines {
+            match cheque {
+                Ok(cheque) => wanted_lines.push(cheque),
+                Err(rejection) => outcome.rejected.push(rejection.clone()),
+            }
+        }
+        let mut fetched = Vec::with_capacity(wanted_lines.len());
+        for group in wanted_lines.chunks(LINE_REQUESTS) {
+            let answers =
+                futures::future::join_all(group.iter().map(|cheque| cheque_lines(client, cheque)))
+                    .await;
+            fetched.extend(group.iter().copied().zip(answers));
+        }
+        for (cheque, lines) in fetched {
+            match lines.map_err(|error| ChunkError::Source(error.to_string()))? {
                 Ok(lines) => read.push((cheque, lines)),
                 Err(reason) => reject(&mut outcome, &cheque.uuid, &reason),
             }
@@ -1060,6 +1109,26 @@ fn branch_map(settings: &Map<String, Value>) -> HashMap<i64, String> {
         .unwrap_or_default()
 }
 
+/// A cheque's lines: carried by the row, or read from REGOS.
+async fn cheque_lines(
+    client: &regos::Client,
+    cheque: &Cheque,
+) -> Result<Result<Vec<ChequeLine>, String>, regos::RegosError> {
+    if let Some(lines) = &cheque.lines {
+        return Ok(Ok(lines.clone()));
+    }
+    let rows = client
+        .all(
+            "chequeitemoperation/get",
+            &serde_json::json!({"doc_sale_uuid": cheque.uuid}),
+        )
+        .await?;
+    Ok(rows.iter().map(regos::cheque_line).collect())
+}
+
+/// Cheque-line requests in flight at once per job.
+const LINE_REQUESTS: usize = 8;
+
 /// The system name of REGOS ids in `external_refs`.
 pub const REGOS: &str = "regos";
 
@@ -1111,12 +1180,22 @@ fn sale_of(
                 .map_err(|error| format!("price {}: {error}", line.price))?,
         });
     }
+    let payment_type = match cheque.payment.as_deref() {
+        None | Some("cash") => PaymentType::Cash,
+        Some("card") => PaymentType::Card,
+        Some("transfer") => PaymentType::Transfer,
+        Some(other) => return Err(format!("payment_type {other:?} is unknown")),
+    };
     let details = SaleDetails {
         branch_id: id(branch)?,
         cashier: cheque.cashier.clone(),
         customer_id: None,
-        sale_type: SaleType::Retail,
-        payment_type: PaymentType::Cash,
+        sale_type: if cheque.wholesale {
+            SaleType::Wholesale
+        } else {
+            SaleType::Retail
+        },
+        payment_type,
         occurred_at: cheque.date,
         lines: sale_lines,
     };

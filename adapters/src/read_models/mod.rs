@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod customers;
 pub mod jobs;
+pub mod meters;
 pub mod procurement;
 pub mod sales;
 pub mod stock;

@@ -27,6 +27,7 @@ mod error;
 mod extract;
 mod imports;
 mod integrations;
+mod meters;
 mod openapi;
 mod ops;
 mod products;
@@ -127,6 +128,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(webhooks::routes())
         .merge(imports::routes(settings.max_upload_bytes))
         .merge(regos::routes())
+        .merge(meters::routes())
         .merge(auth::routes())
         .merge(admin::routes())
         .merge(audit::routes())

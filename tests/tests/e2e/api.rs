@@ -617,6 +617,7 @@ async fn operational_endpoints_and_unknown_routes(backend: Backend) {
             "customers",
             "procurement",
             "jobs",
+            "meters",
             "transfers",
             "sales_stock",
             "receipts_stock"

@@ -35,6 +35,7 @@ mod feed;
 mod hardening;
 mod idempotency;
 mod imports;
+mod meters;
 mod nats;
 mod procurement;
 mod rebuild;

@@ -55,6 +55,8 @@ struct Gateway {
     refuse: bool,
     /// Each lines call takes this long.
     delay: Duration,
+    /// What `Sale/Get` answers (flattened sale rows).
+    sale_rows: Vec<Value>,
 }
 
 type Shared = Arc<Mutex<Gateway>>;
@@ -147,7 +149,7 @@ async fn gateway(
     Path((key, entity, verb)): Path<(String, String, String)>,
     axum::Json(body): axum::Json<Value>,
 ) -> axum::Json<Value> {
-    let (cheques, throttled, refuse, delay) = {
+    let (cheques, throttled, refuse, delay, sale_rows) = {
         let mut gateway = shared.lock().expect("gateway");
         gateway.calls += 1;
         (
@@ -155,6 +157,7 @@ async fn gateway(
             gateway.calls % gateway.throttle_every == 0,
             gateway.refuse,
             gateway.delay,
+            gateway.sale_rows.clone(),
         )
     };
     if key != KEY {
@@ -200,6 +203,12 @@ async fn gateway(
                 .collect();
             axum::Json(page(rows, &body))
         }
+        // The flattened rows answer in their own envelope.
+        ("sale", "get") => {
+            let offset = body["offset"].as_u64().unwrap_or(0) as usize;
+            let result: Vec<Value> = sale_rows.iter().skip(offset).take(CAP).cloned().collect();
+            axum::Json(json!({"success": true, "result": result, "total_count": sale_rows.len()}))
+        }
         _ => axum::Json(
             json!({"ok": false, "result": {"error": 1001, "description": "Unknown method"}}),
         ),
@@ -213,6 +222,7 @@ async fn fake_regos(cheques: Vec<Cheque>) -> (String, Shared) {
         throttle_every: 5,
         refuse: false,
         delay: Duration::ZERO,
+        sale_rows: Vec::new(),
     }));
     let app = Router::new()
         .route("/gateway/out/{key}/v1/{entity}/{verb}", post(gateway))
@@ -683,7 +693,64 @@ async fn a_missed_daily_run_starts_at_start_once(backend: Backend) {
     }
 }
 
+/// `Sale/Get` rows (`fixtures/regos/sale-get.json`): one sale each, local
+/// time, retail or wholesale, at the department's branch.
+async fn flattened_sale_rows_map_the_same_way(backend: Backend) {
+    let (_db, app) = start(backend).await;
+    let (base, fake) = fake_regos(Vec::new()).await;
+    let mut rows: Value = serde_json::from_str(include_str!(
+        "../../../../shared/fixtures/regos/sale-get.json"
+    ))
+    .expect("fixture");
+    rows["result"][0]["date"] = json!("2026-01-02T15:30:00");
+    rows["result"][1]["date"] = json!("2026-01-03T00:30:00");
+    fake.lock().expect("gateway").sale_rows = rows["result"].as_array().expect("rows").clone();
+    let mut settings = settings(&base);
+    settings["sales_source"] = json!("sale_rows");
+    let (status, body) = app
+        .post(
+            "/api/v1/integrations",
+            &json!({"kind": "regos", "name": "REGOS", "settings": settings,
+                    "secrets": {"integration_key": KEY}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["data"]["id"].as_str().expect("id");
+    let task = sync(&app.client, &app.address, id).await;
+    let done = finished(&app.client, &app.address, &task).await;
+    assert_eq!(
+        (done["status"].as_str(), done["created"].as_i64()),
+        (Some("completed"), Some(2)),
+        "{done}"
+    );
+    caught_up(&app).await;
+    let report = sales_report(&app.client, &app.address).await;
+    let buckets = report["buckets"].as_array().expect("buckets");
+    assert_eq!(buckets.len(), 2, "{report}");
+    assert_eq!(buckets[0]["period_start"], "2026-01-02");
+    assert_eq!(
+        decimal(buckets[0]["retail_amount"].as_str().expect("retail")),
+        Decimal::from(500_000)
+    );
+    assert_eq!(
+        buckets[1]["period_start"], "2026-01-03",
+        "00:30 local is the 3rd"
+    );
+    assert_eq!(
+        decimal(buckets[1]["wholesale_amount"].as_str().expect("wholesale")),
+        Decimal::from(500_000)
+    );
+    let branches: Vec<&str> = report["by_branch"]
+        .as_array()
+        .expect("branches")
+        .iter()
+        .filter_map(|row| row["branch_id"].as_str())
+        .collect();
+    assert_eq!(branches, ["B1", "regos-stock-2"], "{report}");
+}
+
 on_both_backends!(
+    flattened_sale_rows_map_the_same_way,
     a_missed_daily_run_starts_at_start_once,
     a_window_synced_twice_counts_each_cheque_once,
     a_refused_request_ends_the_task_with_regos_description,

@@ -1,0 +1,486 @@
+//! Meter readings over MQTT (SPEC §3 "Integrations", MQTT): one listener
+//! per `acrel` integration, one active instance per integration across
+//! the cluster (PostgreSQL advisory lock; a standby takes over).
+//!
+//! The listener subscribes `<prefix>/+/meter/+/data|alert|status` at QoS 1
+//! with a fixed client id (`karvon-<integration>`) and a persistent
+//! session, and acknowledges a message only after what it carries is
+//! committed: readings are batched (one transaction per batch, many
+//! meters), so a crash before the commit leaves the messages
+//! unacknowledged and the broker delivers them again; the meter's state
+//! makes the repeat a no-op. Malformed payloads are counted, logged and
+//! acknowledged. Messages belong to the integration's tenant.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use karvon_domain::Id;
+use karvon_domain::ids::meter_stream_id;
+use karvon_domain::meter::{Meter, MeterCommand, Reading, ReadingValues};
+use karvon_projections::EventMetadata;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use crate::StorageError;
+use crate::db::Db;
+use crate::integrations;
+use crate::store::{BatchError, CommandError, CommandExecutor, commit_batch};
+
+/// Messages committed per batch at most.
+const BATCH: usize = 1_000;
+/// How long a batch waits for more messages once it has one.
+const LINGER: Duration = Duration::from_millis(20);
+/// How often the registry of `acrel` integrations is read again.
+const REFRESH: Duration = Duration::from_secs(2);
+
+/// Runs a listener for every `acrel` integration until `shutdown`.
+pub async fn run(db: Db, meters: Arc<CommandExecutor<Meter>>, mut shutdown: watch::Receiver<bool>) {
+    let mut running: HashMap<String, (String, watch::Sender<bool>)> = HashMap::new();
+    loop {
+        match integrations::of_kind(&db, "acrel").await {
+            Ok(found) => {
+                let mut seen = Vec::new();
+                for (integration, _) in found {
+                    let id = integration.id.to_string();
+                    let settings = integration.settings.to_string();
+                    seen.push(id.clone());
+                    if running
+                        .get(&id)
+                        .is_some_and(|(known, _)| *known == settings)
+                    {
+                        continue;
+                    }
+                    // New, or its settings changed: (re)start it.
+                    if let Some((_, stop)) = running.remove(&id) {
+                        let _ = stop.send(true);
+                    }
+                    let (stop, stopped) = watch::channel(false);
+                    let listener = Listener {
+                        db: db.clone(),
+                        meters: meters.clone(),
+                        integration: id.clone(),
+                        tenant: integration.tenant_id.clone(),
+                        settings: integration.settings.clone(),
+                    };
+                    tokio::spawn(listener.run_locked(stopped));
+                    running.insert(id, (settings, stop));
+                }
+                running.retain(|id, (_, stop)| {
+                    let keep = seen.contains(id);
+                    if !keep {
+                        let _ = stop.send(true);
+                    }
+                    keep
+                });
+            }
+            Err(error) => tracing::warn!(%error, "reading the acrel integrations failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(REFRESH) => {}
+            _ = shutdown.changed() => {
+                for (_, stop) in running.values() {
+                    let _ = stop.send(true);
+                }
+                return;
+            }
+        }
+    }
+}
+
+struct Listener {
+    db: Db,
+    meters: Arc<CommandExecutor<Meter>>,
+    integration: String,
+    tenant: String,
+    settings: Value,
+}
+
+/// A `data` message's payload (`fixtures/acrel/webhook-meter-reading.json`).
+#[derive(Deserialize)]
+struct DataPayload {
+    timestamp: DateTime<Utc>,
+    #[serde(default)]
+    meter_id: Option<String>,
+    #[serde(default)]
+    meter_type: Option<String>,
+    data: DataValues,
+}
+
+#[derive(Deserialize)]
+struct DataValues {
+    #[serde(default)]
+    reading: Option<Decimal>,
+    #[serde(default)]
+    consumption: Option<Decimal>,
+    #[serde(default)]
+    voltage: Option<Decimal>,
+    #[serde(default)]
+    current: Option<Decimal>,
+    #[serde(default)]
+    power_factor: Option<Decimal>,
+}
+
+/// One reading taken from a message.
+struct Parsed {
+    meter_id: Id,
+    station: String,
+    meter_type: Option<String>,
+    reading: Reading,
+}
+
+impl Listener {
+    /// Runs while holding the integration's lock (PostgreSQL: a session
+    /// advisory lock on a connection of its own; a standby retries).
+    async fn run_locked(self, mut stopped: watch::Receiver<bool>) {
+        loop {
+            let lock = match &self.db {
+                Db::Postgres(pool) => match take_lock(pool, &self.integration).await {
+                    Ok(Some(lock)) => Some(Some(lock)),
+                    Ok(None) => None,
+                    Err(error) => {
+                        tracing::warn!(%error, "taking the MQTT listener lock failed");
+                        None
+                    }
+                },
+                Db::Sqlite(_) => Some(None),
+            };
+            if let Some(lock) = lock {
+                self.listen(stopped.clone()).await;
+                if let Some(lock) = lock {
+                    use sqlx::Connection;
+                    let _ = lock.close().await;
+                }
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = stopped.changed() => return,
+            }
+        }
+    }
+
+    fn options(&self) -> Result<(MqttOptions, String), String> {
+        let url = self.settings["mqtt_url"].as_str().unwrap_or_default();
+        let address = url
+            .rsplit("://")
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches('/');
+        let (host, port) = match address.rsplit_once(':') {
+            Some((host, port)) => (
+                host.to_string(),
+                port.parse::<u16>()
+                    .map_err(|_| format!("mqtt_url {url:?} has no valid port"))?,
+            ),
+            None => (address.to_string(), 1883),
+        };
+        if host.is_empty() {
+            return Err(format!("mqtt_url {url:?} names no host"));
+        }
+        let mut options = MqttOptions::new(format!("karvon-{}", self.integration), host, port);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_clean_session(false);
+        options.set_manual_acks(true);
+        options.set_max_packet_size(256 * 1024, 256 * 1024);
+        let prefix = self.settings["topic_prefix"]
+            .as_str()
+            .unwrap_or("acrel")
+            .trim_end_matches('/')
+            .to_string();
+        Ok((options, prefix))
+    }
+
+    async fn listen(&self, mut stopped: watch::Receiver<bool>) {
+        let (options, prefix) = match self.options() {
+            Ok(options) => options,
+            Err(why) => {
+                tracing::error!(
+                    integration = self.integration,
+                    why,
+                    "MQTT listener not started"
+                );
+                return;
+            }
+        };
+        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+        let (messages, mut inbox) = mpsc::channel::<Publish>(BATCH * 2);
+        let subscriber = client.clone();
+        let topics: Vec<String> = ["data", "alert", "status"]
+            .iter()
+            .map(|kind| format!("{prefix}/+/meter/+/{kind}"))
+            .collect();
+        // The network side: polls the connection (reconnecting with
+        // back-off), subscribes on every connect, forwards publishes.
+        let network = tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        failures = 0;
+                        for topic in &topics {
+                            let _ = subscriber.subscribe(topic.clone(), QoS::AtLeastOnce).await;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        if messages.send(publish).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        failures += 1;
+                        let wait = Duration::from_millis(200 * 2u64.pow(failures.min(5)));
+                        tracing::warn!(%error, ?wait, "MQTT connection lost; reconnecting");
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        });
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                received = inbox.recv_many(&mut batch, BATCH) => {
+                    if received == 0 {
+                        break;
+                    }
+                }
+                _ = stopped.changed() => break,
+            }
+            // Linger briefly so a burst commits together.
+            let deadline = tokio::time::Instant::now() + LINGER;
+            while batch.len() < BATCH {
+                match tokio::time::timeout_at(deadline, inbox.recv()).await {
+                    Ok(Some(publish)) => batch.push(publish),
+                    _ => break,
+                }
+            }
+            self.commit_until_done(&prefix, &batch, &stopped).await;
+            if *stopped.borrow() {
+                break;
+            }
+            for publish in batch.drain(..) {
+                let _ = client.ack(&publish).await;
+            }
+        }
+        let _ = client.disconnect().await;
+        network.abort();
+    }
+
+    /// Commits the batch, retrying storage failures; the messages stay
+    /// unacknowledged meanwhile (and after a crash, delivered again).
+    async fn commit_until_done(
+        &self,
+        prefix: &str,
+        batch: &[Publish],
+        stopped: &watch::Receiver<bool>,
+    ) {
+        let mut failures = 0u32;
+        loop {
+            match self.commit(prefix, batch).await {
+                Ok(()) => return,
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(%error, failures, "committing MQTT readings failed; retrying");
+                    if *stopped.borrow() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50))))
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn commit(&self, prefix: &str, batch: &[Publish]) -> Result<(), StorageError> {
+        let tenant = Id::parse(self.tenant.as_str())
+            .map_err(|error| StorageError::Corrupt(format!("tenant: {error}")))?;
+        // Per meter, its readings in arrival order.
+        let mut per_meter: BTreeMap<String, MeterCommand> = BTreeMap::new();
+        for publish in batch {
+            match parse(prefix, publish) {
+                Ok(Some(parsed)) => {
+                    metrics::counter!("karvon_mqtt_messages_total", "outcome" => "reading")
+                        .increment(1);
+                    let MeterCommand::RecordReadings {
+                        station,
+                        meter_type,
+                        readings,
+                        ..
+                    } = per_meter
+                        .entry(parsed.meter_id.to_string())
+                        .or_insert_with(|| MeterCommand::RecordReadings {
+                            meter_id: parsed.meter_id.clone(),
+                            station: None,
+                            meter_type: None,
+                            readings: Vec::new(),
+                        });
+                    *station = Some(parsed.station);
+                    if parsed.meter_type.is_some() {
+                        *meter_type = parsed.meter_type;
+                    }
+                    readings.push(parsed.reading);
+                }
+                Ok(None) => {
+                    metrics::counter!("karvon_mqtt_messages_total", "outcome" => "not_handled")
+                        .increment(1);
+                }
+                Err(why) => {
+                    metrics::counter!("karvon_mqtt_messages_total", "outcome" => "malformed")
+                        .increment(1);
+                    tracing::warn!(
+                        integration = self.integration,
+                        topic = publish.topic,
+                        why,
+                        "malformed MQTT message acknowledged"
+                    );
+                }
+            }
+        }
+        if per_meter.is_empty() {
+            return Ok(());
+        }
+        let streams: Vec<String> = per_meter
+            .values()
+            .map(|MeterCommand::RecordReadings { meter_id, .. }| meter_stream_id(&tenant, meter_id))
+            .collect();
+        let metadata = EventMetadata {
+            tenant_id: self.tenant.clone(),
+            occurred_at: Utc::now(),
+            source: karvon_projections::metadata::Source::Mqtt
+                .as_str()
+                .to_string(),
+            actor: format!("integration:{}", self.integration),
+            correlation_id: uuid::Uuid::new_v4().to_string(),
+            causation_id: None,
+            idempotency_key: None,
+            request_hash: None,
+            response_id: None,
+        };
+        for _ in 0..10 {
+            let loaded = self.meters.load_many(&streams).await?;
+            let mut writes = Vec::new();
+            for (command, loaded) in per_meter.values().zip(&loaded) {
+                match loaded.handle(command.clone()).await {
+                    Ok(Some(write)) => writes.push(write),
+                    Ok(None) => {}
+                    Err(CommandError::Storage(error)) => return Err(error),
+                    Err(other) => return Err(StorageError::EventStore(other.to_string())),
+                }
+            }
+            match commit_batch(&self.db, &writes, &metadata).await {
+                Ok(()) => {
+                    self.meters.forget(&streams);
+                    return Ok(());
+                }
+                // A meter was written meanwhile (a webhook): decide again.
+                Err(BatchError::Conflict) => continue,
+                Err(BatchError::Storage(error)) => return Err(error),
+            }
+        }
+        Err(StorageError::EventStore(
+            "the batch's meters keep changing under it".into(),
+        ))
+    }
+}
+
+/// The reading a message carries; `None` for the kinds not handled here
+/// yet (`alert`, `status`); `Err` says why a payload is unusable.
+fn parse(prefix: &str, publish: &Publish) -> Result<Option<Parsed>, String> {
+    let rest = publish
+        .topic
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .ok_or("the topic is outside the prefix")?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [station, "meter", topic_meter, kind] = parts.as_slice() else {
+        return Err(format!("unexpected topic shape {rest:?}"));
+    };
+    if *kind != "data" {
+        return Ok(None);
+    }
+    let payload: DataPayload =
+        serde_json::from_slice(&publish.payload).map_err(|error| format!("payload: {error}"))?;
+    let meter = payload.meter_id.as_deref().unwrap_or(topic_meter);
+    if meter != *topic_meter {
+        return Err(format!(
+            "payload meter_id {meter:?} disagrees with the topic's {topic_meter:?}"
+        ));
+    }
+    let meter_id = Id::parse(meter).map_err(|error| format!("meter id {meter:?}: {error}"))?;
+    Ok(Some(Parsed {
+        meter_id,
+        station: station.to_string(),
+        meter_type: payload.meter_type,
+        reading: Reading {
+            at: payload.timestamp,
+            values: ReadingValues {
+                reading: payload.data.reading,
+                consumption: payload.data.consumption,
+                voltage: payload.data.voltage,
+                current: payload.data.current,
+                power_factor: payload.data.power_factor,
+            },
+        },
+    }))
+}
+
+/// The integration's listener lock on a connection of its own (`None`:
+/// another instance holds it).
+async fn take_lock(
+    pool: &sqlx::PgPool,
+    integration: &str,
+) -> Result<Option<sqlx::PgConnection>, StorageError> {
+    let mut connection = pool.acquire().await?.detach();
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+        .bind(format!("karvon:mqtt:{integration}"))
+        .fetch_one(&mut connection)
+        .await?;
+    Ok(taken.then_some(connection))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(topic: &str, payload: &str) -> Publish {
+        Publish::new(topic, QoS::AtLeastOnce, payload.as_bytes().to_vec())
+    }
+
+    const READING: &str = r#"{"event_type": "meter_reading", "timestamp": "2024-12-15T10:30:00Z",
+        "meter_id": "ACR-001234", "meter_type": "ADL200",
+        "data": {"reading": 15234.56, "consumption": 125.5, "voltage": 220.5,
+                 "current": 15.2, "power_factor": 0.95}}"#;
+
+    #[test]
+    fn a_data_message_is_a_reading_with_exact_decimals() {
+        let parsed = parse("acrel", &publish("acrel/S1/meter/ACR-001234/data", READING))
+            .expect("parsed")
+            .expect("a reading");
+        assert_eq!(parsed.meter_id.as_str(), "ACR-001234");
+        assert_eq!(parsed.station, "S1");
+        assert_eq!(
+            parsed.reading.values.reading.map(|v| v.to_string()),
+            Some("15234.56".to_string())
+        );
+        assert_eq!(
+            parsed.reading.values.power_factor.map(|v| v.to_string()),
+            Some("0.95".to_string())
+        );
+    }
+
+    #[test]
+    fn garbage_and_disagreeing_ids_are_refused_other_kinds_left() {
+        assert!(parse("acrel", &publish("acrel/S1/meter/X/data", "{not json")).is_err());
+        assert!(parse("acrel", &publish("acrel/S1/meter/OTHER/data", READING)).is_err());
+        assert!(parse("acrel", &publish("acrel/S1/meter/X/data/extra", READING)).is_err());
+        assert!(matches!(
+            parse("acrel", &publish("acrel/S1/meter/ACR-001234/status", "{}")),
+            Ok(None)
+        ));
+    }
+}

@@ -1,0 +1,188 @@
+//! Meters (the `meters` read model): the tenant's meters with their last
+//! reading, and a meter's readings over a time range. Readings arrive
+//! over MQTT (`karvon_adapters::mqtt`).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use chrono::{DateTime, FixedOffset, Utc};
+use karvon_adapters::read_models::meters;
+use karvon_projections::meters::{MeterRow, ReadingRow};
+use karvon_projections::names;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::access::ReadAccess;
+use super::envelope::{Envelope, Page, ok};
+use super::error::{ApiError, ErrorBody, QueryErrors};
+use super::extract::ApiQuery;
+use super::query::{finish, next_page, page_size, reader, wait_for_position};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_meters))
+        .routes(routes!(get_meter))
+        .routes(routes!(meter_readings))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MeterView {
+    meter_id: String,
+    station: Option<String>,
+    meter_type: Option<String>,
+    /// `connected`, `disconnected` or `unknown`.
+    status: String,
+    last_reading_at: Option<DateTime<Utc>>,
+    /// `{reading, consumption, voltage, current, power_factor}` as sent.
+    #[schema(value_type = Object)]
+    last_reading: serde_json::Value,
+    readings: i64,
+    /// Readings for an instant already recorded that carried other values.
+    conflicts: i64,
+}
+
+impl From<MeterRow> for MeterView {
+    fn from(row: MeterRow) -> Self {
+        Self {
+            meter_id: row.meter_id,
+            station: row.station,
+            meter_type: row.meter_type,
+            status: row.status,
+            last_reading_at: row.last_reading_at,
+            last_reading: row.last_reading,
+            readings: row.readings,
+            conflicts: row.conflicts,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReadingView {
+    at: DateTime<Utc>,
+    #[schema(value_type = Option<String>)]
+    reading: Option<Decimal>,
+    #[schema(value_type = Option<String>)]
+    consumption: Option<Decimal>,
+    #[schema(value_type = Option<String>)]
+    voltage: Option<Decimal>,
+    #[schema(value_type = Option<String>)]
+    current: Option<Decimal>,
+    #[schema(value_type = Option<String>)]
+    power_factor: Option<Decimal>,
+    /// The register went below the reading before it.
+    backwards: bool,
+}
+
+impl From<ReadingRow> for ReadingView {
+    fn from(row: ReadingRow) -> Self {
+        Self {
+            at: row.at,
+            reading: row.reading,
+            consumption: row.consumption,
+            voltage: row.voltage,
+            current: row.current,
+            power_factor: row.power_factor,
+            backwards: row.backwards,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MeterQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/meters", tag = "meters", summary = "The tenant's meters",
+    params(MeterQuery),
+    responses((status = 200, description = "OK", body = inline(Envelope<Page<MeterView>>)), QueryErrors),
+    security(("bearer" = [])))]
+pub async fn list_meters(
+    State(state): State<AppState>,
+    ReadAccess(principal): ReadAccess,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<MeterQuery>,
+) -> Result<Json<Envelope<Page<MeterView>>>, ApiError> {
+    wait_for_position(&state, &principal, &headers, &[names::METERS]).await?;
+    let limit = page_size(query.limit)?;
+    let mut tx = reader(&state, &principal).await?;
+    let rows = meters::list_meters(
+        &mut tx,
+        principal.tenant.as_str(),
+        query.cursor.as_deref(),
+        limit + 1,
+    )
+    .await?;
+    finish(tx).await?;
+    let mut items: Vec<MeterView> = rows.into_iter().map(MeterView::from).collect();
+    let next_cursor = next_page(&mut items, limit).map(|last| last.meter_id.clone());
+    Ok(ok(Page { items, next_cursor }))
+}
+
+#[utoipa::path(get, path = "/api/v1/meters/{id}", tag = "meters", summary = "One meter, its status and last reading",
+    params(("id" = String, Path, description = "Meter id")),
+    responses((status = 200, description = "OK", body = inline(Envelope<MeterView>)), (status = 404, description = "Not found", body = ErrorBody), QueryErrors),
+    security(("bearer" = [])))]
+pub async fn get_meter(
+    State(state): State<AppState>,
+    ReadAccess(principal): ReadAccess,
+    headers: HeaderMap,
+    Path(meter_id): Path<String>,
+) -> Result<Json<Envelope<MeterView>>, ApiError> {
+    wait_for_position(&state, &principal, &headers, &[names::METERS]).await?;
+    let mut tx = reader(&state, &principal).await?;
+    let row = meters::get_meter(&mut tx, principal.tenant.as_str(), &meter_id).await?;
+    finish(tx).await?;
+    let row = row.ok_or_else(|| ApiError::not_found(format!("no meter {meter_id}")))?;
+    Ok(ok(MeterView::from(row)))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReadingsQuery {
+    /// RFC 3339, inclusive.
+    #[param(value_type = Option<String>)]
+    from: Option<DateTime<FixedOffset>>,
+    /// RFC 3339, exclusive.
+    #[param(value_type = Option<String>)]
+    to: Option<DateTime<FixedOffset>>,
+    limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    #[param(value_type = Option<String>)]
+    cursor: Option<DateTime<FixedOffset>>,
+}
+
+#[utoipa::path(get, path = "/api/v1/meters/{id}/readings", tag = "meters", summary = "A meter's readings, oldest first",
+    params(("id" = String, Path, description = "Meter id"), ReadingsQuery),
+    responses((status = 200, description = "OK", body = inline(Envelope<Page<ReadingView>>)), QueryErrors),
+    security(("bearer" = [])))]
+pub async fn meter_readings(
+    State(state): State<AppState>,
+    ReadAccess(principal): ReadAccess,
+    headers: HeaderMap,
+    Path(meter_id): Path<String>,
+    ApiQuery(query): ApiQuery<ReadingsQuery>,
+) -> Result<Json<Envelope<Page<ReadingView>>>, ApiError> {
+    wait_for_position(&state, &principal, &headers, &[names::METERS]).await?;
+    let limit = page_size(query.limit)?;
+    let utc = |time: Option<DateTime<FixedOffset>>| time.map(|time| time.with_timezone(&Utc));
+    let mut tx = reader(&state, &principal).await?;
+    let rows = meters::readings(
+        &mut tx,
+        principal.tenant.as_str(),
+        &meter_id,
+        utc(query.from),
+        utc(query.to),
+        utc(query.cursor),
+        limit + 1,
+    )
+    .await?;
+    finish(tx).await?;
+    let mut items: Vec<ReadingView> = rows.into_iter().map(ReadingView::from).collect();
+    let next_cursor = next_page(&mut items, limit).map(|last| last.at.to_rfc3339());
+    Ok(ok(Page { items, next_cursor }))
+}

@@ -1,0 +1,295 @@
+//! The `Meter` aggregate: a smart meter's readings as it reports them.
+//!
+//! Identity: tenant + meter id (stream id `<tenant>/<meter>`). Readings
+//! are facts: each is kept with its exact decimals. The same (meter,
+//! timestamp) again with the same values changes nothing; with other
+//! values the first stays and the conflict is recorded. A cumulative
+//! register lower than the reading before it is recorded and flagged.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::{EVENT_VERSION_1, Id};
+
+/// Readings remembered per meter (instant, fingerprint, register) for
+/// de-duplication and the backwards check: a redelivery older than the
+/// last this many readings is no longer recognised. Kept small because
+/// the state is the stream's snapshot, rewritten on every append.
+pub const REMEMBERED_READINGS: usize = 128;
+
+/// What a meter measured at one instant, exactly as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadingValues {
+    /// Cumulative register, kWh.
+    pub reading: Option<Decimal>,
+    /// Consumption over the reporting interval, kWh.
+    pub consumption: Option<Decimal>,
+    pub voltage: Option<Decimal>,
+    pub current: Option<Decimal>,
+    pub power_factor: Option<Decimal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reading {
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub values: ReadingValues,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MeterCommand {
+    /// Readings as they arrived (one batch of a listener or webhook).
+    RecordReadings {
+        meter_id: Id,
+        station: Option<String>,
+        meter_type: Option<String>,
+        readings: Vec<Reading>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MeterEvent {
+    MeterReadingRecorded {
+        meter_id: Id,
+        station: Option<String>,
+        meter_type: Option<String>,
+        #[serde(flatten)]
+        reading: Reading,
+        /// The register went below the reading before it.
+        #[serde(default)]
+        backwards: bool,
+    },
+    /// A reading for an instant already recorded, with other values: the
+    /// first (in its `MeterReadingRecorded`) stays.
+    MeterReadingConflicted {
+        meter_id: Id,
+        at: DateTime<Utc>,
+        received: ReadingValues,
+    },
+}
+
+impl DomainEvent for MeterEvent {
+    fn event_type(&self) -> String {
+        match self {
+            MeterEvent::MeterReadingRecorded { .. } => "MeterReadingRecorded",
+            MeterEvent::MeterReadingConflicted { .. } => "MeterReadingConflicted",
+        }
+        .to_string()
+    }
+
+    fn event_version(&self) -> String {
+        EVENT_VERSION_1.to_string()
+    }
+}
+
+impl MeterEvent {
+    pub fn meter_id(&self) -> &Id {
+        match self {
+            MeterEvent::MeterReadingRecorded { meter_id, .. }
+            | MeterEvent::MeterReadingConflicted { meter_id, .. } => meter_id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MeterError {
+    #[error("{field}: {reason}")]
+    Invalid {
+        field: &'static str,
+        reason: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Meter {
+    meter_id: Option<Id>,
+    /// The latest readings by instant (at most [`REMEMBERED_READINGS`]).
+    recent: BTreeMap<DateTime<Utc>, Remembered>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Remembered {
+    fingerprint: u64,
+    register: Option<Decimal>,
+}
+
+impl ReadingValues {
+    /// FNV-1a over the values' text: the same on every build and platform.
+    fn fingerprint(&self) -> u64 {
+        let text = format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}",
+            self.reading.map(|v| v.normalize()),
+            self.consumption.map(|v| v.normalize()),
+            self.voltage.map(|v| v.normalize()),
+            self.current.map(|v| v.normalize()),
+            self.power_factor.map(|v| v.normalize()),
+        );
+        text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+}
+
+impl Meter {
+    /// The register of the latest reading before `at` that has one.
+    fn register_before(&self, at: DateTime<Utc>) -> Option<Decimal> {
+        self.recent
+            .range(..at)
+            .rev()
+            .find_map(|(_, remembered)| remembered.register)
+    }
+}
+
+impl Aggregate for Meter {
+    const TYPE: &'static str = "Meter";
+    type Command = MeterCommand;
+    type Event = MeterEvent;
+    type Error = MeterError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        let MeterCommand::RecordReadings {
+            meter_id,
+            station,
+            meter_type,
+            readings,
+        } = command;
+        for reading in readings {
+            if let Some(kept) = self.recent.get(&reading.at) {
+                if kept.fingerprint != reading.values.fingerprint() {
+                    let event = MeterEvent::MeterReadingConflicted {
+                        meter_id: meter_id.clone(),
+                        at: reading.at,
+                        received: reading.values,
+                    };
+                    sink.write(event, self).await;
+                }
+                continue;
+            }
+            let backwards = match (reading.values.reading, self.register_before(reading.at)) {
+                (Some(now), Some(before)) => now < before,
+                _ => false,
+            };
+            let event = MeterEvent::MeterReadingRecorded {
+                meter_id: meter_id.clone(),
+                station: station.clone(),
+                meter_type: meter_type.clone(),
+                reading,
+                backwards,
+            };
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            MeterEvent::MeterReadingRecorded {
+                meter_id, reading, ..
+            } => {
+                self.meter_id = Some(meter_id);
+                let remembered = Remembered {
+                    fingerprint: reading.values.fingerprint(),
+                    register: reading.values.reading,
+                };
+                self.recent.insert(reading.at, remembered);
+                while self.recent.len() > REMEMBERED_READINGS {
+                    self.recent.pop_first();
+                }
+            }
+            MeterEvent::MeterReadingConflicted { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+
+    type MeterTest = TestFramework<Meter>;
+
+    fn id() -> Id {
+        Id::parse("ACR-001234").expect("id")
+    }
+
+    fn reading(minute: u32, register: &str) -> Reading {
+        Reading {
+            at: format!("2024-12-15T10:{minute:02}:00Z")
+                .parse()
+                .expect("time"),
+            values: ReadingValues {
+                reading: Some(register.parse().expect("decimal")),
+                consumption: Some("125.5".parse().expect("decimal")),
+                voltage: Some("220.5".parse().expect("decimal")),
+                current: None,
+                power_factor: Some("0.95".parse().expect("decimal")),
+            },
+        }
+    }
+
+    fn record(readings: Vec<Reading>) -> MeterCommand {
+        MeterCommand::RecordReadings {
+            meter_id: id(),
+            station: Some("S1".into()),
+            meter_type: None,
+            readings,
+        }
+    }
+
+    fn recorded(reading: Reading, backwards: bool) -> MeterEvent {
+        MeterEvent::MeterReadingRecorded {
+            meter_id: id(),
+            station: Some("S1".into()),
+            meter_type: None,
+            reading,
+            backwards,
+        }
+    }
+
+    #[test]
+    fn a_repeated_reading_changes_nothing_and_a_different_one_is_a_conflict() {
+        MeterTest::with(())
+            .given(vec![recorded(reading(30, "15234.56"), false)])
+            .when(record(vec![reading(30, "15234.56")]))
+            .then_expect_events(vec![]);
+        MeterTest::with(())
+            .given(vec![recorded(reading(30, "15234.56"), false)])
+            .when(record(vec![reading(30, "15300")]))
+            .then_expect_events(vec![MeterEvent::MeterReadingConflicted {
+                meter_id: id(),
+                at: reading(30, "0").at,
+                received: reading(30, "15300").values,
+            }]);
+    }
+
+    #[test]
+    fn a_register_going_backwards_is_recorded_and_flagged() {
+        MeterTest::with(())
+            .given(vec![recorded(reading(30, "15234.56"), false)])
+            .when(record(vec![reading(31, "15000.01"), reading(32, "15240")]))
+            .then_expect_events(vec![
+                recorded(reading(31, "15000.01"), true),
+                recorded(reading(32, "15240"), false),
+            ]);
+    }
+
+    #[test]
+    fn a_batch_with_the_same_instant_twice_records_it_once() {
+        MeterTest::with(())
+            .given_no_previous_events()
+            .when(record(vec![reading(30, "1"), reading(30, "1")]))
+            .then_expect_events(vec![recorded(reading(30, "1"), false)]);
+    }
+}
