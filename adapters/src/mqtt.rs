@@ -9,7 +9,13 @@
 //! meters), so a crash before the commit leaves the messages
 //! unacknowledged and the broker delivers them again; the meter's state
 //! makes the repeat a no-op. Malformed payloads are counted, logged and
-//! acknowledged. Messages belong to the integration's tenant.
+//! acknowledged. Messages belong to the integration's tenant. `status`
+//! messages change the meter's status (and confirm relay commands);
+//! `alert` messages are acknowledged but not handled yet.
+//!
+//! The listener also sends the relay commands operators requested for
+//! its meters (`<prefix>/{station}/meter/{id}/command`, QoS 1), and times
+//! out those not confirmed within `settings.command_timeout_secs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,7 +24,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use karvon_domain::Id;
 use karvon_domain::ids::meter_stream_id;
-use karvon_domain::meter::{Meter, MeterCommand, Reading, ReadingValues};
+use karvon_domain::meter::{Meter, MeterCommand, Reading, ReadingValues, SupplyStatus};
 use karvon_projections::EventMetadata;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use rust_decimal::Decimal;
@@ -35,6 +41,8 @@ use crate::store::{BatchError, CommandError, CommandExecutor, commit_batch};
 const BATCH: usize = 1_000;
 /// How long a batch waits for more messages once it has one.
 const LINGER: Duration = Duration::from_millis(20);
+/// How often requested relay commands are looked for.
+const DISPATCH: Duration = Duration::from_millis(250);
 /// How often the registry of `acrel` integrations is read again.
 const REFRESH: Duration = Duration::from_secs(2);
 
@@ -125,12 +133,21 @@ struct DataValues {
     power_factor: Option<Decimal>,
 }
 
-/// One reading taken from a message.
+/// A `status` message's payload (`fixtures/acrel/webhook-status-change.json`).
+#[derive(Deserialize)]
+struct StatusPayload {
+    timestamp: DateTime<Utc>,
+    #[serde(default)]
+    meter_id: Option<String>,
+    new_status: SupplyStatus,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// What one message says about one meter.
 struct Parsed {
     meter_id: Id,
-    station: String,
-    meter_type: Option<String>,
-    reading: Reading,
+    command: MeterCommand,
 }
 
 impl Listener {
@@ -242,12 +259,20 @@ impl Listener {
             }
         });
         let mut batch = Vec::new();
+        let mut tick = tokio::time::interval(DISPATCH);
+        let mut sent = std::collections::HashSet::new();
         loop {
             tokio::select! {
                 received = inbox.recv_many(&mut batch, BATCH) => {
                     if received == 0 {
                         break;
                     }
+                }
+                _ = tick.tick() => {
+                    if let Err(error) = self.dispatch(&client, &prefix, &mut sent).await {
+                        tracing::warn!(%error, "sending relay commands failed");
+                    }
+                    continue;
                 }
                 _ = stopped.changed() => break,
             }
@@ -269,6 +294,93 @@ impl Listener {
         }
         let _ = client.disconnect().await;
         network.abort();
+    }
+
+    /// Publishes the relay commands requested for this integration's meters
+    /// (once per instance: `sent`; the command id lets devices drop a
+    /// repeat) and times out those not confirmed in time.
+    async fn dispatch(
+        &self,
+        client: &AsyncClient,
+        prefix: &str,
+        sent: &mut std::collections::HashSet<String>,
+    ) -> Result<(), StorageError> {
+        let mut reader = crate::records::tenant_reader(&self.db, &self.tenant).await?;
+        let open =
+            crate::read_models::meters::open_commands(&mut reader, &self.tenant, &self.integration)
+                .await;
+        reader.finish().await?;
+        let timeout = chrono::Duration::seconds(
+            self.settings["command_timeout_secs"]
+                .as_i64()
+                .unwrap_or(60)
+                .max(1),
+        );
+        let tenant = Id::parse(self.tenant.as_str())
+            .map_err(|error| StorageError::Corrupt(format!("tenant: {error}")))?;
+        for (command, station) in open? {
+            let Ok(meter_id) = Id::parse(command.meter_id.as_str()) else {
+                continue;
+            };
+            let stream = meter_stream_id(&tenant, &meter_id);
+            let now = Utc::now();
+            let next = if now - command.requested_at > timeout {
+                Some(MeterCommand::TimeOut {
+                    command_id: command.command_id.clone(),
+                    at: now,
+                })
+            } else if command.status == "requested" && !sent.contains(&command.command_id) {
+                let payload = serde_json::json!({
+                    "command": command.action,
+                    "tariff_id": command.tariff_id,
+                    "timestamp": now.to_rfc3339(),
+                    "source": "karvon",
+                    "command_id": command.command_id,
+                });
+                let topic = format!(
+                    "{prefix}/{}/meter/{}/command",
+                    station.as_deref().unwrap_or("-"),
+                    command.meter_id
+                );
+                if client
+                    .publish(topic, QoS::AtLeastOnce, false, payload.to_string())
+                    .await
+                    .is_err()
+                {
+                    continue;
+                }
+                sent.insert(command.command_id.clone());
+                Some(MeterCommand::MarkPublished {
+                    command_id: command.command_id.clone(),
+                })
+            } else {
+                None
+            };
+            if let Some(next) = next {
+                match self.meters.execute(&stream, next, &self.metadata()).await {
+                    Ok(_) | Err(CommandError::Domain(_)) => {}
+                    Err(CommandError::Storage(error)) => return Err(error),
+                    Err(other) => return Err(StorageError::EventStore(other.to_string())),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn metadata(&self) -> EventMetadata {
+        EventMetadata {
+            tenant_id: self.tenant.clone(),
+            occurred_at: Utc::now(),
+            source: karvon_projections::metadata::Source::Mqtt
+                .as_str()
+                .to_string(),
+            actor: format!("integration:{}", self.integration),
+            correlation_id: uuid::Uuid::new_v4().to_string(),
+            causation_id: None,
+            idempotency_key: None,
+            request_hash: None,
+            response_id: None,
+        }
     }
 
     /// Commits the batch, retrying storage failures; the messages stay
@@ -299,31 +411,18 @@ impl Listener {
     async fn commit(&self, prefix: &str, batch: &[Publish]) -> Result<(), StorageError> {
         let tenant = Id::parse(self.tenant.as_str())
             .map_err(|error| StorageError::Corrupt(format!("tenant: {error}")))?;
-        // Per meter, its readings in arrival order.
-        let mut per_meter: BTreeMap<String, MeterCommand> = BTreeMap::new();
+        // Per meter, its commands in arrival order (consecutive readings
+        // in one command).
+        let mut per_meter: BTreeMap<String, (Id, Vec<MeterCommand>)> = BTreeMap::new();
         for publish in batch {
             match parse(prefix, publish) {
                 Ok(Some(parsed)) => {
-                    metrics::counter!("karvon_mqtt_messages_total", "outcome" => "reading")
+                    metrics::counter!("karvon_mqtt_messages_total", "outcome" => "handled")
                         .increment(1);
-                    let MeterCommand::RecordReadings {
-                        station,
-                        meter_type,
-                        readings,
-                        ..
-                    } = per_meter
+                    let (_, commands) = per_meter
                         .entry(parsed.meter_id.to_string())
-                        .or_insert_with(|| MeterCommand::RecordReadings {
-                            meter_id: parsed.meter_id.clone(),
-                            station: None,
-                            meter_type: None,
-                            readings: Vec::new(),
-                        });
-                    *station = Some(parsed.station);
-                    if parsed.meter_type.is_some() {
-                        *meter_type = parsed.meter_type;
-                    }
-                    readings.push(parsed.reading);
+                        .or_insert_with(|| (parsed.meter_id.clone(), Vec::new()));
+                    merge(commands, parsed.command);
                 }
                 Ok(None) => {
                     metrics::counter!("karvon_mqtt_messages_total", "outcome" => "not_handled")
@@ -346,7 +445,7 @@ impl Listener {
         }
         let streams: Vec<String> = per_meter
             .values()
-            .map(|MeterCommand::RecordReadings { meter_id, .. }| meter_stream_id(&tenant, meter_id))
+            .map(|(meter_id, _)| meter_stream_id(&tenant, meter_id))
             .collect();
         let metadata = EventMetadata {
             tenant_id: self.tenant.clone(),
@@ -364,8 +463,8 @@ impl Listener {
         for _ in 0..10 {
             let loaded = self.meters.load_many(&streams).await?;
             let mut writes = Vec::new();
-            for (command, loaded) in per_meter.values().zip(&loaded) {
-                match loaded.handle(command.clone()).await {
+            for ((_, commands), loaded) in per_meter.values().zip(&loaded) {
+                match loaded.handle_all(commands.clone()).await {
                     Ok(Some(write)) => writes.push(write),
                     Ok(None) => {}
                     Err(CommandError::Storage(error)) => return Err(error),
@@ -400,33 +499,78 @@ fn parse(prefix: &str, publish: &Publish) -> Result<Option<Parsed>, String> {
     let [station, "meter", topic_meter, kind] = parts.as_slice() else {
         return Err(format!("unexpected topic shape {rest:?}"));
     };
-    if *kind != "data" {
-        return Ok(None);
-    }
-    let payload: DataPayload =
-        serde_json::from_slice(&publish.payload).map_err(|error| format!("payload: {error}"))?;
-    let meter = payload.meter_id.as_deref().unwrap_or(topic_meter);
-    if meter != *topic_meter {
-        return Err(format!(
-            "payload meter_id {meter:?} disagrees with the topic's {topic_meter:?}"
-        ));
-    }
-    let meter_id = Id::parse(meter).map_err(|error| format!("meter id {meter:?}: {error}"))?;
+    let meter = |given: Option<&str>| -> Result<Id, String> {
+        let meter = given.unwrap_or(topic_meter);
+        if meter != *topic_meter {
+            return Err(format!(
+                "payload meter_id {meter:?} disagrees with the topic's {topic_meter:?}"
+            ));
+        }
+        Id::parse(meter).map_err(|error| format!("meter id {meter:?}: {error}"))
+    };
+    let command = match *kind {
+        "data" => {
+            let payload: DataPayload = serde_json::from_slice(&publish.payload)
+                .map_err(|error| format!("payload: {error}"))?;
+            MeterCommand::RecordReadings {
+                meter_id: meter(payload.meter_id.as_deref())?,
+                station: Some(station.to_string()),
+                meter_type: payload.meter_type,
+                readings: vec![Reading {
+                    at: payload.timestamp,
+                    values: ReadingValues {
+                        reading: payload.data.reading,
+                        consumption: payload.data.consumption,
+                        voltage: payload.data.voltage,
+                        current: payload.data.current,
+                        power_factor: payload.data.power_factor,
+                    },
+                }],
+            }
+        }
+        "status" => {
+            let payload: StatusPayload = serde_json::from_slice(&publish.payload)
+                .map_err(|error| format!("payload: {error}"))?;
+            MeterCommand::ChangeStatus {
+                meter_id: meter(payload.meter_id.as_deref())?,
+                status: payload.new_status,
+                reason: payload.reason,
+                at: payload.timestamp,
+            }
+        }
+        _ => return Ok(None),
+    };
     Ok(Some(Parsed {
-        meter_id,
-        station: station.to_string(),
-        meter_type: payload.meter_type,
-        reading: Reading {
-            at: payload.timestamp,
-            values: ReadingValues {
-                reading: payload.data.reading,
-                consumption: payload.data.consumption,
-                voltage: payload.data.voltage,
-                current: payload.data.current,
-                power_factor: payload.data.power_factor,
-            },
-        },
+        meter_id: meter(None)?,
+        command,
     }))
+}
+
+/// Appends `command`, folding readings into the previous readings command.
+fn merge(commands: &mut Vec<MeterCommand>, command: MeterCommand) {
+    if let (
+        Some(MeterCommand::RecordReadings {
+            station,
+            meter_type,
+            readings,
+            ..
+        }),
+        MeterCommand::RecordReadings {
+            station: new_station,
+            meter_type: new_type,
+            readings: new_readings,
+            ..
+        },
+    ) = (commands.last_mut(), &command)
+    {
+        *station = new_station.clone().or(station.take());
+        if new_type.is_some() {
+            *meter_type = new_type.clone();
+        }
+        readings.extend(new_readings.iter().cloned());
+        return;
+    }
+    commands.push(command);
 }
 
 /// The integration's listener lock on a connection of its own (`None`:
@@ -462,13 +606,19 @@ mod tests {
             .expect("parsed")
             .expect("a reading");
         assert_eq!(parsed.meter_id.as_str(), "ACR-001234");
-        assert_eq!(parsed.station, "S1");
+        let MeterCommand::RecordReadings {
+            readings, station, ..
+        } = parsed.command
+        else {
+            panic!("a reading");
+        };
+        assert_eq!(station.as_deref(), Some("S1"));
         assert_eq!(
-            parsed.reading.values.reading.map(|v| v.to_string()),
+            readings[0].values.reading.map(|v| v.to_string()),
             Some("15234.56".to_string())
         );
         assert_eq!(
-            parsed.reading.values.power_factor.map(|v| v.to_string()),
+            readings[0].values.power_factor.map(|v| v.to_string()),
             Some("0.95".to_string())
         );
     }
@@ -479,8 +629,23 @@ mod tests {
         assert!(parse("acrel", &publish("acrel/S1/meter/OTHER/data", READING)).is_err());
         assert!(parse("acrel", &publish("acrel/S1/meter/X/data/extra", READING)).is_err());
         assert!(matches!(
-            parse("acrel", &publish("acrel/S1/meter/ACR-001234/status", "{}")),
+            parse("acrel", &publish("acrel/S1/meter/ACR-001234/alert", "{}")),
             Ok(None)
+        ));
+        let status = r#"{"timestamp": "2024-12-15T10:30:00Z", "meter_id": "ACR-001234",
+            "previous_status": "connected", "new_status": "disconnected", "reason": "remote_command"}"#;
+        let parsed = parse(
+            "acrel",
+            &publish("acrel/S1/meter/ACR-001234/status", status),
+        )
+        .expect("parsed")
+        .expect("a status");
+        assert!(matches!(
+            parsed.command,
+            MeterCommand::ChangeStatus {
+                status: SupplyStatus::Disconnected,
+                ..
+            }
         ));
     }
 }

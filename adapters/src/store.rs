@@ -580,14 +580,27 @@ where
         &self,
         command: A::Command,
     ) -> Result<Option<StreamWrite>, CommandError<A::Error>> {
+        self.handle_all(vec![command]).await
+    }
+
+    /// Runs `commands` one after the other on the loaded state (each sees
+    /// what the ones before did): one write with all their events, `None`
+    /// when none changed anything. A refused command refuses them all.
+    pub async fn handle_all(
+        &self,
+        commands: Vec<A::Command>,
+    ) -> Result<Option<StreamWrite>, CommandError<A::Error>> {
         use cqrs_es::DomainEvent;
         let mut working = self.state.clone();
-        let sink: EventSink<A> = EventSink::default();
-        working
-            .handle(command, &(), &sink)
-            .await
-            .map_err(CommandError::Domain)?;
-        let events = sink.collect().await;
+        let mut events = Vec::new();
+        for command in commands {
+            let sink: EventSink<A> = EventSink::default();
+            working
+                .handle(command, &(), &sink)
+                .await
+                .map_err(CommandError::Domain)?;
+            events.extend(sink.collect().await);
+        }
         if events.is_empty() {
             return Ok(None);
         }

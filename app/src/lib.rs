@@ -95,6 +95,7 @@ impl Application {
             customers,
             suppliers: Arc::new(CommandExecutor::new(db.clone())),
             purchase_orders: Arc::new(CommandExecutor::new(db.clone())),
+            meters: Arc::new(CommandExecutor::new(db.clone())),
             metrics: metrics_handle(),
             min_position_wait: Duration::from_millis(config.min_position_wait_ms),
             known_products: Arc::default(),

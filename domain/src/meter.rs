@@ -41,6 +41,34 @@ pub struct Reading {
     pub values: ReadingValues,
 }
 
+/// Whether the meter's supply is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SupplyStatus {
+    Connected,
+    Disconnected,
+}
+
+/// What an operator asks a meter to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayAction {
+    RelayOff,
+    RelayOn,
+    SetTariff,
+}
+
+impl RelayAction {
+    /// The status that confirms the action (`None`: nothing to wait for).
+    pub fn confirmed_by(self) -> Option<SupplyStatus> {
+        match self {
+            RelayAction::RelayOff => Some(SupplyStatus::Disconnected),
+            RelayAction::RelayOn => Some(SupplyStatus::Connected),
+            RelayAction::SetTariff => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum MeterCommand {
     /// Readings as they arrived (one batch of a listener or webhook).
@@ -49,6 +77,26 @@ pub enum MeterCommand {
         station: Option<String>,
         meter_type: Option<String>,
         readings: Vec<Reading>,
+    },
+    /// A status the meter reported; confirms a pending relay command.
+    ChangeStatus {
+        meter_id: Id,
+        status: SupplyStatus,
+        reason: Option<String>,
+        at: DateTime<Utc>,
+    },
+    RequestRelay {
+        command_id: String,
+        action: RelayAction,
+        tariff_id: Option<String>,
+        at: DateTime<Utc>,
+    },
+    /// The command went out on the broker.
+    MarkPublished { command_id: String },
+    /// No confirmation came in time.
+    TimeOut {
+        command_id: String,
+        at: DateTime<Utc>,
     },
 }
 
@@ -71,6 +119,33 @@ pub enum MeterEvent {
         at: DateTime<Utc>,
         received: ReadingValues,
     },
+    MeterStatusChanged {
+        meter_id: Id,
+        status: SupplyStatus,
+        reason: Option<String>,
+        at: DateTime<Utc>,
+    },
+    RelayCommandRequested {
+        meter_id: Id,
+        command_id: String,
+        action: RelayAction,
+        tariff_id: Option<String>,
+        at: DateTime<Utc>,
+    },
+    RelayCommandPublished {
+        meter_id: Id,
+        command_id: String,
+    },
+    RelayCommandConfirmed {
+        meter_id: Id,
+        command_id: String,
+        at: DateTime<Utc>,
+    },
+    RelayCommandTimedOut {
+        meter_id: Id,
+        command_id: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for MeterEvent {
@@ -78,6 +153,11 @@ impl DomainEvent for MeterEvent {
         match self {
             MeterEvent::MeterReadingRecorded { .. } => "MeterReadingRecorded",
             MeterEvent::MeterReadingConflicted { .. } => "MeterReadingConflicted",
+            MeterEvent::MeterStatusChanged { .. } => "MeterStatusChanged",
+            MeterEvent::RelayCommandRequested { .. } => "RelayCommandRequested",
+            MeterEvent::RelayCommandPublished { .. } => "RelayCommandPublished",
+            MeterEvent::RelayCommandConfirmed { .. } => "RelayCommandConfirmed",
+            MeterEvent::RelayCommandTimedOut { .. } => "RelayCommandTimedOut",
         }
         .to_string()
     }
@@ -91,7 +171,12 @@ impl MeterEvent {
     pub fn meter_id(&self) -> &Id {
         match self {
             MeterEvent::MeterReadingRecorded { meter_id, .. }
-            | MeterEvent::MeterReadingConflicted { meter_id, .. } => meter_id,
+            | MeterEvent::MeterReadingConflicted { meter_id, .. }
+            | MeterEvent::MeterStatusChanged { meter_id, .. }
+            | MeterEvent::RelayCommandRequested { meter_id, .. }
+            | MeterEvent::RelayCommandPublished { meter_id, .. }
+            | MeterEvent::RelayCommandConfirmed { meter_id, .. }
+            | MeterEvent::RelayCommandTimedOut { meter_id, .. } => meter_id,
         }
     }
 }
@@ -103,6 +188,8 @@ pub enum MeterError {
         field: &'static str,
         reason: &'static str,
     },
+    #[error("the meter has not reported yet")]
+    Unknown,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -110,6 +197,17 @@ pub struct Meter {
     meter_id: Option<Id>,
     /// The latest readings by instant (at most [`REMEMBERED_READINGS`]).
     recent: BTreeMap<DateTime<Utc>, Remembered>,
+    #[serde(default)]
+    status: Option<SupplyStatus>,
+    /// Relay commands not yet confirmed or timed out, by id.
+    #[serde(default)]
+    pending: BTreeMap<String, Pending>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Pending {
+    action: RelayAction,
+    published: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,34 +234,14 @@ impl ReadingValues {
 }
 
 impl Meter {
-    /// The register of the latest reading before `at` that has one.
-    fn register_before(&self, at: DateTime<Utc>) -> Option<Decimal> {
-        self.recent
-            .range(..at)
-            .rev()
-            .find_map(|(_, remembered)| remembered.register)
-    }
-}
-
-impl Aggregate for Meter {
-    const TYPE: &'static str = "Meter";
-    type Command = MeterCommand;
-    type Event = MeterEvent;
-    type Error = MeterError;
-    type Services = ();
-
-    async fn handle(
+    async fn record(
         &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
+        meter_id: Id,
+        station: Option<String>,
+        meter_type: Option<String>,
+        readings: Vec<Reading>,
         sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        let MeterCommand::RecordReadings {
-            meter_id,
-            station,
-            meter_type,
-            readings,
-        } = command;
+    ) -> Result<(), MeterError> {
         for reading in readings {
             if let Some(kept) = self.recent.get(&reading.at) {
                 if kept.fingerprint != reading.values.fingerprint() {
@@ -192,6 +270,132 @@ impl Aggregate for Meter {
         Ok(())
     }
 
+    pub fn is_known(&self) -> bool {
+        self.meter_id.is_some()
+    }
+
+    pub fn status(&self) -> Option<SupplyStatus> {
+        self.status
+    }
+
+    /// The register of the latest reading before `at` that has one.
+    fn register_before(&self, at: DateTime<Utc>) -> Option<Decimal> {
+        self.recent
+            .range(..at)
+            .rev()
+            .find_map(|(_, remembered)| remembered.register)
+    }
+}
+
+impl Aggregate for Meter {
+    const TYPE: &'static str = "Meter";
+    type Command = MeterCommand;
+    type Event = MeterEvent;
+    type Error = MeterError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        match command {
+            MeterCommand::RecordReadings {
+                meter_id,
+                station,
+                meter_type,
+                readings,
+            } => {
+                self.record(meter_id, station, meter_type, readings, sink)
+                    .await
+            }
+            MeterCommand::ChangeStatus {
+                meter_id,
+                status,
+                reason,
+                at,
+            } => {
+                if self.status != Some(status) {
+                    let event = MeterEvent::MeterStatusChanged {
+                        meter_id: meter_id.clone(),
+                        status,
+                        reason,
+                        at,
+                    };
+                    sink.write(event, self).await;
+                }
+                // The status confirms every pending command that wanted it.
+                let confirmed: Vec<String> = self
+                    .pending
+                    .iter()
+                    .filter(|(_, pending)| pending.action.confirmed_by() == Some(status))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for command_id in confirmed {
+                    let event = MeterEvent::RelayCommandConfirmed {
+                        meter_id: meter_id.clone(),
+                        command_id,
+                        at,
+                    };
+                    sink.write(event, self).await;
+                }
+                Ok(())
+            }
+            MeterCommand::RequestRelay {
+                command_id,
+                action,
+                tariff_id,
+                at,
+            } => {
+                let meter_id = self.meter_id.clone().ok_or(MeterError::Unknown)?;
+                if action == RelayAction::SetTariff && tariff_id.is_none() {
+                    return Err(MeterError::Invalid {
+                        field: "tariff_id",
+                        reason: "is required for set_tariff",
+                    });
+                }
+                let event = MeterEvent::RelayCommandRequested {
+                    meter_id,
+                    command_id,
+                    action,
+                    tariff_id,
+                    at,
+                };
+                sink.write(event, self).await;
+                Ok(())
+            }
+            MeterCommand::MarkPublished { command_id } => {
+                let meter_id = self.meter_id.clone().ok_or(MeterError::Unknown)?;
+                match self.pending.get(&command_id) {
+                    Some(pending) if pending.published => Ok(()),
+                    Some(_) => {
+                        let event = MeterEvent::RelayCommandPublished {
+                            meter_id,
+                            command_id,
+                        };
+                        sink.write(event, self).await;
+                        Ok(())
+                    }
+                    None => Ok(()),
+                }
+            }
+            MeterCommand::TimeOut { command_id, at } => {
+                let meter_id = self.meter_id.clone().ok_or(MeterError::Unknown)?;
+                if !self.pending.contains_key(&command_id) {
+                    return Ok(());
+                }
+                let event = MeterEvent::RelayCommandTimedOut {
+                    meter_id,
+                    command_id,
+                    at,
+                };
+                sink.write(event, self).await;
+                Ok(())
+            }
+        }
+    }
+
     fn apply(&mut self, event: Self::Event) {
         match event {
             MeterEvent::MeterReadingRecorded {
@@ -208,6 +412,32 @@ impl Aggregate for Meter {
                 }
             }
             MeterEvent::MeterReadingConflicted { .. } => {}
+            MeterEvent::MeterStatusChanged {
+                meter_id, status, ..
+            } => {
+                self.meter_id = Some(meter_id);
+                self.status = Some(status);
+            }
+            MeterEvent::RelayCommandRequested {
+                command_id, action, ..
+            } => {
+                self.pending.insert(
+                    command_id,
+                    Pending {
+                        action,
+                        published: false,
+                    },
+                );
+            }
+            MeterEvent::RelayCommandPublished { command_id, .. } => {
+                if let Some(pending) = self.pending.get_mut(&command_id) {
+                    pending.published = true;
+                }
+            }
+            MeterEvent::RelayCommandConfirmed { command_id, .. }
+            | MeterEvent::RelayCommandTimedOut { command_id, .. } => {
+                self.pending.remove(&command_id);
+            }
         }
     }
 }
@@ -291,5 +521,87 @@ mod tests {
             .given_no_previous_events()
             .when(record(vec![reading(30, "1"), reading(30, "1")]))
             .then_expect_events(vec![recorded(reading(30, "1"), false)]);
+    }
+
+    #[test]
+    fn relay_off_is_confirmed_by_a_disconnected_status_or_times_out() {
+        let at = reading(30, "1").at;
+        let requested = MeterEvent::RelayCommandRequested {
+            meter_id: id(),
+            command_id: "c1".into(),
+            action: RelayAction::RelayOff,
+            tariff_id: None,
+            at,
+        };
+        MeterTest::with(())
+            .given(vec![recorded(reading(30, "1"), false)])
+            .when(MeterCommand::RequestRelay {
+                command_id: "c1".into(),
+                action: RelayAction::RelayOff,
+                tariff_id: None,
+                at,
+            })
+            .then_expect_events(vec![requested.clone()]);
+        MeterTest::with(())
+            .given(vec![recorded(reading(30, "1"), false), requested.clone()])
+            .when(MeterCommand::ChangeStatus {
+                meter_id: id(),
+                status: SupplyStatus::Disconnected,
+                reason: Some("remote_command".into()),
+                at,
+            })
+            .then_expect_events(vec![
+                MeterEvent::MeterStatusChanged {
+                    meter_id: id(),
+                    status: SupplyStatus::Disconnected,
+                    reason: Some("remote_command".into()),
+                    at,
+                },
+                MeterEvent::RelayCommandConfirmed {
+                    meter_id: id(),
+                    command_id: "c1".into(),
+                    at,
+                },
+            ]);
+        let confirmed = MeterEvent::RelayCommandConfirmed {
+            meter_id: id(),
+            command_id: "c1".into(),
+            at,
+        };
+        MeterTest::with(())
+            .given(vec![
+                recorded(reading(30, "1"), false),
+                requested.clone(),
+                confirmed,
+            ])
+            .when(MeterCommand::TimeOut {
+                command_id: "c1".into(),
+                at,
+            })
+            .then_expect_events(vec![]);
+        MeterTest::with(())
+            .given(vec![recorded(reading(30, "1"), false), requested])
+            .when(MeterCommand::TimeOut {
+                command_id: "c1".into(),
+                at,
+            })
+            .then_expect_events(vec![MeterEvent::RelayCommandTimedOut {
+                meter_id: id(),
+                command_id: "c1".into(),
+                at,
+            }]);
+    }
+
+    #[test]
+    fn a_meter_that_never_reported_takes_no_command() {
+        MeterTest::with(())
+            .given_no_previous_events()
+            .when(MeterCommand::RequestRelay {
+                command_id: "c1".into(),
+                action: RelayAction::RelayOn,
+                tariff_id: None,
+                at: reading(1, "1").at,
+            })
+            .then_expect_error(MeterError::Unknown);
     }
 }

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use karvon_domain::meter::Meter;
-use karvon_projections::meters::{self, MeterRow, ReadingRow};
+use karvon_projections::meters::{self, CommandRow, MeterRow, ReadingRow};
 use karvon_projections::names;
 
 use crate::StorageError;
@@ -16,8 +16,8 @@ use crate::runner::Projection;
 record! {
     MeterRow => "meters", key(tenant_id, meter_id),
     {
-        tenant_id, meter_id, station, meter_type, status, last_reading_at, last_reading,
-        readings, conflicts,
+        tenant_id, meter_id, station, meter_type, integration_id, status, last_reading_at,
+        last_reading, readings, conflicts,
     }
 }
 
@@ -27,6 +27,12 @@ record! {
         tenant_id, meter_id, at, reading, consumption, voltage, current, power_factor,
         backwards,
     }
+}
+
+record! {
+    CommandRow => "commands", key(tenant_id, command_id),
+    index commands_meter_idx(tenant_id, meter_id, requested_at),
+    { tenant_id, command_id, meter_id, action, tariff_id, status, requested_at, updated_at }
 }
 
 fn text(value: &str) -> Value {
@@ -42,12 +48,13 @@ impl Projection for MetersProjection {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &[MeterRow::TABLE, ReadingRow::TABLE]
+        &[MeterRow::TABLE, ReadingRow::TABLE, CommandRow::TABLE]
     }
 
     async fn create_tables(&self, conn: &mut Conn<'_>, schema: &str) -> Result<(), StorageError> {
         records::create::<MeterRow>(conn, schema).await?;
-        records::create::<ReadingRow>(conn, schema).await
+        records::create::<ReadingRow>(conn, schema).await?;
+        records::create::<CommandRow>(conn, schema).await
     }
 
     async fn apply(
@@ -64,6 +71,20 @@ impl Projection for MetersProjection {
             .iter()
             .filter_map(|(event, payload)| meters::reading_row(&event.metadata.tenant_id, payload))
             .collect();
+        let commands = events
+            .iter()
+            .filter_map(|(event, payload)| {
+                let key = vec![
+                    text(&event.metadata.tenant_id),
+                    text(meters::command_id(payload)?),
+                ];
+                Some((key, (*event, payload.clone())))
+            })
+            .collect();
+        records::fold(conn, schema, commands, |row, (event, payload)| {
+            meters::apply_command(row, &event.metadata.tenant_id, &payload, event.recorded_at)
+        })
+        .await?;
         let items = events
             .into_iter()
             .map(|(event, payload)| {
@@ -75,9 +96,11 @@ impl Projection for MetersProjection {
             })
             .collect();
         records::fold(conn, schema, items, |row, (event, payload)| {
+            let integration = event.metadata.actor.strip_prefix("integration:");
             Some(meters::apply_meter(
                 row,
                 &event.metadata.tenant_id,
+                integration,
                 &payload,
             ))
         })
@@ -139,4 +162,52 @@ pub async fn readings(
         Value::BigInt(Some(limit)),
     ];
     records::fetch_records(&mut conn, &statement, params).await
+}
+
+/// A meter's relay commands, newest first.
+pub async fn commands(
+    reader: &mut Reader,
+    tenant: &str,
+    meter_id: &str,
+) -> Result<Vec<CommandRow>, StorageError> {
+    let mut conn = reader.conn();
+    let statement = format!(
+        "SELECT {} FROM {} WHERE tenant_id = $1 AND meter_id = $2
+          ORDER BY requested_at DESC, command_id LIMIT 200",
+        CommandRow::column_list(),
+        conn.backend().table(names::METERS, CommandRow::TABLE),
+    );
+    records::fetch_records(&mut conn, &statement, vec![text(tenant), text(meter_id)]).await
+}
+
+/// Commands of `integration`'s meters still waiting (requested or
+/// published): (command, its meter's station).
+pub async fn open_commands(
+    reader: &mut Reader,
+    tenant: &str,
+    integration: &str,
+) -> Result<Vec<(CommandRow, Option<String>)>, StorageError> {
+    let mut conn = reader.conn();
+    let backend = conn.backend();
+    let columns = CommandRow::columns()
+        .iter()
+        .map(|column| format!("c.{}", column.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let statement = format!(
+        "SELECT {columns}, m.station AS meter_station FROM {} c
+           JOIN {} m ON m.tenant_id = c.tenant_id AND m.meter_id = c.meter_id
+          WHERE c.tenant_id = $1 AND m.integration_id = $2
+            AND c.status IN ('requested', 'published')
+          ORDER BY c.requested_at",
+        backend.table(names::METERS, CommandRow::TABLE),
+        backend.table(names::METERS, MeterRow::TABLE),
+    );
+    records::fetch(
+        &mut conn,
+        &statement,
+        vec![text(tenant), text(integration)],
+        |row| Ok((CommandRow::from_row(row)?, row.opt_text("meter_station")?)),
+    )
+    .await
 }

@@ -148,6 +148,17 @@ impl From<SaleError> for ApiError {
     }
 }
 
+impl From<karvon_domain::meter::MeterError> for ApiError {
+    fn from(error: karvon_domain::meter::MeterError) -> Self {
+        use karvon_domain::meter::MeterError;
+        let message = error.to_string();
+        match error {
+            MeterError::Unknown => ApiError::not_found(message),
+            MeterError::Invalid { .. } => ApiError::validation(message),
+        }
+    }
+}
+
 impl From<SupplierError> for ApiError {
     fn from(error: SupplierError) -> Self {
         let message = error.to_string();

@@ -4,10 +4,12 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, FixedOffset, Utc};
 use karvon_adapters::read_models::meters;
-use karvon_projections::meters::{MeterRow, ReadingRow};
+use karvon_domain::ids::meter_stream_id;
+use karvon_domain::meter::{MeterCommand, RelayAction};
+use karvon_projections::meters::{CommandRow, MeterRow, ReadingRow};
 use karvon_projections::names;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -15,10 +17,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::access::ReadAccess;
-use super::envelope::{Envelope, Page, ok};
-use super::error::{ApiError, ErrorBody, QueryErrors};
-use super::extract::ApiQuery;
+use super::access::{ReadAccess, WriteAccess};
+use super::command::{CommandAnswer, CommandContext, accepted, new_id, path_id};
+use super::envelope::{CommandData, Envelope, Items, Page, ok};
+use super::error::{ApiError, CommandErrors, ErrorBody, QueryErrors};
+use super::extract::{ApiQuery, JsonCommand};
 use super::query::{finish, next_page, page_size, reader, wait_for_position};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -26,6 +29,111 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_meters))
         .routes(routes!(get_meter))
         .routes(routes!(meter_readings))
+        .routes(routes!(request_command, list_commands))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandBody {
+    /// `relay_off`, `relay_on` or `set_tariff`.
+    #[schema(value_type = String)]
+    command: RelayAction,
+    /// Required for `set_tariff`.
+    tariff_id: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/meters/{id}/commands", tag = "meters",
+    summary = "Ask a meter to cut or restore its supply (or change tariff): published on MQTT, confirmed by its status",
+    request_body = CommandBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry"), ("id" = String, Path, description = "Meter id")),
+    responses(
+        (status = 202, description = "Requested; `id` is the command id", body = inline(Envelope<CommandData>)),
+        (status = 404, description = "The meter never reported", body = ErrorBody),
+        CommandErrors),
+    security(("bearer" = [])))]
+pub async fn request_command(
+    State(state): State<AppState>,
+    WriteAccess(principal): WriteAccess,
+    Path(meter_id): Path<String>,
+    headers: HeaderMap,
+    command: JsonCommand<CommandBody>,
+) -> Result<CommandAnswer, ApiError> {
+    let meter_id = path_id(&meter_id)?;
+    let command_id = new_id();
+    let context = CommandContext::new(
+        &principal,
+        &headers,
+        command.fingerprint,
+        command_id.clone(),
+    )?;
+    let request = command.body;
+    if request
+        .tariff_id
+        .as_ref()
+        .is_some_and(|tariff| tariff.trim().is_empty() || tariff.len() > 64)
+    {
+        return Err(ApiError::validation("tariff_id must be 1–64 characters"));
+    }
+    let stream = meter_stream_id(&context.tenant, &meter_id);
+    let executed = state
+        .meters
+        .execute(
+            &stream,
+            MeterCommand::RequestRelay {
+                command_id,
+                action: request.command,
+                tariff_id: request.tariff_id,
+                at: Utc::now(),
+            },
+            &context.metadata,
+        )
+        .await?;
+    Ok(accepted(StatusCode::ACCEPTED, executed, context))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CommandView {
+    command_id: String,
+    /// `relay_off`, `relay_on` or `set_tariff`.
+    command: String,
+    tariff_id: Option<String>,
+    /// `requested`, `published`, `confirmed` or `timed_out`.
+    status: String,
+    requested_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<CommandRow> for CommandView {
+    fn from(row: CommandRow) -> Self {
+        Self {
+            command_id: row.command_id,
+            command: row.action,
+            tariff_id: row.tariff_id,
+            status: row.status,
+            requested_at: row.requested_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/meters/{id}/commands", tag = "meters",
+    summary = "A meter's relay commands and where they stand, newest first",
+    params(("id" = String, Path, description = "Meter id")),
+    responses((status = 200, description = "OK", body = inline(Envelope<Items<CommandView>>)), QueryErrors),
+    security(("bearer" = [])))]
+pub async fn list_commands(
+    State(state): State<AppState>,
+    ReadAccess(principal): ReadAccess,
+    headers: HeaderMap,
+    Path(meter_id): Path<String>,
+) -> Result<Json<Envelope<Items<CommandView>>>, ApiError> {
+    wait_for_position(&state, &principal, &headers, &[names::METERS]).await?;
+    let mut tx = reader(&state, &principal).await?;
+    let rows = meters::commands(&mut tx, principal.tenant.as_str(), &meter_id).await?;
+    finish(tx).await?;
+    Ok(ok(Items {
+        items: rows.into_iter().map(CommandView::from).collect(),
+    }))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -81,6 +81,7 @@ pub struct AppState {
     pub customers: Arc<CommandExecutor<Customer>>,
     pub suppliers: Arc<CommandExecutor<Supplier>>,
     pub purchase_orders: Arc<CommandExecutor<PurchaseOrder>>,
+    pub meters: Arc<CommandExecutor<karvon_domain::meter::Meter>>,
     pub metrics: Option<PrometheusHandle>,
     /// Upper bound for `X-Min-Position` waits.
     pub min_position_wait: Duration,

@@ -23,7 +23,8 @@ fn secret_env(backend: Backend) -> Vec<(&'static str, String)> {
 
 fn acrel(broker: &MosquittoServer) -> Value {
     json!({"kind": "acrel", "name": "meters",
-           "settings": {"mqtt_url": broker.url(), "topic_prefix": "acrel"},
+           "settings": {"mqtt_url": broker.url(), "topic_prefix": "acrel",
+                        "command_timeout_secs": 3},
            "secrets": {"signing_secrets": [SECRET]}})
 }
 
@@ -246,7 +247,144 @@ async fn conflicts_are_recorded_garbage_is_counted_and_the_listener_lives(backen
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// A client subscribed to `topic`; what it receives.
+async fn subscriber(
+    broker: &MosquittoServer,
+    topic: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish> {
+    let options = MqttOptions::new(
+        format!("watch-{}", uuid::Uuid::new_v4()),
+        "127.0.0.1",
+        broker.port,
+    );
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    client
+        .subscribe(topic, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _client = client;
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish))) => {
+                    if sender.send(publish).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    receiver
+}
+
+async fn meter_commands(app: &TestApp, meter: &str) -> Vec<Value> {
+    let (status, body) = app.get(&format!("/api/v1/meters/{meter}/commands")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["data"]["items"].as_array().expect("items").clone()
+}
+
+/// Polls `check` until it holds (or fails the test after `timeout`).
+async fn eventually<F, Fut>(what: &str, timeout: Duration, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn relay_off_goes_out_is_confirmed_by_status_or_times_out(backend: Backend) {
+    let broker = MosquittoServer::started().await.expect("mosquitto");
+    let (_db, app) = app_with_listener(backend, &broker).await;
+    let mut commands = subscriber(&broker, "acrel/+/meter/+/command").await;
+    let client = publisher(&broker).await;
+    eventually("the meter reported", Duration::from_secs(30), || async {
+        publish(&client, "S7", "ACR-9", reading("ACR-9", 0, "10")).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        count(&app.db, RECORDED).await > 0
+    })
+    .await;
+    karvon_tests::wait_caught_up(&app.db, &["meters"], Duration::from_secs(30))
+        .await
+        .expect("caught up");
+
+    let (status, body) = app
+        .post(
+            "/api/v1/meters/ACR-9/commands",
+            &json!({"command": "relay_off"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let command_id = body["data"]["id"].as_str().expect("id").to_string();
+    let sent = tokio::time::timeout(Duration::from_secs(15), commands.recv())
+        .await
+        .expect("the command reached the broker")
+        .expect("a publish");
+    assert_eq!(sent.topic, "acrel/S7/meter/ACR-9/command");
+    let payload: Value = serde_json::from_slice(&sent.payload).expect("json");
+    assert_eq!(payload["command"], "relay_off", "{payload}");
+    assert_eq!(payload["command_id"], command_id.as_str());
+    assert_eq!(payload["source"], "karvon");
+
+    client
+        .publish(
+            "acrel/S7/meter/ACR-9/status",
+            QoS::AtLeastOnce,
+            false,
+            json!({"event_type": "status_change", "timestamp": "2025-12-06T10:30:00Z",
+                   "meter_id": "ACR-9", "previous_status": "connected",
+                   "new_status": "disconnected", "reason": "remote_command"})
+            .to_string(),
+        )
+        .await
+        .expect("publish");
+    eventually(
+        "the command is confirmed",
+        Duration::from_secs(15),
+        || async {
+            let items = meter_commands(&app, "ACR-9").await;
+            items
+                .first()
+                .is_some_and(|command| command["status"] == "confirmed")
+        },
+    )
+    .await;
+    let (_, meter) = app.get("/api/v1/meters/ACR-9").await;
+    assert_eq!(meter["data"]["status"], "disconnected", "{meter}");
+
+    // No confirmation: timed out after the integration's 3 s.
+    let (status, body) = app
+        .post(
+            "/api/v1/meters/ACR-9/commands",
+            &json!({"command": "relay_on"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let second = body["data"]["id"].as_str().expect("id").to_string();
+    eventually("the command times out", Duration::from_secs(20), || async {
+        meter_commands(&app, "ACR-9").await.iter().any(|command| {
+            command["command_id"] == second.as_str() && command["status"] == "timed_out"
+        })
+    })
+    .await;
+    // A meter that never reported takes no command.
+    let (status, _) = app
+        .post(
+            "/api/v1/meters/NEVER/commands",
+            &json!({"command": "relay_off"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
 on_both_backends!(
+    relay_off_goes_out_is_confirmed_by_status_or_times_out,
     kill_9_while_publishing_loses_and_doubles_nothing,
     conflicts_are_recorded_garbage_is_counted_and_the_listener_lives,
 );
