@@ -499,22 +499,66 @@ fn parse(prefix: &str, publish: &Publish) -> Result<Option<Parsed>, String> {
     let [station, "meter", topic_meter, kind] = parts.as_slice() else {
         return Err(format!("unexpected topic shape {rest:?}"));
     };
+    let kind = match *kind {
+        "data" => MessageKind::Reading,
+        "status" => MessageKind::Status,
+        _ => return Ok(None),
+    };
+    let (meter_id, command) =
+        meter_command(kind, Some(topic_meter), Some(station), &publish.payload)?;
+    Ok(Some(Parsed { meter_id, command }))
+}
+
+/// What an Acrel message (MQTT or webhook) reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// `data` / `meter-reading`.
+    Reading,
+    /// `status` / `status-change`.
+    Status,
+    /// `disconnect-confirm`: the relay is off.
+    DisconnectConfirm,
+    /// `reconnect-confirm`: the relay is on.
+    ReconnectConfirm,
+}
+
+/// A confirmation webhook's payload.
+#[derive(Deserialize)]
+struct ConfirmPayload {
+    timestamp: DateTime<Utc>,
+    #[serde(default)]
+    meter_id: Option<String>,
+}
+
+/// The meter an Acrel payload (`fixtures/acrel/`) is about and the
+/// command it amounts to. `topic_meter`: the meter the topic names (the
+/// payload's `meter_id` must agree, or may be left out); `Err` says why
+/// the payload is unusable.
+pub fn meter_command(
+    kind: MessageKind,
+    topic_meter: Option<&str>,
+    station: Option<&str>,
+    payload: &[u8],
+) -> Result<(Id, MeterCommand), String> {
     let meter = |given: Option<&str>| -> Result<Id, String> {
-        let meter = given.unwrap_or(topic_meter);
-        if meter != *topic_meter {
-            return Err(format!(
-                "payload meter_id {meter:?} disagrees with the topic's {topic_meter:?}"
-            ));
-        }
+        let meter = match (given, topic_meter) {
+            (Some(given), Some(topic)) if given != topic => {
+                return Err(format!(
+                    "payload meter_id {given:?} disagrees with the topic's {topic:?}"
+                ));
+            }
+            (Some(meter), _) | (None, Some(meter)) => meter,
+            (None, None) => return Err("meter_id is missing".to_string()),
+        };
         Id::parse(meter).map_err(|error| format!("meter id {meter:?}: {error}"))
     };
-    let command = match *kind {
-        "data" => {
-            let payload: DataPayload = serde_json::from_slice(&publish.payload)
-                .map_err(|error| format!("payload: {error}"))?;
+    let read = |error: serde_json::Error| format!("payload: {error}");
+    let command = match kind {
+        MessageKind::Reading => {
+            let payload: DataPayload = serde_json::from_slice(payload).map_err(read)?;
             MeterCommand::RecordReadings {
                 meter_id: meter(payload.meter_id.as_deref())?,
-                station: Some(station.to_string()),
+                station: station.map(str::to_string),
                 meter_type: payload.meter_type,
                 readings: vec![Reading {
                     at: payload.timestamp,
@@ -528,9 +572,8 @@ fn parse(prefix: &str, publish: &Publish) -> Result<Option<Parsed>, String> {
                 }],
             }
         }
-        "status" => {
-            let payload: StatusPayload = serde_json::from_slice(&publish.payload)
-                .map_err(|error| format!("payload: {error}"))?;
+        MessageKind::Status => {
+            let payload: StatusPayload = serde_json::from_slice(payload).map_err(read)?;
             MeterCommand::ChangeStatus {
                 meter_id: meter(payload.meter_id.as_deref())?,
                 status: payload.new_status,
@@ -538,12 +581,27 @@ fn parse(prefix: &str, publish: &Publish) -> Result<Option<Parsed>, String> {
                 at: payload.timestamp,
             }
         }
-        _ => return Ok(None),
+        MessageKind::DisconnectConfirm | MessageKind::ReconnectConfirm => {
+            let payload: ConfirmPayload = serde_json::from_slice(payload).map_err(read)?;
+            let (status, reason) = if kind == MessageKind::DisconnectConfirm {
+                (SupplyStatus::Disconnected, "disconnect_confirm")
+            } else {
+                (SupplyStatus::Connected, "reconnect_confirm")
+            };
+            MeterCommand::ChangeStatus {
+                meter_id: meter(payload.meter_id.as_deref())?,
+                status,
+                reason: Some(reason.to_string()),
+                at: payload.timestamp,
+            }
+        }
     };
-    Ok(Some(Parsed {
-        meter_id: meter(None)?,
-        command,
-    }))
+    let meter_id = match &command {
+        MeterCommand::RecordReadings { meter_id, .. }
+        | MeterCommand::ChangeStatus { meter_id, .. } => meter_id.clone(),
+        _ => return Err("not a message command".to_string()),
+    };
+    Ok((meter_id, command))
 }
 
 /// Appends `command`, folding readings into the previous readings command.

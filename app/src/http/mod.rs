@@ -17,6 +17,7 @@
 //! envelope and every error mapping).
 
 mod access;
+mod acrel;
 mod admin;
 mod audit;
 mod auth;
@@ -130,6 +131,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(imports::routes(settings.max_upload_bytes))
         .merge(regos::routes())
         .merge(meters::routes())
+        .merge(acrel::routes())
         .merge(auth::routes())
         .merge(admin::routes())
         .merge(audit::routes())

@@ -48,8 +48,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct WebhookQuery {
-    /// The `webhook_source` integration the delivery is for.
+    /// The integration the delivery is for.
     integration: String,
+}
+
+impl WebhookQuery {
+    pub(super) fn integration(&self) -> &str {
+        &self.integration
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -72,9 +78,9 @@ pub struct WebhookEvent {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Duplicate {
-    webhook_id: String,
+    pub(super) webhook_id: String,
     /// Always `true`: this id was applied before; nothing changed.
-    duplicate: bool,
+    pub(super) duplicate: bool,
 }
 
 #[utoipa::path(post, path = "/api/integrations/webhook", tag = "integrations", summary = "Receive a third-party webhook",
@@ -156,7 +162,7 @@ pub async fn receive_webhook(
 
 /// 403 unless the integration has no allow-list or `peer` (the
 /// connection's address, never a header) is in it.
-fn check_allowlist(integration: &StoredIntegration, peer: &str) -> Result<(), ApiError> {
+pub(super) fn check_allowlist(integration: &StoredIntegration, peer: &str) -> Result<(), ApiError> {
     let Some(allowlist) = IpAllowlist::of(&integration.settings) else {
         return Ok(());
     };
@@ -177,7 +183,7 @@ fn check_allowlist(integration: &StoredIntegration, peer: &str) -> Result<(), Ap
 
 /// Checks the Standard Webhooks headers against the integration's signing
 /// secrets; answers the webhook id. A refusal counts against the peer.
-async fn verify(
+pub(super) async fn verify(
     state: &AppState,
     peer: &str,
     integration: &StoredIntegration,
@@ -245,7 +251,7 @@ fn unavailable() -> ApiError {
 
 /// The metadata of the command a delivery runs: `source = webhook`, actor
 /// `integration:<id>`, idempotency key `webhook:<integration>:<webhook id>`.
-fn webhook_context<'a>(
+pub(super) fn webhook_context<'a>(
     integration: &'a StoredIntegration,
     webhook_id: &'a str,
     headers: &'a HeaderMap,
@@ -287,7 +293,7 @@ fn payload<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> 
 }
 
 /// A webhook id becomes part of an idempotency key: 1–200 visible ASCII.
-fn checked_webhook_id(id: String) -> Result<String, ApiError> {
+pub(super) fn checked_webhook_id(id: String) -> Result<String, ApiError> {
     if (1..=200).contains(&id.len()) && id.bytes().all(|byte| byte.is_ascii_graphic()) {
         Ok(id)
     } else {

@@ -383,7 +383,125 @@ async fn relay_off_goes_out_is_confirmed_by_status_or_times_out(backend: Backend
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+const READING_FIXTURE: &str =
+    include_str!("../../../../shared/fixtures/acrel/webhook-meter-reading.json");
+const STATUS_FIXTURE: &str =
+    include_str!("../../../../shared/fixtures/acrel/webhook-status-change.json");
+
+/// An Acrel webhook delivery: `signed` is what the signature covers,
+/// `sent` what goes out (they differ for a tampered body).
+struct Delivery<'a> {
+    kind: &'a str,
+    id: &'a str,
+    secret: &'a str,
+    age: i64,
+    signed: &'a str,
+    sent: &'a str,
+}
+
+impl<'a> Delivery<'a> {
+    fn of(kind: &'a str, id: &'a str, body: &'a str) -> Self {
+        Self {
+            kind,
+            id,
+            secret: SECRET,
+            age: 0,
+            signed: body,
+            sent: body,
+        }
+    }
+
+    async fn post(&self, app: &TestApp, integration: &str) -> (StatusCode, Value) {
+        use karvon_adapters::integrations::{sign, signing_key};
+        let timestamp = (chrono::Utc::now().timestamp() - self.age).to_string();
+        let key = signing_key(self.secret).expect("key");
+        let signature = sign(&key, self.id, &timestamp, self.signed.as_bytes());
+        app.send(
+            reqwest::Client::new()
+                .post(app.url(&format!(
+                    "/api/v1/acrel/webhooks/{}?integration={integration}",
+                    self.kind
+                )))
+                .header("webhook-id", self.id)
+                .header("webhook-timestamp", timestamp)
+                .header("webhook-signature", signature)
+                .header("content-type", "application/json")
+                .body(self.sent.to_string()),
+        )
+        .await
+    }
+}
+
+async fn acrel_webhooks_are_signed_fresh_and_applied_once(backend: Backend) {
+    let broker = MosquittoServer::started().await.expect("mosquitto");
+    let (_db, app) = app_with_listener(backend, &broker).await;
+    let (_, list) = app.get("/api/v1/integrations").await;
+    let integration = list["data"]["items"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let forged = "whsec_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcY";
+    let tampered = READING_FIXTURE.replace("15234.56", "1.00");
+    let reading = Delivery::of("meter-reading", "w-4", READING_FIXTURE);
+    for (case, delivery) in [
+        (
+            "forged",
+            Delivery {
+                id: "w-1",
+                secret: forged,
+                ..Delivery::of("meter-reading", "", READING_FIXTURE)
+            },
+        ),
+        (
+            "tampered",
+            Delivery {
+                id: "w-2",
+                sent: &tampered,
+                ..Delivery::of("meter-reading", "", READING_FIXTURE)
+            },
+        ),
+        (
+            "stale",
+            Delivery {
+                id: "w-3",
+                age: 600,
+                ..Delivery::of("meter-reading", "", READING_FIXTURE)
+            },
+        ),
+    ] {
+        let (status, body) = delivery.post(&app, &integration).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{case}: {body}");
+    }
+    assert_eq!(
+        count(&app.db, RECORDED).await,
+        0,
+        "refused deliveries record nothing"
+    );
+
+    let (status, body) = reading.post(&app, &integration).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, body) = reading.post(&app, &integration).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["duplicate"], true);
+    assert_eq!(count(&app.db, RECORDED).await, 1, "replayed once");
+
+    let (status, body) = Delivery::of("status-change", "w-5", STATUS_FIXTURE)
+        .post(&app, &integration)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    karvon_tests::wait_caught_up(&app.db, &["meters"], Duration::from_secs(30))
+        .await
+        .expect("caught up");
+    let (_, meter) = app.get("/api/v1/meters/ACR-001234").await;
+    assert_eq!(meter["data"]["status"], "disconnected", "{meter}");
+    assert_eq!(
+        meter["data"]["last_reading"]["reading"], "15234.56",
+        "{meter}"
+    );
+}
+
 on_both_backends!(
+    acrel_webhooks_are_signed_fresh_and_applied_once,
     relay_off_goes_out_is_confirmed_by_status_or_times_out,
     kill_9_while_publishing_loses_and_doubles_nothing,
     conflicts_are_recorded_garbage_is_counted_and_the_listener_lives,
