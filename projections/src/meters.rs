@@ -201,3 +201,131 @@ pub fn reading_row(tenant_id: &str, event: &MeterEvent) -> Option<ReadingRow> {
         backwards: *backwards,
     })
 }
+
+/// A period's consumption by a meter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Consumption {
+    /// The period's first local instant.
+    pub period_start: chrono::NaiveDateTime,
+    /// kWh: the sum of the register's rises whose later reading falls in
+    /// the period.
+    pub consumption: Decimal,
+    /// Readings in the period.
+    pub readings: i64,
+    /// Steps where the register went down (a reset or a replaced meter):
+    /// left out of `consumption`.
+    pub backwards_steps: i64,
+}
+
+/// How a reading's local time is cut into periods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumptionPeriod {
+    Hourly,
+    Daily,
+    Monthly,
+}
+
+impl ConsumptionPeriod {
+    fn start(self, local: chrono::NaiveDateTime) -> chrono::NaiveDateTime {
+        use chrono::{Datelike, Timelike};
+        let day = local.date();
+        match self {
+            ConsumptionPeriod::Hourly => local
+                .with_minute(0)
+                .and_then(|time| time.with_second(0))
+                .and_then(|time| time.with_nanosecond(0))
+                .unwrap_or(local),
+            ConsumptionPeriod::Daily => day.and_hms_opt(0, 0, 0).unwrap_or(local),
+            ConsumptionPeriod::Monthly => day
+                .with_day(1)
+                .and_then(|first| first.and_hms_opt(0, 0, 0))
+                .unwrap_or(local),
+        }
+    }
+}
+
+/// Consumption per local period from register readings (oldest first; a
+/// reading before the first period may lead as the baseline): each rise
+/// of the register counts in the period of its later reading, so a
+/// missed interval message loses nothing and a repeated one adds nothing.
+pub fn consumption(
+    registers: &[(DateTime<Utc>, Decimal)],
+    local: impl Fn(DateTime<Utc>) -> chrono::NaiveDateTime,
+    period: ConsumptionPeriod,
+    from: DateTime<Utc>,
+) -> Vec<Consumption> {
+    let mut out: Vec<Consumption> = Vec::new();
+    let mut previous: Option<Decimal> = None;
+    for (at, register) in registers {
+        if *at < from {
+            previous = Some(*register);
+            continue;
+        }
+        let start = period.start(local(*at));
+        if out.last().is_none_or(|last| last.period_start != start) {
+            out.push(Consumption {
+                period_start: start,
+                consumption: Decimal::ZERO,
+                readings: 0,
+                backwards_steps: 0,
+            });
+        }
+        if let Some(bucket) = out.last_mut() {
+            bucket.readings += 1;
+            match previous {
+                Some(before) if *register >= before => bucket.consumption += *register - before,
+                Some(_) => bucket.backwards_steps += 1,
+                None => {}
+            }
+        }
+        previous = Some(*register);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().expect("time")
+    }
+
+    fn kwh(text: &str) -> Decimal {
+        text.parse().expect("decimal")
+    }
+
+    #[test]
+    fn consumption_is_register_rises_per_local_period() {
+        // Tashkent: UTC+5, no daylight saving.
+        let zone = |at: DateTime<Utc>| (at + chrono::Duration::hours(5)).naive_utc();
+        let registers = [
+            (at("2025-01-01T18:50:00Z"), kwh("100.00")), // baseline (23:50 local)
+            (at("2025-01-01T19:10:00Z"), kwh("100.75")), // 00:10 local, Jan 2
+            (at("2025-01-01T19:40:00Z"), kwh("101.50")),
+            (at("2025-01-01T20:05:00Z"), kwh("3.00")), // reset: left out
+            (at("2025-01-01T20:30:00Z"), kwh("4.25")),
+        ];
+        let hourly = consumption(
+            &registers,
+            zone,
+            ConsumptionPeriod::Hourly,
+            at("2025-01-01T19:00:00Z"),
+        );
+        assert_eq!(hourly.len(), 2);
+        assert_eq!(hourly[0].period_start.to_string(), "2025-01-02 00:00:00");
+        assert_eq!(hourly[0].consumption, kwh("1.50"));
+        assert_eq!(
+            (hourly[1].consumption, hourly[1].backwards_steps),
+            (kwh("1.25"), 1)
+        );
+        let daily = consumption(
+            &registers,
+            zone,
+            ConsumptionPeriod::Daily,
+            at("2025-01-01T19:00:00Z"),
+        );
+        assert_eq!(daily.len(), 1);
+        assert_eq!((daily[0].consumption, daily[0].readings), (kwh("2.75"), 4));
+    }
+}

@@ -211,3 +211,48 @@ pub async fn open_commands(
     )
     .await
 }
+
+/// A meter's registers for a consumption query: the last one before
+/// `from` (the baseline), then every one from `from` to `to`, oldest first.
+pub async fn registers(
+    reader: &mut Reader,
+    tenant: &str,
+    meter_id: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<(DateTime<Utc>, rust_decimal::Decimal)>, StorageError> {
+    let mut conn = reader.conn();
+    let table = conn.backend().table(names::METERS, ReadingRow::TABLE);
+    let row = |row: &dyn crate::db::Portable| Ok((row.time("at")?, row.decimal("reading")?));
+    let mut registers = records::fetch(
+        &mut conn,
+        &format!(
+            "SELECT at, reading FROM {table}
+              WHERE tenant_id = $1 AND meter_id = $2 AND reading IS NOT NULL AND at < $3
+              ORDER BY at DESC LIMIT 1"
+        ),
+        vec![text(tenant), text(meter_id), Value::Time(Some(from))],
+        row,
+    )
+    .await?;
+    registers.extend(
+        records::fetch(
+            &mut conn,
+            &format!(
+                "SELECT at, reading FROM {table}
+                  WHERE tenant_id = $1 AND meter_id = $2 AND reading IS NOT NULL
+                    AND at >= $3 AND at < $4
+                  ORDER BY at"
+            ),
+            vec![
+                text(tenant),
+                text(meter_id),
+                Value::Time(Some(from)),
+                Value::Time(Some(to)),
+            ],
+            row,
+        )
+        .await?,
+    );
+    Ok(registers)
+}

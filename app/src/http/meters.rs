@@ -30,6 +30,93 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_meter))
         .routes(routes!(meter_readings))
         .routes(routes!(request_command, list_commands))
+        .routes(routes!(meter_consumption))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConsumptionQuery {
+    /// `hourly`, `daily` (default) or `monthly`, in the tenant's zone.
+    period: Option<String>,
+    /// Local date, inclusive (default: 7 days before `to`).
+    #[param(value_type = Option<String>, format = Date)]
+    from: Option<chrono::NaiveDate>,
+    /// Local date, inclusive (default: today).
+    #[param(value_type = Option<String>, format = Date)]
+    to: Option<chrono::NaiveDate>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConsumptionView {
+    /// The period's first local instant (`2026-01-02T00:00:00+05:00`).
+    period_start: String,
+    /// kWh from the register's rises (not a sum of interval messages).
+    #[schema(value_type = String)]
+    consumption: Decimal,
+    readings: i64,
+    /// Steps where the register went down: left out.
+    backwards_steps: i64,
+}
+
+#[utoipa::path(get, path = "/api/v1/meters/{id}/consumption", tag = "meters",
+    summary = "A meter's consumption per local hour, day or month, from register differences",
+    params(("id" = String, Path, description = "Meter id"), ConsumptionQuery),
+    responses((status = 200, description = "Oldest first; periods without readings left out", body = inline(Envelope<Items<ConsumptionView>>)), QueryErrors),
+    security(("bearer" = [])))]
+pub async fn meter_consumption(
+    State(state): State<AppState>,
+    ReadAccess(principal): ReadAccess,
+    headers: HeaderMap,
+    Path(meter_id): Path<String>,
+    ApiQuery(query): ApiQuery<ConsumptionQuery>,
+) -> Result<Json<Envelope<Items<ConsumptionView>>>, ApiError> {
+    use chrono::TimeZone;
+    use karvon_projections::meters::{ConsumptionPeriod, consumption};
+    wait_for_position(&state, &principal, &headers, &[names::METERS]).await?;
+    let period = match query.period.as_deref() {
+        Some("hourly") => ConsumptionPeriod::Hourly,
+        None | Some("daily") => ConsumptionPeriod::Daily,
+        Some("monthly") => ConsumptionPeriod::Monthly,
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "period {other:?} is not hourly, daily or monthly"
+            )));
+        }
+    };
+    let zone = principal.time_zone;
+    let today = Utc::now().with_timezone(&zone).date_naive();
+    let to = query.to.unwrap_or(today);
+    let from = query.from.unwrap_or(to - chrono::Duration::days(7));
+    if from > to || (to - from).num_days() > 3 * 366 {
+        return Err(ApiError::validation(
+            "from must not be after to, and the range spans at most 3 years",
+        ));
+    }
+    let instant = |day: chrono::NaiveDate| {
+        day.and_hms_opt(0, 0, 0)
+            .and_then(|midnight| zone.from_local_datetime(&midnight).earliest())
+            .map(|local| local.with_timezone(&Utc))
+            .ok_or_else(|| ApiError::validation(format!("{day} has no start in {zone}")))
+    };
+    let (start, end) = (instant(from)?, instant(to + chrono::Duration::days(1))?);
+    let mut tx = reader(&state, &principal).await?;
+    let registers =
+        meters::registers(&mut tx, principal.tenant.as_str(), &meter_id, start, end).await?;
+    finish(tx).await?;
+    let local = |at: DateTime<Utc>| at.with_timezone(&zone).naive_local();
+    let items = consumption(&registers, local, period, start)
+        .into_iter()
+        .map(|bucket| ConsumptionView {
+            period_start: zone
+                .from_local_datetime(&bucket.period_start)
+                .earliest()
+                .map_or_else(|| bucket.period_start.to_string(), |at| at.to_rfc3339()),
+            consumption: bucket.consumption,
+            readings: bucket.readings,
+            backwards_steps: bucket.backwards_steps,
+        })
+        .collect();
+    Ok(ok(Items { items }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

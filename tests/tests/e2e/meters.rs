@@ -162,13 +162,17 @@ async fn kill_9_while_publishing_loses_and_doubles_nothing(backend: Backend) {
     store.close().await;
 }
 
-async fn app_with_listener(backend: Backend, broker: &MosquittoServer) -> (TestDb, TestApp) {
-    let db = TestDb::create_on(backend).await.expect("db");
-    let mut config = test_config(&db);
+fn config(db: &TestDb, backend: Backend) -> karvon_app::Config {
+    let mut config = test_config(db);
     if backend == Backend::Postgres {
         config.secrets_key = Some("55".repeat(32));
     }
-    let app = spawn_app_with(config, karvon_app::Role::All)
+    config
+}
+
+async fn app_with_listener(backend: Backend, broker: &MosquittoServer) -> (TestDb, TestApp) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let app = spawn_app_with(config(&db, backend), karvon_app::Role::All)
         .await
         .expect("app");
     let (status, body) = app.post("/api/v1/integrations", &acrel(broker)).await;
@@ -500,7 +504,79 @@ async fn acrel_webhooks_are_signed_fresh_and_applied_once(backend: Backend) {
     );
 }
 
+/// Consumption per local hour comes from the register's rises (a reset
+/// left out), not from the interval field, whatever it says.
+async fn consumption_follows_register_rises_in_the_tenant_zone(backend: Backend) {
+    let broker = MosquittoServer::started().await.expect("mosquitto");
+    let (db, app) = app_with_listener(backend, &broker).await;
+    karvon_tests::execute(
+        &app.db,
+        "UPDATE tenants SET time_zone = 'Asia/Tashkent' WHERE tenant_id = 'default'",
+    )
+    .await
+    .expect("zone");
+    // A checked key (with its tenant's zone) is cached for a few seconds:
+    // start afresh rather than wait.
+    app.stop().await.expect("stop");
+    let app = spawn_app_with(config(&db, backend), karvon_app::Role::All)
+        .await
+        .expect("app");
+    let (_, list) = app.get("/api/v1/integrations").await;
+    let integration = list["data"]["items"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let readings = [
+        ("2025-01-01T18:50:00Z", "100.00"), // 23:50 local, the day before
+        ("2025-01-01T19:10:00Z", "100.75"),
+        ("2025-01-01T19:40:00Z", "101.50"),
+        ("2025-01-01T20:05:00Z", "3.00"), // a reset
+        ("2025-01-01T20:30:00Z", "4.25"),
+    ];
+    for (n, (at, register)) in readings.iter().enumerate() {
+        let body = format!(
+            r#"{{"event_type":"meter_reading","timestamp":"{at}","meter_id":"ACR-C","data":{{"reading":{register},"consumption":999}}}}"#
+        );
+        let id = format!("c-{n}");
+        let (status, answer) = Delivery::of("meter-reading", &id, &body)
+            .post(&app, &integration)
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    }
+    karvon_tests::wait_caught_up(&app.db, &["meters"], Duration::from_secs(30))
+        .await
+        .expect("caught up");
+    let (status, body) = app
+        .get("/api/v1/meters/ACR-C/consumption?period=hourly&from=2025-01-02&to=2025-01-02")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let items = body["data"]["items"].as_array().expect("items");
+    let got: Vec<(&str, &str, i64)> = items
+        .iter()
+        .map(|item| {
+            (
+                item["period_start"].as_str().expect("start"),
+                item["consumption"].as_str().expect("kWh"),
+                item["backwards_steps"].as_i64().expect("steps"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("2025-01-02T00:00:00+05:00", "1.50", 0),
+            ("2025-01-02T01:00:00+05:00", "1.25", 1)
+        ],
+        "{body}"
+    );
+    let (status, _) = app
+        .get("/api/v1/meters/ACR-C/consumption?period=weekly")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
 on_both_backends!(
+    consumption_follows_register_rises_in_the_tenant_zone,
     acrel_webhooks_are_signed_fresh_and_applied_once,
     relay_off_goes_out_is_confirmed_by_status_or_times_out,
     kill_9_while_publishing_loses_and_doubles_nothing,
