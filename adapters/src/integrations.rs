@@ -133,7 +133,7 @@ fn schema(kind: &str) -> Option<(Vec<Field>, Vec<Field>)> {
                 required("mqtt_url", Text),
                 optional("topic_prefix", Text, || "acrel".into()),
                 optional("ip_allowlist", IpRanges, none),
-                optional("command_timeout_secs", Count, || 60.into()),
+                optional("relay_timeout_secs", Count, || 120.into()),
             ],
             vec![required("signing_secrets", SigningSecrets)],
         ),

@@ -17,6 +17,7 @@
 //! - [`transfers`]: the reactor that books the receiving side of a stock
 //!   transfer; [`sales_stock`]: the reactor that makes stock follow sales.
 
+pub mod alert_rules;
 pub mod audit;
 pub mod auth_store;
 pub mod db;

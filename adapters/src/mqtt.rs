@@ -11,11 +11,11 @@
 //! makes the repeat a no-op. Malformed payloads are counted, logged and
 //! acknowledged. Messages belong to the integration's tenant. `status`
 //! messages change the meter's status (and confirm relay commands);
-//! `alert` messages are acknowledged but not handled yet.
+//! `alert` messages record the device's alarm (the alert rules raise it).
 //!
 //! The listener also sends the relay commands operators requested for
 //! its meters (`<prefix>/{station}/meter/{id}/command`, QoS 1), and times
-//! out those not confirmed within `settings.command_timeout_secs`.
+//! out those not confirmed within `settings.relay_timeout_secs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -24,7 +24,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use karvon_domain::Id;
 use karvon_domain::ids::meter_stream_id;
-use karvon_domain::meter::{Meter, MeterCommand, Reading, ReadingValues, SupplyStatus};
+use karvon_domain::meter::{
+    DeviceAlert, Meter, MeterCommand, Reading, ReadingValues, SupplyStatus,
+};
 use karvon_projections::EventMetadata;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use rust_decimal::Decimal;
@@ -311,9 +313,9 @@ impl Listener {
                 .await;
         reader.finish().await?;
         let timeout = chrono::Duration::seconds(
-            self.settings["command_timeout_secs"]
+            self.settings["relay_timeout_secs"]
                 .as_i64()
-                .unwrap_or(60)
+                .unwrap_or(120)
                 .max(1),
         );
         let tenant = Id::parse(self.tenant.as_str())
@@ -502,6 +504,7 @@ fn parse(prefix: &str, publish: &Publish) -> Result<Option<Parsed>, String> {
     let kind = match *kind {
         "data" => MessageKind::Reading,
         "status" => MessageKind::Status,
+        "alert" => MessageKind::Alert,
         _ => return Ok(None),
     };
     let (meter_id, command) =
@@ -520,6 +523,25 @@ pub enum MessageKind {
     DisconnectConfirm,
     /// `reconnect-confirm`: the relay is on.
     ReconnectConfirm,
+    /// `alert`: a device alarm.
+    Alert,
+}
+
+/// An `alert` message's payload (`fixtures/acrel/webhook-alert.json`).
+#[derive(Deserialize)]
+struct AlertPayload {
+    timestamp: DateTime<Utc>,
+    #[serde(default)]
+    meter_id: Option<String>,
+    alert_type: String,
+    #[serde(default)]
+    severity: Option<String>,
+    #[serde(default)]
+    value: Option<Decimal>,
+    #[serde(default)]
+    threshold: Option<Decimal>,
+    #[serde(default)]
+    message: Option<String>,
 }
 
 /// A confirmation webhook's payload.
@@ -581,6 +603,23 @@ pub fn meter_command(
                 at: payload.timestamp,
             }
         }
+        MessageKind::Alert => {
+            let payload: AlertPayload = serde_json::from_slice(payload).map_err(read)?;
+            if payload.alert_type.trim().is_empty() || payload.alert_type.len() > 64 {
+                return Err("alert_type must be 1–64 characters".to_string());
+            }
+            MeterCommand::RecordAlert {
+                meter_id: meter(payload.meter_id.as_deref())?,
+                alert: DeviceAlert {
+                    alert_type: payload.alert_type,
+                    severity: payload.severity,
+                    value: payload.value,
+                    threshold: payload.threshold,
+                    message: payload.message,
+                    at: payload.timestamp,
+                },
+            }
+        }
         MessageKind::DisconnectConfirm | MessageKind::ReconnectConfirm => {
             let payload: ConfirmPayload = serde_json::from_slice(payload).map_err(read)?;
             let (status, reason) = if kind == MessageKind::DisconnectConfirm {
@@ -598,7 +637,8 @@ pub fn meter_command(
     };
     let meter_id = match &command {
         MeterCommand::RecordReadings { meter_id, .. }
-        | MeterCommand::ChangeStatus { meter_id, .. } => meter_id.clone(),
+        | MeterCommand::ChangeStatus { meter_id, .. }
+        | MeterCommand::RecordAlert { meter_id, .. } => meter_id.clone(),
         _ => return Err("not a message command".to_string()),
     };
     Ok((meter_id, command))
@@ -682,12 +722,32 @@ mod tests {
     }
 
     #[test]
+    fn an_alert_message_is_a_device_alarm() {
+        let alert = include_str!("../../../shared/fixtures/acrel/webhook-alert.json");
+        let parsed = parse("acrel", &publish("acrel/S1/meter/ACR-001234/alert", alert));
+        assert!(
+            matches!(
+                &parsed,
+                Ok(Some(Parsed {
+                    command: MeterCommand::RecordAlert { .. },
+                    ..
+                }))
+            ),
+            "{:?}",
+            parsed
+                .as_ref()
+                .map(|p| p.as_ref().map(|p| format!("{:?}", p.command)))
+        );
+    }
+
+    #[test]
     fn garbage_and_disagreeing_ids_are_refused_other_kinds_left() {
         assert!(parse("acrel", &publish("acrel/S1/meter/X/data", "{not json")).is_err());
         assert!(parse("acrel", &publish("acrel/S1/meter/OTHER/data", READING)).is_err());
         assert!(parse("acrel", &publish("acrel/S1/meter/X/data/extra", READING)).is_err());
+        assert!(parse("acrel", &publish("acrel/S1/meter/ACR-001234/alert", "{}")).is_err());
         assert!(matches!(
-            parse("acrel", &publish("acrel/S1/meter/ACR-001234/alert", "{}")),
+            parse("acrel", &publish("acrel/S1/meter/ACR-001234/other", "{}")),
             Ok(None)
         ));
         let status = r#"{"timestamp": "2024-12-15T10:30:00Z", "meter_id": "ACR-001234",

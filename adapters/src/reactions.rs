@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use karvon_domain::alert::{Alert, AlertCommand};
 use karvon_domain::stock::{StockCommand, StockItem};
 use karvon_projections::{EventMetadata, Source};
 
@@ -25,12 +26,17 @@ pub enum Reaction {
         command: StockCommand,
         metadata: EventMetadata,
     },
+    Alert {
+        stream: String,
+        command: AlertCommand,
+        metadata: EventMetadata,
+    },
 }
 
 impl Reaction {
     fn metadata_mut(&mut self) -> &mut EventMetadata {
         match self {
-            Reaction::Stock { metadata, .. } => metadata,
+            Reaction::Stock { metadata, .. } | Reaction::Alert { metadata, .. } => metadata,
         }
     }
 }
@@ -67,12 +73,14 @@ pub enum ReactionError {
 #[derive(Clone)]
 pub struct Commands {
     stock: Arc<CommandExecutor<StockItem>>,
+    alerts: Arc<CommandExecutor<Alert>>,
 }
 
 impl Commands {
     pub fn new(db: &Db) -> Self {
         Self {
             stock: Arc::new(CommandExecutor::new(db.clone())),
+            alerts: Arc::new(CommandExecutor::new(db.clone())),
         }
     }
 
@@ -85,6 +93,11 @@ impl Commands {
                 command,
                 metadata,
             } => outcome(self.stock.execute(&stream, command, &metadata).await),
+            Reaction::Alert {
+                stream,
+                command,
+                metadata,
+            } => outcome(self.alerts.execute(&stream, command, &metadata).await),
         }
     }
 }

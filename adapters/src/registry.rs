@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::alert_rules::AlertRules;
+use crate::read_models::alerts::AlertsProjection;
 use crate::read_models::catalog::CatalogProjection;
 use crate::read_models::customers::CustomersProjection;
 use crate::read_models::jobs::JobsProjection;
@@ -41,9 +43,11 @@ impl Registry {
             Consumer::Projection(Arc::new(ProcurementProjection)),
             Consumer::Projection(Arc::new(JobsProjection)),
             Consumer::Projection(Arc::new(MetersProjection)),
+            Consumer::Projection(Arc::new(AlertsProjection)),
             Consumer::Reactor(Arc::new(TransferProcess)),
             Consumer::Reactor(Arc::new(SalesStock)),
             Consumer::Reactor(Arc::new(ReceiptsStock)),
+            Consumer::Reactor(Arc::new(AlertRules)),
         ];
         if let Some(relay) = &self.relay {
             consumers.push(Consumer::Publisher(relay.clone()));

@@ -96,6 +96,7 @@ impl Application {
             suppliers: Arc::new(CommandExecutor::new(db.clone())),
             purchase_orders: Arc::new(CommandExecutor::new(db.clone())),
             meters: Arc::new(CommandExecutor::new(db.clone())),
+            alerts: Arc::new(CommandExecutor::new(db.clone())),
             metrics: metrics_handle(),
             min_position_wait: Duration::from_millis(config.min_position_wait_ms),
             known_products: Arc::default(),

@@ -36,7 +36,9 @@ pub async fn run(db: &TestDb, readings: usize) -> anyhow::Result<()> {
 
     // Baseline: the broker alone, publisher to a QoS 1 subscriber.
     let (subscriber, mut events) = client(&broker, "bench-sub");
-    subscriber.subscribe("acrel/+/meter/+/data", QoS::AtLeastOnce).await?;
+    subscriber
+        .subscribe("acrel/+/meter/+/data", QoS::AtLeastOnce)
+        .await?;
     let waiting = tokio::spawn(async move {
         let mut received = 0usize;
         let mut first = None;
@@ -117,7 +119,10 @@ fn client(broker: &MosquittoServer, id: &str) -> (AsyncClient, rumqttc::EventLoo
 
 /// Publishes every message at QoS 1 and waits until the broker has
 /// acknowledged them all.
-async fn publish_all(broker: &MosquittoServer, messages: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+async fn publish_all(
+    broker: &MosquittoServer,
+    messages: &[(String, Vec<u8>)],
+) -> anyhow::Result<()> {
     let (publisher, mut events) = client(broker, "bench-pub");
     let total = messages.len();
     let acks = tokio::spawn(async move {
@@ -147,11 +152,9 @@ async fn count(db: &Db) -> anyhow::Result<i64> {
         Db::Postgres(_) => "meters.readings",
         Db::Sqlite(_) => "meters_readings",
     };
-    let counted = karvon_tests::fetch_strings(
-        db,
-        &format!("SELECT CAST(count(*) AS TEXT) FROM {table}"),
-    )
-    .await
-    .unwrap_or_default();
+    let counted =
+        karvon_tests::fetch_strings(db, &format!("SELECT CAST(count(*) AS TEXT) FROM {table}"))
+            .await
+            .unwrap_or_default();
     Ok(counted.first().and_then(|n| n.parse().ok()).unwrap_or(0))
 }

@@ -97,6 +97,11 @@ pub fn meter_stream_id(tenant: &TenantId, meter: &Id) -> String {
     format!("{tenant}/{meter}")
 }
 
+/// The aggregate id of an alert stream: `<tenant>/<alert>`.
+pub fn alert_stream_id(tenant: &TenantId, alert: &Id) -> String {
+    format!("{tenant}/{alert}")
+}
+
 /// The aggregate id of a stock item stream: `<tenant>/<warehouse>/<product>`.
 pub fn stock_stream_id(tenant: &TenantId, warehouse: &Id, product: &Id) -> String {
     format!("{tenant}/{warehouse}/{product}")

@@ -6,6 +6,7 @@
 //! Events are a persisted contract: names and versions are stable, and new
 //! shapes get a new `event_version` plus an upcaster, never a rewrite.
 
+pub mod alert;
 pub mod contact;
 pub mod customer;
 pub mod ids;

@@ -98,6 +98,20 @@ pub enum MeterCommand {
         command_id: String,
         at: DateTime<Utc>,
     },
+    /// An alarm the meter reported; the same (type, instant) again changes
+    /// nothing.
+    RecordAlert { meter_id: Id, alert: DeviceAlert },
+}
+
+/// An alarm as the meter sent it (`fixtures/acrel/webhook-alert.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceAlert {
+    pub alert_type: String,
+    pub severity: Option<String>,
+    pub value: Option<Decimal>,
+    pub threshold: Option<Decimal>,
+    pub message: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,6 +160,11 @@ pub enum MeterEvent {
         command_id: String,
         at: DateTime<Utc>,
     },
+    MeterAlertRaised {
+        meter_id: Id,
+        #[serde(flatten)]
+        alert: DeviceAlert,
+    },
 }
 
 impl DomainEvent for MeterEvent {
@@ -158,6 +177,7 @@ impl DomainEvent for MeterEvent {
             MeterEvent::RelayCommandPublished { .. } => "RelayCommandPublished",
             MeterEvent::RelayCommandConfirmed { .. } => "RelayCommandConfirmed",
             MeterEvent::RelayCommandTimedOut { .. } => "RelayCommandTimedOut",
+            MeterEvent::MeterAlertRaised { .. } => "MeterAlertRaised",
         }
         .to_string()
     }
@@ -176,7 +196,8 @@ impl MeterEvent {
             | MeterEvent::RelayCommandRequested { meter_id, .. }
             | MeterEvent::RelayCommandPublished { meter_id, .. }
             | MeterEvent::RelayCommandConfirmed { meter_id, .. }
-            | MeterEvent::RelayCommandTimedOut { meter_id, .. } => meter_id,
+            | MeterEvent::RelayCommandTimedOut { meter_id, .. }
+            | MeterEvent::MeterAlertRaised { meter_id, .. } => meter_id,
         }
     }
 }
@@ -202,6 +223,9 @@ pub struct Meter {
     /// Relay commands not yet confirmed or timed out, by id.
     #[serde(default)]
     pending: BTreeMap<String, Pending>,
+    /// The latest device alarms (type and instant), for de-duplication.
+    #[serde(default)]
+    recent_alerts: Vec<(String, DateTime<Utc>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -380,6 +404,15 @@ impl Aggregate for Meter {
                     None => Ok(()),
                 }
             }
+            MeterCommand::RecordAlert { meter_id, alert } => {
+                let key = (alert.alert_type.clone(), alert.at);
+                if self.recent_alerts.contains(&key) {
+                    return Ok(());
+                }
+                let event = MeterEvent::MeterAlertRaised { meter_id, alert };
+                sink.write(event, self).await;
+                Ok(())
+            }
             MeterCommand::TimeOut { command_id, at } => {
                 let meter_id = self.meter_id.clone().ok_or(MeterError::Unknown)?;
                 if !self.pending.contains_key(&command_id) {
@@ -437,6 +470,13 @@ impl Aggregate for Meter {
             MeterEvent::RelayCommandConfirmed { command_id, .. }
             | MeterEvent::RelayCommandTimedOut { command_id, .. } => {
                 self.pending.remove(&command_id);
+            }
+            MeterEvent::MeterAlertRaised { meter_id, alert } => {
+                self.meter_id = Some(meter_id);
+                self.recent_alerts.push((alert.alert_type, alert.at));
+                if self.recent_alerts.len() > REMEMBERED_READINGS {
+                    self.recent_alerts.remove(0);
+                }
             }
         }
     }

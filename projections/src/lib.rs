@@ -12,6 +12,7 @@
 //! - a projection never reads another projection's tables while folding;
 //! - a read model can be dropped and rebuilt from position zero at any time.
 
+pub mod alerts;
 pub mod catalog;
 pub mod customers;
 pub mod jobs;
@@ -35,6 +36,9 @@ pub mod names {
     pub const PROCUREMENT: &str = "procurement";
     pub const JOBS: &str = "jobs";
     pub const METERS: &str = "meters";
+    pub const ALERTS: &str = "alerts";
+    /// Not a read model: the reactor that raises alerts from what happens.
+    pub const ALERT_RULES: &str = "alert_rules";
     /// Not a read model: the process manager that completes transfers.
     pub const TRANSFERS: &str = "transfers";
     /// Not a read model: the reactor that makes stock follow sales.

@@ -91,7 +91,8 @@ pub fn apply_meter(
         MeterEvent::RelayCommandRequested { .. }
         | MeterEvent::RelayCommandPublished { .. }
         | MeterEvent::RelayCommandConfirmed { .. }
-        | MeterEvent::RelayCommandTimedOut { .. } => {}
+        | MeterEvent::RelayCommandTimedOut { .. }
+        | MeterEvent::MeterAlertRaised { .. } => {}
     }
     if let Some(integration) = integration {
         row.integration_id = Some(integration.to_string());
@@ -207,13 +208,13 @@ pub fn reading_row(tenant_id: &str, event: &MeterEvent) -> Option<ReadingRow> {
 pub struct Consumption {
     /// The period's first local instant.
     pub period_start: chrono::NaiveDateTime,
-    /// kWh: the sum of the register's rises whose later reading falls in
-    /// the period.
+    /// kWh: the last register at or before the period's end minus the last
+    /// one at or before its start (the first reading when none precedes).
     pub consumption: Decimal,
     /// Readings in the period.
     pub readings: i64,
-    /// Steps where the register went down (a reset or a replaced meter):
-    /// left out of `consumption`.
+    /// Steps where the register went down in the period (a reset or a
+    /// replaced meter: the difference then understates or goes negative).
     pub backwards_steps: i64,
 }
 
@@ -245,9 +246,9 @@ impl ConsumptionPeriod {
 }
 
 /// Consumption per local period from register readings (oldest first; a
-/// reading before the first period may lead as the baseline): each rise
-/// of the register counts in the period of its later reading, so a
-/// missed interval message loses nothing and a repeated one adds nothing.
+/// reading before `from` may lead as the baseline), from register
+/// differences: interval fields are not summed, so a missed or repeated
+/// interval message changes nothing.
 pub fn consumption(
     registers: &[(DateTime<Utc>, Decimal)],
     local: impl Fn(DateTime<Utc>) -> chrono::NaiveDateTime,
@@ -255,14 +256,19 @@ pub fn consumption(
     from: DateTime<Utc>,
 ) -> Vec<Consumption> {
     let mut out: Vec<Consumption> = Vec::new();
+    // The last register at or before the current period's start.
+    let mut baseline: Option<Decimal> = None;
     let mut previous: Option<Decimal> = None;
     for (at, register) in registers {
         if *at < from {
+            baseline = Some(*register);
             previous = Some(*register);
             continue;
         }
         let start = period.start(local(*at));
         if out.last().is_none_or(|last| last.period_start != start) {
+            // The period before ended at the previous reading.
+            baseline = previous.or(Some(*register));
             out.push(Consumption {
                 period_start: start,
                 consumption: Decimal::ZERO,
@@ -272,11 +278,10 @@ pub fn consumption(
         }
         if let Some(bucket) = out.last_mut() {
             bucket.readings += 1;
-            match previous {
-                Some(before) if *register >= before => bucket.consumption += *register - before,
-                Some(_) => bucket.backwards_steps += 1,
-                None => {}
+            if previous.is_some_and(|before| *register < before) {
+                bucket.backwards_steps += 1;
             }
+            bucket.consumption = *register - baseline.unwrap_or(*register);
         }
         previous = Some(*register);
     }
@@ -296,36 +301,38 @@ mod tests {
     }
 
     #[test]
-    fn consumption_is_register_rises_per_local_period() {
+    fn consumption_is_the_register_difference_per_local_period() {
         // Tashkent: UTC+5, no daylight saving.
         let zone = |at: DateTime<Utc>| (at + chrono::Duration::hours(5)).naive_utc();
         let registers = [
             (at("2025-01-01T18:50:00Z"), kwh("100.00")), // baseline (23:50 local)
             (at("2025-01-01T19:10:00Z"), kwh("100.75")), // 00:10 local, Jan 2
             (at("2025-01-01T19:40:00Z"), kwh("101.50")),
-            (at("2025-01-01T20:05:00Z"), kwh("3.00")), // reset: left out
-            (at("2025-01-01T20:30:00Z"), kwh("4.25")),
+            (at("2025-01-01T20:05:00Z"), kwh("102.00")), // 01:05
+            (at("2025-01-01T20:30:00Z"), kwh("103.25")),
+            (at("2025-01-01T21:30:00Z"), kwh("3.00")), // 02:30: a reset
         ];
-        let hourly = consumption(
-            &registers,
-            zone,
-            ConsumptionPeriod::Hourly,
-            at("2025-01-01T19:00:00Z"),
-        );
-        assert_eq!(hourly.len(), 2);
-        assert_eq!(hourly[0].period_start.to_string(), "2025-01-02 00:00:00");
-        assert_eq!(hourly[0].consumption, kwh("1.50"));
+        let from = at("2025-01-01T19:00:00Z");
+        let hourly = consumption(&registers, zone, ConsumptionPeriod::Hourly, from);
+        let got: Vec<(String, Decimal, i64)> = hourly
+            .iter()
+            .map(|b| (b.period_start.to_string(), b.consumption, b.backwards_steps))
+            .collect();
         assert_eq!(
-            (hourly[1].consumption, hourly[1].backwards_steps),
-            (kwh("1.25"), 1)
+            got,
+            [
+                ("2025-01-02 00:00:00".to_string(), kwh("1.50"), 0),
+                ("2025-01-02 01:00:00".to_string(), kwh("1.75"), 0),
+                ("2025-01-02 02:00:00".to_string(), kwh("-100.25"), 1),
+            ]
         );
-        let daily = consumption(
-            &registers,
-            zone,
-            ConsumptionPeriod::Daily,
-            at("2025-01-01T19:00:00Z"),
+        let daily = consumption(&registers, zone, ConsumptionPeriod::Daily, from);
+        assert_eq!(
+            (daily[0].consumption, daily[0].readings),
+            (kwh("-97.00"), 5)
         );
-        assert_eq!(daily.len(), 1);
-        assert_eq!((daily[0].consumption, daily[0].readings), (kwh("2.75"), 4));
+        // No reading before the range: the first one is the baseline.
+        let first = consumption(&registers[1..3], zone, ConsumptionPeriod::Hourly, from);
+        assert_eq!(first[0].consumption, kwh("0.75"));
     }
 }

@@ -2,6 +2,7 @@
 //! feed with the pure functions in `karvon_projections`, and answers its
 //! queries. Every row carries its tenant and every query filters by it.
 
+pub mod alerts;
 pub mod catalog;
 pub mod customers;
 pub mod jobs;

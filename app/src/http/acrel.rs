@@ -31,7 +31,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 #[utoipa::path(post, path = "/api/v1/acrel/webhooks/{kind}", tag = "meters",
-    summary = "Receive an Acrel webhook: meter-reading, status-change, disconnect-confirm, reconnect-confirm (alert: acknowledged, not handled yet)",
+    summary = "Receive an Acrel webhook: meter-reading, alert, status-change, disconnect-confirm, reconnect-confirm",
     params(("kind" = String, Path, description = "meter-reading | alert | status-change | disconnect-confirm | reconnect-confirm"), WebhookQuery,
         ("webhook-id" = String, Header, description = "Standard Webhooks id"),
         ("webhook-timestamp" = String, Header, description = "Unix seconds, within 5 minutes of now"),
@@ -39,7 +39,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     request_body(content = Object, description = "The Acrel payload of that kind"),
     responses(
         (status = 202, description = "Recorded", body = inline(Envelope<CommandData>)),
-        (status = 200, description = "This webhook-id was applied before, or an alert (not handled yet)", body = inline(Envelope<Duplicate>)),
+        (status = 200, description = "This webhook-id was applied before", body = inline(Envelope<Duplicate>)),
         (status = 400, description = "Unusable payload", body = ErrorBody),
         (status = 401, description = "Signature missing, invalid or stale", body = ErrorBody),
         (status = 403, description = "Sender not in the ip_allowlist", body = ErrorBody),
@@ -53,11 +53,11 @@ pub async fn receive_acrel_webhook(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let kind = match kind.as_str() {
-        "meter-reading" => Some(MessageKind::Reading),
-        "status-change" => Some(MessageKind::Status),
-        "disconnect-confirm" => Some(MessageKind::DisconnectConfirm),
-        "reconnect-confirm" => Some(MessageKind::ReconnectConfirm),
-        "alert" => None,
+        "meter-reading" => MessageKind::Reading,
+        "status-change" => MessageKind::Status,
+        "disconnect-confirm" => MessageKind::DisconnectConfirm,
+        "reconnect-confirm" => MessageKind::ReconnectConfirm,
+        "alert" => MessageKind::Alert,
         other => return Err(ApiError::not_found(format!("no Acrel webhook {other:?}"))),
     };
     let no_such = || ApiError::not_found("no such acrel integration");
@@ -79,20 +79,6 @@ pub async fn receive_acrel_webhook(
         )
             .into_response());
     }
-    let Some(kind) = kind else {
-        // Alerts need the alerts read model, not built yet: acknowledged
-        // (so Acrel does not retry forever) and logged.
-        tracing::warn!(integration = %integration.id, webhook_id, "Acrel alert webhook acknowledged but not handled");
-        store::record_delivery(&state.db, integration_id, &webhook_id).await?;
-        return Ok((
-            StatusCode::OK,
-            ok(Duplicate {
-                webhook_id,
-                duplicate: false,
-            }),
-        )
-            .into_response());
-    };
     let (meter_id, command) =
         meter_command(kind, None, None, &body).map_err(ApiError::validation)?;
     let context =

@@ -47,21 +47,28 @@ pub struct ConsumptionQuery {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConsumptionBuckets {
+    /// Oldest first; periods without readings left out.
+    buckets: Vec<ConsumptionView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConsumptionView {
     /// The period's first local instant (`2026-01-02T00:00:00+05:00`).
     period_start: String,
-    /// kWh from the register's rises (not a sum of interval messages).
+    /// kWh: the last register at or before the period's end minus the
+    /// last one at or before its start (not a sum of interval messages).
     #[schema(value_type = String)]
     consumption: Decimal,
     readings: i64,
-    /// Steps where the register went down: left out.
+    /// Steps where the register went down in the period.
     backwards_steps: i64,
 }
 
 #[utoipa::path(get, path = "/api/v1/meters/{id}/consumption", tag = "meters",
     summary = "A meter's consumption per local hour, day or month, from register differences",
     params(("id" = String, Path, description = "Meter id"), ConsumptionQuery),
-    responses((status = 200, description = "Oldest first; periods without readings left out", body = inline(Envelope<Items<ConsumptionView>>)), QueryErrors),
+    responses((status = 200, description = "OK", body = inline(Envelope<ConsumptionBuckets>)), QueryErrors),
     security(("bearer" = [])))]
 pub async fn meter_consumption(
     State(state): State<AppState>,
@@ -69,7 +76,7 @@ pub async fn meter_consumption(
     headers: HeaderMap,
     Path(meter_id): Path<String>,
     ApiQuery(query): ApiQuery<ConsumptionQuery>,
-) -> Result<Json<Envelope<Items<ConsumptionView>>>, ApiError> {
+) -> Result<Json<Envelope<ConsumptionBuckets>>, ApiError> {
     use chrono::TimeZone;
     use karvon_projections::meters::{ConsumptionPeriod, consumption};
     wait_for_position(&state, &principal, &headers, &[names::METERS]).await?;
@@ -104,7 +111,7 @@ pub async fn meter_consumption(
         meters::registers(&mut tx, principal.tenant.as_str(), &meter_id, start, end).await?;
     finish(tx).await?;
     let local = |at: DateTime<Utc>| at.with_timezone(&zone).naive_local();
-    let items = consumption(&registers, local, period, start)
+    let buckets = consumption(&registers, local, period, start)
         .into_iter()
         .map(|bucket| ConsumptionView {
             period_start: zone
@@ -116,7 +123,7 @@ pub async fn meter_consumption(
             backwards_steps: bucket.backwards_steps,
         })
         .collect();
-    Ok(ok(Items { items }))
+    Ok(ok(ConsumptionBuckets { buckets }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -267,8 +274,9 @@ pub struct ReadingView {
     current: Option<Decimal>,
     #[schema(value_type = Option<String>)]
     power_factor: Option<Decimal>,
-    /// The register went below the reading before it.
-    backwards: bool,
+    /// `register_backwards` when the register went below the reading
+    /// before it.
+    flags: Vec<&'static str>,
 }
 
 impl From<ReadingRow> for ReadingView {
@@ -280,7 +288,11 @@ impl From<ReadingRow> for ReadingView {
             voltage: row.voltage,
             current: row.current,
             power_factor: row.power_factor,
-            backwards: row.backwards,
+            flags: if row.backwards {
+                vec!["register_backwards"]
+            } else {
+                Vec::new()
+            },
         }
     }
 }

@@ -19,6 +19,7 @@
 mod access;
 mod acrel;
 mod admin;
+mod alerts;
 mod audit;
 mod auth;
 mod command;
@@ -83,6 +84,7 @@ pub struct AppState {
     pub suppliers: Arc<CommandExecutor<Supplier>>,
     pub purchase_orders: Arc<CommandExecutor<PurchaseOrder>>,
     pub meters: Arc<CommandExecutor<karvon_domain::meter::Meter>>,
+    pub alerts: Arc<CommandExecutor<karvon_domain::alert::Alert>>,
     pub metrics: Option<PrometheusHandle>,
     /// Upper bound for `X-Min-Position` waits.
     pub min_position_wait: Duration,
@@ -132,6 +134,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(regos::routes())
         .merge(meters::routes())
         .merge(acrel::routes())
+        .merge(alerts::routes())
         .merge(auth::routes())
         .merge(admin::routes())
         .merge(audit::routes())

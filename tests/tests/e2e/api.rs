@@ -618,9 +618,11 @@ async fn operational_endpoints_and_unknown_routes(backend: Backend) {
             "procurement",
             "jobs",
             "meters",
+            "alerts",
             "transfers",
             "sales_stock",
-            "receipts_stock"
+            "receipts_stock",
+            "alert_rules"
         ]
     );
     app.stop().await.expect("stop");

@@ -24,7 +24,7 @@ fn secret_env(backend: Backend) -> Vec<(&'static str, String)> {
 fn acrel(broker: &MosquittoServer) -> Value {
     json!({"kind": "acrel", "name": "meters",
            "settings": {"mqtt_url": broker.url(), "topic_prefix": "acrel",
-                        "command_timeout_secs": 3},
+                        "relay_timeout_secs": 3},
            "secrets": {"signing_secrets": [SECRET]}})
 }
 
@@ -245,8 +245,12 @@ async fn conflicts_are_recorded_garbage_is_counted_and_the_listener_lives(backen
     assert_eq!(items.len(), 2, "{readings}");
     assert_eq!(items[0]["reading"], "15234.56", "the first value stays");
     assert_eq!(items[0]["power_factor"], "0.95");
-    assert_eq!(items[0]["backwards"], false);
-    assert_eq!(items[1]["backwards"], true, "the register went backwards");
+    assert_eq!(items[0]["flags"], json!([]));
+    assert_eq!(
+        items[1]["flags"],
+        json!(["register_backwards"]),
+        "the register went backwards"
+    );
     let (status, _) = app.get("/api/v1/meters/NOPE").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
@@ -377,6 +381,19 @@ async fn relay_off_goes_out_is_confirmed_by_status_or_times_out(backend: Backend
         })
     })
     .await;
+    eventually(
+        "the timeout raises an alert",
+        Duration::from_secs(15),
+        || async {
+            let (_, alerts) = app.get("/api/v1/alerts?kind=relay_command_timeout").await;
+            alerts["data"]["items"].as_array().is_some_and(|items| {
+                items
+                    .iter()
+                    .any(|a| a["subject"] == "meter:ACR-9" && a["status"] == "active")
+            })
+        },
+    )
+    .await;
     // A meter that never reported takes no command.
     let (status, _) = app
         .post(
@@ -504,8 +521,9 @@ async fn acrel_webhooks_are_signed_fresh_and_applied_once(backend: Backend) {
     );
 }
 
-/// Consumption per local hour comes from the register's rises (a reset
-/// left out), not from the interval field, whatever it says.
+/// Consumption per local hour is the register's difference over the hour
+/// (the reading before the range as the baseline), not the interval
+/// field, whatever it says.
 async fn consumption_follows_register_rises_in_the_tenant_zone(backend: Backend) {
     let broker = MosquittoServer::started().await.expect("mosquitto");
     let (db, app) = app_with_listener(backend, &broker).await;
@@ -530,8 +548,8 @@ async fn consumption_follows_register_rises_in_the_tenant_zone(backend: Backend)
         ("2025-01-01T18:50:00Z", "100.00"), // 23:50 local, the day before
         ("2025-01-01T19:10:00Z", "100.75"),
         ("2025-01-01T19:40:00Z", "101.50"),
-        ("2025-01-01T20:05:00Z", "3.00"), // a reset
-        ("2025-01-01T20:30:00Z", "4.25"),
+        ("2025-01-01T20:05:00Z", "102.00"),
+        ("2025-01-01T20:30:00Z", "103.25"),
     ];
     for (n, (at, register)) in readings.iter().enumerate() {
         let body = format!(
@@ -550,7 +568,7 @@ async fn consumption_follows_register_rises_in_the_tenant_zone(backend: Backend)
         .get("/api/v1/meters/ACR-C/consumption?period=hourly&from=2025-01-02&to=2025-01-02")
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let items = body["data"]["items"].as_array().expect("items");
+    let items = body["data"]["buckets"].as_array().expect("buckets");
     let got: Vec<(&str, &str, i64)> = items
         .iter()
         .map(|item| {
@@ -565,7 +583,7 @@ async fn consumption_follows_register_rises_in_the_tenant_zone(backend: Backend)
         got,
         [
             ("2025-01-02T00:00:00+05:00", "1.50", 0),
-            ("2025-01-02T01:00:00+05:00", "1.25", 1)
+            ("2025-01-02T01:00:00+05:00", "1.75", 0)
         ],
         "{body}"
     );
@@ -575,7 +593,96 @@ async fn consumption_follows_register_rises_in_the_tenant_zone(backend: Backend)
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
+async fn alerts(app: &TestApp, query: &str) -> Vec<Value> {
+    let (status, body) = app.get(&format!("/api/v1/alerts{query}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["data"]["items"].as_array().expect("items").clone()
+}
+
+/// An over-voltage message sent twice raises one alert; another occurrence
+/// counts on it; once resolved, the next one raises it again.
+async fn a_device_alarm_raises_one_alert_until_resolved(backend: Backend) {
+    let broker = MosquittoServer::started().await.expect("mosquitto");
+    let (_db, app) = app_with_listener(backend, &broker).await;
+    let client = publisher(&broker).await;
+    let alarm = |at: &str| {
+        json!({"event_type": "alert", "timestamp": at, "meter_id": "ACR-001234",
+               "alert_type": "over_voltage", "severity": "warning", "value": 245.5,
+               "threshold": 240.0, "message": "Voltage exceeded threshold"})
+        .to_string()
+    };
+    let send = |payload: String| {
+        let client = client.clone();
+        async move {
+            client
+                .publish(
+                    "acrel/S1/meter/ACR-001234/alert",
+                    QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .await
+                .expect("publish");
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alerts(&app, "?kind=meter_over_voltage").await.is_empty() {
+        send(alarm("2024-12-15T10:30:00Z")).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(Instant::now() < deadline, "the alarm raised no alert");
+    }
+    // The same message again (and again): still one alert, one occurrence.
+    send(alarm("2024-12-15T10:30:00Z")).await;
+    send(alarm("2024-12-15T10:30:00Z")).await;
+    // Another occurrence of the cause while it is open: counted.
+    send(alarm("2024-12-15T10:35:00Z")).await;
+    eventually(
+        "the occurrence is counted",
+        Duration::from_secs(15),
+        || async { alerts(&app, "?kind=meter_over_voltage").await[0]["occurrences"] == 2 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let open = alerts(&app, "?status=active").await;
+    assert_eq!(open.len(), 1, "{open:?}");
+    let alert = &open[0];
+    assert_eq!(alert["kind"], "meter_over_voltage");
+    assert_eq!(alert["severity"], "warning");
+    assert_eq!(alert["subject"], "meter:ACR-001234");
+    assert_eq!(alert["occurrences"], 2, "{alert}");
+    let id = alert["id"].as_str().expect("id").to_string();
+
+    let (status, body) = app
+        .post(&format!("/api/v1/alerts/{id}/acknowledge"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/alerts/{id}/resolve"),
+            &json!({"note": "fixed the transformer"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("resolved", Duration::from_secs(15), || async {
+        alerts(&app, "?status=resolved").await.len() == 1
+    })
+    .await;
+    send(alarm("2024-12-15T11:00:00Z")).await;
+    eventually("raised again", Duration::from_secs(15), || async {
+        let open = alerts(&app, "?status=active").await;
+        open.len() == 1 && open[0]["occurrences"] == 1
+    })
+    .await;
+    let (status, _) = app
+        .post("/api/v1/alerts/NOPE/acknowledge", &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = app.get("/api/v1/alerts?status=open").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
 on_both_backends!(
+    a_device_alarm_raises_one_alert_until_resolved,
     consumption_follows_register_rises_in_the_tenant_zone,
     acrel_webhooks_are_signed_fresh_and_applied_once,
     relay_off_goes_out_is_confirmed_by_status_or_times_out,
