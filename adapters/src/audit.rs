@@ -222,3 +222,24 @@ pub async fn export(
         }
     }
 }
+
+/// The position of the last settled event (where a live follower of the
+/// feed starts); the feed's start when there is none.
+pub async fn head(db: &Db) -> Result<Position, StorageError> {
+    let select = match db.backend() {
+        Backend::Postgres => {
+            "SELECT transaction_id::text AS txid, global_position FROM public.events
+              WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+              ORDER BY transaction_id DESC, global_position DESC LIMIT 1"
+        }
+        Backend::Sqlite => {
+            "SELECT '0' AS txid, global_position FROM events ORDER BY global_position DESC LIMIT 1"
+        }
+    };
+    on_pool!(db, read, pool => sqlx::query(select)
+        .fetch_optional(pool)
+        .await?
+        .map(|row| crate::store::row_position(&row, "global_position"))
+        .transpose()
+        .map(|position| position.unwrap_or(Position::START)))
+}

@@ -921,6 +921,10 @@ impl Imports {
         {
             pace.rate = Some(rate as f64);
         }
+        // Off only where REGOS itself does not limit (the bench's gateway).
+        if config.settings.get("client_rate_limit") == Some(&Value::Bool(false)) {
+            pace.rate = None;
+        }
         regos::Client::new(
             self.db.clone(),
             id,

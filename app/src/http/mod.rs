@@ -39,6 +39,7 @@ mod recommendations;
 mod regos;
 mod sales;
 mod stock;
+mod stream;
 mod suppliers;
 mod webhooks;
 
@@ -135,6 +136,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(meters::routes())
         .merge(acrel::routes())
         .merge(alerts::routes())
+        .merge(stream::routes())
         .merge(auth::routes())
         .merge(admin::routes())
         .merge(audit::routes())

@@ -681,7 +681,127 @@ async fn a_device_alarm_raises_one_alert_until_resolved(backend: Backend) {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
+/// Reads Server-Sent Events from `response` until `wanted` of them have
+/// the event name `name`: (id, name, data) of every event read.
+async fn sse_events(
+    response: &mut reqwest::Response,
+    name: &str,
+    wanted: usize,
+    timeout: Duration,
+) -> Vec<(String, String, Value)> {
+    let deadline = Instant::now() + timeout;
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    while events.iter().filter(|(_, n, _)| n == name).count() < wanted {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no {name} event in time: {events:?}");
+        let Ok(Ok(Some(chunk))) = tokio::time::timeout(left, response.chunk()).await else {
+            panic!("the stream ended or stalled: {events:?}");
+        };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut id, mut event, mut data) = (String::new(), String::new(), String::new());
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("id:") {
+                    id = value.trim().to_string();
+                } else if let Some(value) = line.strip_prefix("event:") {
+                    event = value.trim().to_string();
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    data.push_str(value.trim());
+                }
+            }
+            if !event.is_empty() {
+                events.push((
+                    id,
+                    event,
+                    serde_json::from_str(&data).unwrap_or(Value::Null),
+                ));
+            }
+        }
+    }
+    events
+}
+
+async fn open_stream(app: &TestApp, last_event_id: Option<&str>) -> reqwest::Response {
+    let mut request = app.client.get(app.url("/api/v1/stream"));
+    if let Some(id) = last_event_id {
+        request = request.header("Last-Event-ID", id);
+    }
+    let response = request.send().await.expect("stream");
+    assert_eq!(response.status(), StatusCode::OK);
+    response
+}
+
+/// The live stream shows a device alarm's alert and readings as they are
+/// recorded, and resumes after `Last-Event-ID`.
+async fn the_stream_shows_alerts_and_readings_and_resumes(backend: Backend) {
+    let broker = MosquittoServer::started().await.expect("mosquitto");
+    let (_db, app) = app_with_listener(backend, &broker).await;
+    let (_, list) = app.get("/api/v1/integrations").await;
+    let integration = list["data"]["items"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let mut stream = open_stream(&app, None).await;
+
+    let alarm = include_str!("../../../../shared/fixtures/acrel/webhook-alert.json");
+    let sent = Instant::now();
+    let (status, body) = Delivery::of("alert", "s-1", alarm)
+        .post(&app, &integration)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let seen = sse_events(&mut stream, "alert", 1, Duration::from_secs(10)).await;
+    println!(
+        "alert on the stream {:?} after the webhook was sent",
+        sent.elapsed()
+    );
+    let (_, _, alert) = seen
+        .iter()
+        .find(|(_, name, _)| name == "alert")
+        .expect("alert");
+    assert_eq!(alert["kind"], "meter_over_voltage", "{alert}");
+    assert_eq!(alert["status"], "active", "{alert}");
+
+    for (n, register) in ["1.5", "2.5"].iter().enumerate() {
+        let body = format!(
+            r#"{{"timestamp":"2025-01-01T0{n}:00:00Z","meter_id":"ACR-001234","data":{{"reading":{register}}}}}"#
+        );
+        let id = format!("s-r{n}");
+        let (status, answer) = Delivery::of("meter-reading", &id, &body)
+            .post(&app, &integration)
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    }
+    let seen = sse_events(&mut stream, "reading", 2, Duration::from_secs(10)).await;
+    let readings: Vec<&(String, String, Value)> = seen
+        .iter()
+        .filter(|(_, name, _)| name == "reading")
+        .collect();
+    assert_eq!(readings[0].2["reading"], "1.5", "{seen:?}");
+    assert_eq!(readings[0].2["meter_id"], "ACR-001234");
+    drop(stream);
+
+    // Resume after the first reading: the second comes first.
+    let mut resumed = open_stream(&app, Some(&readings[0].0)).await;
+    let again = sse_events(&mut resumed, "reading", 1, Duration::from_secs(10)).await;
+    let first = again
+        .iter()
+        .find(|(_, name, _)| name == "reading")
+        .expect("reading");
+    assert_eq!(first.2["reading"], "2.5", "{again:?}");
+    let (status, _) = app
+        .send(
+            app.client
+                .get(app.url("/api/v1/stream"))
+                .header("Last-Event-ID", "garbage"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
 on_both_backends!(
+    the_stream_shows_alerts_and_readings_and_resumes,
     a_device_alarm_raises_one_alert_until_resolved,
     consumption_follows_register_rises_in_the_tenant_zone,
     acrel_webhooks_are_signed_fresh_and_applied_once,
