@@ -477,6 +477,33 @@ async fn a_window_synced_twice_counts_each_cheque_once(backend: Backend) {
     let events = sale_events(&app.db).await;
     assert_eq!(events, closed);
 
+    // Each product the catalogue does not know raises one alert.
+    let unknown = all
+        .iter()
+        .filter(|c| c.status == "Closed" && c.lines.len() == 3 && !c.lines[2].storno)
+        .count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, alerts) = app
+            .get("/api/v1/alerts?kind=unknown_product&limit=500")
+            .await;
+        let raised = alerts["data"]["items"].as_array().map_or(0, Vec::len);
+        if raised == unknown {
+            assert!(
+                alerts["data"]["items"][0]["subject"]
+                    .as_str()
+                    .is_some_and(|subject| subject.starts_with("product:regos:9")),
+                "{alerts}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{raised} of {unknown} unknown_product alerts"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The same window again: nothing new.
     let task = sync(&app.client, &app.address, &id).await;
     let again = finished(&app.client, &app.address, &task).await;
