@@ -993,3 +993,27 @@ impl Drop for MosquittoServer {
         let _ = std::fs::remove_file(&self.config);
     }
 }
+
+/// Polls an import job's status (`/api/v1/integration/sync/status/…`)
+/// until it completed or failed (at most 4 minutes); its last status.
+pub async fn finished_job(client: &reqwest::Client, base: &str, task: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        if let Ok(response) = client
+            .get(format!("{base}/api/v1/integration/sync/status/{task}/"))
+            .send()
+            .await
+        {
+            let body: Value = response.json().await.unwrap_or_default();
+            let status = &body["data"]["status"];
+            if status == "completed" || status == "error" {
+                return body["data"].clone();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {task} did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -685,26 +685,14 @@ impl Imports {
         records: &[Parsed<ProductRecord>],
     ) -> Result<(Vec<StreamWrite>, ChunkOutcome, Vec<String>), StorageError> {
         let mut outcome = ChunkOutcome::default();
-        let mut wanted = Vec::new();
-        let mut seen = HashSet::new();
-        for record in records {
-            match record {
-                Parsed::Rejected { reference, reason } => reject(&mut outcome, reference, reason),
-                Parsed::Ok(record) => match Id::parse(record.guid.as_str()) {
-                    Err(error) => reject(&mut outcome, &record.guid, &format!("GUID: {error}")),
-                    Ok(_) if !seen.insert(record.guid.clone()) => reject(
-                        &mut outcome,
-                        &record.guid,
-                        "the GUID appears twice in this import",
-                    ),
-                    Ok(id) => wanted.push((product_stream_id(tenant, &id), id, record)),
-                },
-            }
-        }
-        let streams: Vec<String> = wanted.iter().map(|(stream, ..)| stream.clone()).collect();
+        let wanted = admitted(records, |record| &record.guid, &mut outcome);
+        let streams: Vec<String> = wanted
+            .iter()
+            .map(|(id, _)| product_stream_id(tenant, id))
+            .collect();
         let loaded = self.products.load_many(&streams).await?;
         let mut writes = Vec::new();
-        for ((_, id, record), loaded) in wanted.into_iter().zip(loaded) {
+        for ((id, record), loaded) in wanted.into_iter().zip(loaded) {
             let state = loaded.state();
             let known = state.details();
             let command = if record.deletion_mark {
@@ -762,26 +750,14 @@ impl Imports {
         records: &[Parsed<ClientRecord>],
     ) -> Result<(Vec<StreamWrite>, ChunkOutcome, Vec<String>), StorageError> {
         let mut outcome = ChunkOutcome::default();
-        let mut wanted = Vec::new();
-        let mut seen = HashSet::new();
-        for record in records {
-            match record {
-                Parsed::Rejected { reference, reason } => reject(&mut outcome, reference, reason),
-                Parsed::Ok(record) => match Id::parse(record.guid.as_str()) {
-                    Err(error) => reject(&mut outcome, &record.guid, &format!("GUID: {error}")),
-                    Ok(_) if !seen.insert(record.guid.clone()) => reject(
-                        &mut outcome,
-                        &record.guid,
-                        "the GUID appears twice in this import",
-                    ),
-                    Ok(id) => wanted.push((customer_stream_id(tenant, &id), id, record)),
-                },
-            }
-        }
-        let streams: Vec<String> = wanted.iter().map(|(stream, ..)| stream.clone()).collect();
+        let wanted = admitted(records, |record| &record.guid, &mut outcome);
+        let streams: Vec<String> = wanted
+            .iter()
+            .map(|(id, _)| customer_stream_id(tenant, id))
+            .collect();
         let loaded = self.customers.load_many(&streams).await?;
         let mut writes = Vec::new();
-        for ((_, id, record), loaded) in wanted.into_iter().zip(loaded) {
+        for ((id, record), loaded) in wanted.into_iter().zip(loaded) {
             let known = loaded.state().details();
             let registered = known.is_some();
             if record.deletion_mark {
@@ -1248,6 +1224,33 @@ impl From<StorageError> for ChunkError {
     fn from(error: StorageError) -> Self {
         ChunkError::Storage(error)
     }
+}
+
+/// The records of a chunk to write, each GUID once (the rest rejected in
+/// `outcome` with their reason).
+fn admitted<'r, R>(
+    records: &'r [Parsed<R>],
+    guid: impl Fn(&R) -> &String,
+    outcome: &mut ChunkOutcome,
+) -> Vec<(Id, &'r R)> {
+    let mut wanted = Vec::new();
+    let mut seen = HashSet::new();
+    for record in records {
+        match record {
+            Parsed::Rejected { reference, reason } => reject(outcome, reference, reason),
+            Parsed::Ok(record) => {
+                let guid = guid(record);
+                match Id::parse(guid.as_str()) {
+                    Err(error) => reject(outcome, guid, &format!("GUID: {error}")),
+                    Ok(_) if !seen.insert(guid.clone()) => {
+                        reject(outcome, guid, "the GUID appears twice in this import")
+                    }
+                    Ok(id) => wanted.push((id, record)),
+                }
+            }
+        }
+    }
+    wanted
 }
 
 fn reject(outcome: &mut ChunkOutcome, reference: &str, reason: &str) {

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use karvon_projections::names;
 use karvon_tests::{
-    Backend, Db, KarvonProcess, TestApp, TestDb, fetch_strings, spawn_app_with, test_config,
+    Backend, Db, KarvonProcess, TestApp, TestDb, fetch_strings, finished_job as finished,
+    spawn_app_with, test_config,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -267,26 +268,6 @@ async fn sync(app: &TestApp, what: &str, integration: &str) -> String {
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["data"]["status"], "started", "{body}");
     body["data"]["task_id"].as_str().expect("task").to_string()
-}
-
-/// Polls the status until the job finished; its last status.
-async fn finished(client: &reqwest::Client, base: &str, task: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        if let Ok(response) = client
-            .get(format!("{base}/api/v1/integration/sync/status/{task}/"))
-            .send()
-            .await
-        {
-            let body: Value = response.json().await.unwrap_or_default();
-            let status = &body["data"]["status"];
-            if status == "completed" || status == "error" {
-                return body["data"].clone();
-            }
-        }
-        assert!(Instant::now() < deadline, "job {task} did not finish");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The job's last status, once the read models have caught up with it.

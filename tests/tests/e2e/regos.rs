@@ -14,7 +14,8 @@ use axum::routing::post;
 use chrono::{NaiveDate, TimeZone};
 use karvon_projections::names;
 use karvon_tests::{
-    Backend, KarvonProcess, TestApp, TestDb, execute, fetch_strings, spawn_app_with, test_config,
+    Backend, KarvonProcess, TestApp, TestDb, execute, fetch_strings, finished_job as finished,
+    spawn_app_with, test_config,
 };
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
@@ -369,25 +370,6 @@ async fn sync(client: &reqwest::Client, base: &str, integration: &str) -> String
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let body: Value = response.json().await.expect("json");
     body["data"]["task_id"].as_str().expect("task").to_string()
-}
-
-async fn finished(client: &reqwest::Client, base: &str, task: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        if let Ok(response) = client
-            .get(format!("{base}/api/v1/integration/sync/status/{task}/"))
-            .send()
-            .await
-        {
-            let body: Value = response.json().await.unwrap_or_default();
-            let status = &body["data"]["status"];
-            if status == "completed" || status == "error" {
-                return body["data"].clone();
-            }
-        }
-        assert!(Instant::now() < deadline, "task {task} did not finish");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn sales_report(client: &reqwest::Client, base: &str) -> Value {
