@@ -227,7 +227,10 @@ impl Listener {
             }
         };
         let (client, mut eventloop) = AsyncClient::new(options, 10_000);
-        let (messages, mut inbox) = mpsc::channel::<Publish>(BATCH * 2);
+        // Unbounded: the network side must keep polling the connection
+        // (which is what sends our acks) while a batch commits; the
+        // broker's in-flight window bounds what waits here.
+        let (messages, mut inbox) = mpsc::unbounded_channel::<Publish>();
         let subscriber = client.clone();
         let topics: Vec<String> = ["data", "alert", "status"]
             .iter()
@@ -246,7 +249,7 @@ impl Listener {
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        if messages.send(publish).await.is_err() {
+                        if messages.send(publish).is_err() {
                             return;
                         }
                     }
@@ -723,7 +726,7 @@ mod tests {
 
     #[test]
     fn an_alert_message_is_a_device_alarm() {
-        let alert = include_str!("../../../shared/fixtures/acrel/webhook-alert.json");
+        let alert = include_str!("testdata/acrel/webhook-alert.json");
         let parsed = parse("acrel", &publish("acrel/S1/meter/ACR-001234/alert", alert));
         assert!(
             matches!(

@@ -19,11 +19,10 @@ use karvon_tests::{
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const IMPORT_XML: &str = include_str!("../../../../shared/fixtures/1c/commerceml-import.xml");
-const OFFERS_XML: &str = include_str!("../../../../shared/fixtures/1c/commerceml-offers.xml");
-const CLIENTS_SOAP: &str =
-    include_str!("../../../../shared/fixtures/1c/soap-return-json-string.xml");
-const FAULT_SOAP: &str = include_str!("../../../../shared/fixtures/1c/soap-fault.xml");
+const IMPORT_XML: &str = include_str!("../../fixtures/1c/commerceml-import.xml");
+const OFFERS_XML: &str = include_str!("../../fixtures/1c/commerceml-offers.xml");
+const CLIENTS_SOAP: &str = include_str!("../../fixtures/1c/soap-return-json-string.xml");
+const FAULT_SOAP: &str = include_str!("../../fixtures/1c/soap-fault.xml");
 
 // ---------------------------------------------------------------------------
 // The fake 1C

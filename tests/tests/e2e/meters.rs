@@ -404,10 +404,8 @@ async fn relay_off_goes_out_is_confirmed_by_status_or_times_out(backend: Backend
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-const READING_FIXTURE: &str =
-    include_str!("../../../../shared/fixtures/acrel/webhook-meter-reading.json");
-const STATUS_FIXTURE: &str =
-    include_str!("../../../../shared/fixtures/acrel/webhook-status-change.json");
+const READING_FIXTURE: &str = include_str!("../../fixtures/acrel/webhook-meter-reading.json");
+const STATUS_FIXTURE: &str = include_str!("../../fixtures/acrel/webhook-status-change.json");
 
 /// An Acrel webhook delivery: `signed` is what the signature covers,
 /// `sent` what goes out (they differ for a tampered body).
@@ -745,7 +743,7 @@ async fn the_stream_shows_alerts_and_readings_and_resumes(backend: Backend) {
         .to_string();
     let mut stream = open_stream(&app, None).await;
 
-    let alarm = include_str!("../../../../shared/fixtures/acrel/webhook-alert.json");
+    let alarm = include_str!("../../fixtures/acrel/webhook-alert.json");
     let sent = Instant::now();
     let (status, body) = Delivery::of("alert", "s-1", alarm)
         .post(&app, &integration)

@@ -707,10 +707,8 @@ async fn a_missed_daily_run_starts_at_start_once(backend: Backend) {
 async fn flattened_sale_rows_map_the_same_way(backend: Backend) {
     let (_db, app) = start(backend).await;
     let (base, fake) = fake_regos(Vec::new()).await;
-    let mut rows: Value = serde_json::from_str(include_str!(
-        "../../../../shared/fixtures/regos/sale-get.json"
-    ))
-    .expect("fixture");
+    let mut rows: Value =
+        serde_json::from_str(include_str!("../../fixtures/regos/sale-get.json")).expect("fixture");
     rows["result"][0]["date"] = json!("2026-01-02T15:30:00");
     rows["result"][1]["date"] = json!("2026-01-03T00:30:00");
     fake.lock().expect("gateway").sale_rows = rows["result"].as_array().expect("rows").clone();
