@@ -798,7 +798,31 @@ async fn the_stream_shows_alerts_and_readings_and_resumes(backend: Backend) {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
+/// A burst far beyond what one batch holds (20,000 readings of 10,000
+/// meters, published faster than they are committed): every one is stored.
+/// The listener once stopped after ~10,000 messages waited for their ack.
+async fn a_burst_of_twenty_thousand_readings_is_stored_whole(backend: Backend) {
+    const READINGS: usize = 20_000;
+    let broker = MosquittoServer::started().await.expect("mosquitto");
+    let (_db, app) = app_with_listener(backend, &broker).await;
+    let client = publisher(&broker).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&app.db, RECORDED).await == 0 {
+        publish(&client, "S0", "PROBE", reading("PROBE", 0, "1")).await;
+        assert!(Instant::now() < deadline, "the listener never subscribed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for n in 0..READINGS {
+        let id = format!("M{:05}", n % 10_000);
+        publish(&client, "S1", &id, reading(&id, 1 + n / 10_000, "5")).await;
+    }
+    let expected = READINGS as i64 + 1;
+    let stored = until_count(&app.db, RECORDED, expected, Duration::from_secs(240)).await;
+    assert_eq!(stored, expected, "every reading of the burst is stored");
+}
+
 on_both_backends!(
+    a_burst_of_twenty_thousand_readings_is_stored_whole,
     the_stream_shows_alerts_and_readings_and_resumes,
     a_device_alarm_raises_one_alert_until_resolved,
     consumption_follows_register_rises_in_the_tenant_zone,
