@@ -1,6 +1,7 @@
 //! The alert rules (a reactor): what happens raises alerts. A device alarm
 //! (`MeterAlertRaised`) raises `meter_<alert_type>` for its meter, once per
-//! (meter, type, instant); a relay command that timed out raises
+//! (meter, type, instant); a reading whose register went down raises
+//! `meter_register_backwards`; a relay command that timed out raises
 //! `relay_command_timeout` for its meter; a sale naming a product the
 //! catalogue does not know raises `unknown_product` for that product; a
 //! failed import raises `import_failed` for its job. One alert stream per
@@ -102,6 +103,26 @@ fn meter_alerts(event: MeterEvent) -> Vec<Raise> {
                 at: alert.at,
             }]
         }
+        MeterEvent::MeterReadingRecorded {
+            meter_id,
+            reading,
+            backwards: true,
+            ..
+        } => vec![Raise {
+            kind: "meter_register_backwards".to_string(),
+            severity: Severity::Warning,
+            subject: format!("meter:{meter_id}"),
+            message: format!(
+                "the register went down to {} at {}",
+                reading
+                    .values
+                    .reading
+                    .map_or("-".to_string(), |value| value.to_string()),
+                reading.at.to_rfc3339()
+            ),
+            occurrence: reading.at.to_rfc3339(),
+            at: reading.at,
+        }],
         MeterEvent::RelayCommandTimedOut {
             meter_id,
             command_id,

@@ -253,6 +253,21 @@ async fn conflicts_are_recorded_garbage_is_counted_and_the_listener_lives(backen
     );
     let (status, _) = app.get("/api/v1/meters/NOPE").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // The backwards register raised its alert.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, alerts) = app
+            .get("/api/v1/alerts?kind=meter_register_backwards")
+            .await;
+        if alerts["data"]["items"][0]["subject"] == "meter:ACR-001234" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no meter_register_backwards alert: {alerts}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A client subscribed to `topic`; what it receives.
