@@ -36,7 +36,7 @@ use crate::db::Db;
 use crate::integrations::{self, SecretsKey};
 use crate::onec::{self, ClientRecord, Parsed, ProductRecord, SourceError, Transport};
 use crate::regos::{self, Cheque, ChequeLine, Pace};
-use crate::store::{BatchError, CommandError, CommandExecutor, StreamWrite, commit_batch};
+use crate::store::{BatchError, CommandError, CommandExecutor, Loaded, StreamWrite, commit_batch};
 pub use queue::Queued;
 
 /// The category of a product 1C files under no folder.
@@ -722,23 +722,16 @@ impl Imports {
                     ProductCommand::Update { details }
                 }
             };
-            let created = !state.is_registered();
-            match loaded.handle(command).await {
-                Ok(Some(write)) => {
-                    if created {
-                        outcome.created += 1;
-                    } else {
-                        outcome.updated += 1;
-                    }
-                    writes.push(write);
-                }
-                Ok(None) => outcome.unchanged += 1,
-                Err(CommandError::Domain(error)) => {
-                    reject(&mut outcome, &record.guid, &error.to_string())
-                }
-                Err(CommandError::Storage(error)) => return Err(error),
-                Err(other) => return Err(StorageError::EventStore(other.to_string())),
-            }
+            let new = !state.is_registered();
+            tally(
+                &loaded,
+                command,
+                new,
+                &record.guid,
+                &mut outcome,
+                &mut writes,
+            )
+            .await?;
         }
         Ok((writes, outcome, streams))
     }
@@ -781,22 +774,16 @@ impl Imports {
                     details,
                 }
             };
-            match loaded.handle(command).await {
-                Ok(Some(write)) => {
-                    if registered {
-                        outcome.updated += 1;
-                    } else {
-                        outcome.created += 1;
-                    }
-                    writes.push(write);
-                }
-                Ok(None) => outcome.unchanged += 1,
-                Err(CommandError::Domain(error)) => {
-                    reject(&mut outcome, &record.guid, &error.to_string())
-                }
-                Err(CommandError::Storage(error)) => return Err(error),
-                Err(other) => return Err(StorageError::EventStore(other.to_string())),
-            }
+            let new = !registered;
+            tally(
+                &loaded,
+                command,
+                new,
+                &record.guid,
+                &mut outcome,
+                &mut writes,
+            )
+            .await?;
         }
         Ok((writes, outcome, streams))
     }
@@ -1025,26 +1012,16 @@ impl Imports {
                 is_return: cheque.is_return,
                 unknown_products,
             };
-            match loaded.handle(command).await {
-                Ok(Some(write)) => {
-                    if recorded {
-                        outcome.updated += 1;
-                    } else {
-                        outcome.created += 1;
-                    }
-                    writes.push(write);
-                }
-                Ok(None) => outcome.unchanged += 1,
-                Err(CommandError::Domain(error)) => {
-                    reject(&mut outcome, &cheque.uuid, &error.to_string())
-                }
-                Err(CommandError::Storage(error)) => return Err(ChunkError::Storage(error)),
-                Err(other) => {
-                    return Err(ChunkError::Storage(StorageError::EventStore(
-                        other.to_string(),
-                    )));
-                }
-            }
+            let new = !recorded;
+            tally(
+                &loaded,
+                command,
+                new,
+                &cheque.uuid,
+                &mut outcome,
+                &mut writes,
+            )
+            .await?;
         }
         Ok((writes, outcome, streams))
     }
@@ -1224,6 +1201,37 @@ impl From<StorageError> for ChunkError {
     fn from(error: StorageError) -> Self {
         ChunkError::Storage(error)
     }
+}
+
+/// Runs a record's command on its loaded stream and counts what it did:
+/// a write (created on a `new` stream, else updated), nothing (unchanged),
+/// or a refusal (rejected with the aggregate's reason).
+async fn tally<A>(
+    loaded: &Loaded<A>,
+    command: A::Command,
+    new: bool,
+    reference: &str,
+    outcome: &mut ChunkOutcome,
+    writes: &mut Vec<StreamWrite>,
+) -> Result<(), StorageError>
+where
+    A: cqrs_es::Aggregate<Services = ()> + Clone,
+{
+    match loaded.handle(command).await {
+        Ok(Some(write)) => {
+            if new {
+                outcome.created += 1;
+            } else {
+                outcome.updated += 1;
+            }
+            writes.push(write);
+        }
+        Ok(None) => outcome.unchanged += 1,
+        Err(CommandError::Domain(error)) => reject(outcome, reference, &error.to_string()),
+        Err(CommandError::Storage(error)) => return Err(error),
+        Err(other) => return Err(StorageError::EventStore(other.to_string())),
+    }
+    Ok(())
 }
 
 /// The records of a chunk to write, each GUID once (the rest rejected in
