@@ -143,7 +143,7 @@ async fn sync(
 ) -> Result<Accepted, ApiError> {
     let (id, source) = one_c_integration(state, principal, integration_id).await?;
     let job = queued(principal, Some(id), kind, source, None);
-    start(state, principal, job).await
+    start(state, job).await
 }
 
 /// The caller's 1C integration `integration_id` and its source kind.
@@ -199,11 +199,7 @@ fn spelled(value: &impl Serialize) -> String {
 }
 
 /// Queues the job and answers 202 once its status can be read.
-pub(super) async fn start(
-    state: &AppState,
-    principal: &Principal,
-    job: Queued,
-) -> Result<Accepted, ApiError> {
+pub(super) async fn start(state: &AppState, job: Queued) -> Result<Accepted, ApiError> {
     let started = state
         .imports
         .start(job)
@@ -220,11 +216,18 @@ pub(super) async fn start(
     if let Some(position) = position {
         // Read-your-writes for the status endpoint; a slow projection only
         // means the first status read may wait.
-        let mut headers = HeaderMap::new();
-        if let Ok(value) = position.to_string().parse() {
-            headers.insert("x-min-position", value);
-        }
-        let _ = wait_for_position(state, principal, &headers, &[names::JOBS]).await;
+        let mut wakeup = state.wakeup.clone();
+        let wait = state
+            .min_position_wait
+            .min(std::time::Duration::from_secs(5));
+        let _ = karvon_adapters::runner::wait_until_applied(
+            &state.db,
+            &mut wakeup,
+            &[names::JOBS],
+            &position,
+            wait,
+        )
+        .await;
     }
     let (status, message) = if already_running {
         (
@@ -311,7 +314,7 @@ pub async fn upload_commerceml(
         return Err(error);
     }
     job.upload_dir = Some(dir.to_string_lossy().into_owned());
-    let (started, answer) = match start(&state, &principal, job).await {
+    let (started, answer) = match start(&state, job).await {
         Ok((code, body)) => (body.0.data.status == "started", Ok((code, body))),
         Err(error) => (false, Err(error)),
     };

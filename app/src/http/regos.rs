@@ -91,7 +91,7 @@ pub async fn sync_sales(
         params.insert("date_to".into(), to.to_string().into());
     }
     job.params = Some(Value::Object(params).to_string());
-    start(&state, &principal, job).await
+    start(&state, job).await
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
