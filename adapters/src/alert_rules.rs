@@ -1,10 +1,15 @@
 //! The alert rules (a reactor): what happens raises alerts. A device alarm
 //! (`MeterAlertRaised`) raises `meter_<alert_type>` for its meter, once per
 //! (meter, type, instant); a reading whose register went down raises
-//! `meter_register_backwards`; a relay command that timed out raises
-//! `relay_command_timeout` for its meter; a sale naming a product the
-//! catalogue does not know raises `unknown_product` for that product; a
-//! failed import raises `import_failed` for its job. One alert stream per
+//! `meter_register_backwards`, one whose interval consumption is an
+//! anomaly `meter_reading_anomaly`; a meter gone silent raises
+//! `meter_offline`, cleared when it reports again; a relay command that
+//! timed out raises `relay_command_timeout` for its meter; a sale naming a
+//! product the catalogue does not know raises `unknown_product` for that
+//! product; a failed import raises `import_failed` for its job. Stock
+//! movements and reorder-level changes ask for a stock check
+//! ([`crate::stock_alerts`]), which opens or clears `low_stock`,
+//! `negative_stock`, `expired` and `near_expiry`. One alert stream per
 //! cause, so a cause raises one alert until it is resolved (later
 //! occurrences count).
 
@@ -14,7 +19,9 @@ use karvon_domain::alert::{AlertCommand, AlertDetails, Severity};
 use karvon_domain::ids::alert_stream_id;
 use karvon_domain::import_job::{ImportJob, ImportJobEvent};
 use karvon_domain::meter::{Meter, MeterEvent};
+use karvon_domain::product::{Product, ProductEvent};
 use karvon_domain::sale::{Sale, SaleEvent};
+use karvon_domain::stock::{StockEvent, StockItem};
 use karvon_domain::{Id, TenantId};
 use karvon_projections::names;
 
@@ -32,39 +39,94 @@ impl Reactor for AlertRules {
     }
 
     fn react(&self, event: &FeedEvent) -> Result<Vec<Reaction>, StorageError> {
-        let raises = match event.aggregate_type.as_str() {
-            t if t == Meter::TYPE => meter_alerts(decode::<MeterEvent>(event)?),
-            t if t == Sale::TYPE => sale_alerts(decode::<SaleEvent>(event)?),
-            t if t == ImportJob::TYPE => job_alerts(decode::<ImportJobEvent>(event)?),
+        let rules = match event.aggregate_type.as_str() {
+            t if t == Meter::TYPE => meter_rules(decode::<MeterEvent>(event)?),
+            t if t == Sale::TYPE => sale_alerts(decode::<SaleEvent>(event)?)
+                .into_iter()
+                .map(Rule::Raise)
+                .collect(),
+            t if t == ImportJob::TYPE => job_alerts(decode::<ImportJobEvent>(event)?)
+                .into_iter()
+                .map(Rule::Raise)
+                .collect(),
+            t if t == StockItem::TYPE => {
+                let stock = decode::<StockEvent>(event)?;
+                vec![Rule::CheckStock {
+                    product_id: stock.product_id().clone(),
+                    warehouse_id: Some(stock.warehouse_id().clone()),
+                }]
+            }
+            t if t == Product::TYPE => product_rules(decode::<ProductEvent>(event)?),
             _ => Vec::new(),
         };
-        if raises.is_empty() {
+        if rules.is_empty() {
             return Ok(Vec::new());
         }
         let tenant = TenantId::parse(event.metadata.tenant_id.clone())
             .map_err(|error| StorageError::Corrupt(format!("tenant id: {error}")))?;
-        raises
+        let metadata = || caused_by(event, names::ALERT_RULES, None);
+        rules
             .into_iter()
-            .map(|raise| {
-                let alert_id = alert_id(&raise.kind, &raise.subject)?;
-                Ok(Reaction::Alert {
-                    stream: alert_stream_id(&tenant, &alert_id),
-                    command: AlertCommand::Raise {
-                        alert_id,
-                        details: AlertDetails {
-                            kind: raise.kind,
-                            severity: raise.severity,
-                            subject: raise.subject,
-                            message: raise.message,
-                        },
-                        occurrence: raise.occurrence,
-                        at: raise.at,
+            .map(|rule| {
+                Ok(match rule {
+                    Rule::Raise(raise) => {
+                        let alert_id = alert_id(&raise.kind, &raise.subject)?;
+                        Reaction::Alert {
+                            stream: alert_stream_id(&tenant, &alert_id),
+                            command: AlertCommand::Raise {
+                                alert_id,
+                                details: AlertDetails {
+                                    kind: raise.kind,
+                                    severity: raise.severity,
+                                    subject: raise.subject,
+                                    message: raise.message,
+                                },
+                                occurrence: raise.occurrence,
+                                at: raise.at,
+                            },
+                            metadata: metadata(),
+                        }
+                    }
+                    Rule::Clear {
+                        kind,
+                        subject,
+                        reason,
+                        at,
+                    } => Reaction::Alert {
+                        stream: alert_stream_id(&tenant, &alert_id(kind, &subject)?),
+                        command: AlertCommand::Clear { reason, at },
+                        metadata: metadata(),
                     },
-                    metadata: caused_by(event, names::ALERT_RULES, None),
+                    Rule::CheckStock {
+                        product_id,
+                        warehouse_id,
+                    } => Reaction::StockCheck {
+                        tenant: tenant.clone(),
+                        product_id,
+                        warehouse_id,
+                        metadata: metadata(),
+                    },
                 })
             })
             .collect()
     }
+}
+
+/// What an event calls for.
+enum Rule {
+    Raise(Raise),
+    /// The cause of `<kind>:<subject>` went away.
+    Clear {
+        kind: &'static str,
+        subject: String,
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    /// Judge the stock conditions of a product (at one warehouse, or all).
+    CheckStock {
+        product_id: Id,
+        warehouse_id: Option<Id>,
+    },
 }
 
 /// An alert to raise.
@@ -78,7 +140,7 @@ struct Raise {
     at: DateTime<Utc>,
 }
 
-fn meter_alerts(event: MeterEvent) -> Vec<Raise> {
+fn meter_rules(event: MeterEvent) -> Vec<Rule> {
     match event {
         MeterEvent::MeterAlertRaised { meter_id, alert } => {
             let severity = match alert.severity.as_deref() {
@@ -94,46 +156,110 @@ fn meter_alerts(event: MeterEvent) -> Vec<Raise> {
                     alert.threshold.map_or("-".to_string(), |v| v.to_string())
                 )
             });
-            vec![Raise {
+            vec![Rule::Raise(Raise {
                 kind: format!("meter_{}", clean(&alert.alert_type)),
                 severity,
                 subject: format!("meter:{meter_id}"),
                 message,
                 occurrence: format!("{}@{}", alert.alert_type, alert.at.to_rfc3339()),
                 at: alert.at,
-            }]
+            })]
         }
         MeterEvent::MeterReadingRecorded {
             meter_id,
             reading,
-            backwards: true,
+            backwards,
+            anomaly,
             ..
-        } => vec![Raise {
-            kind: "meter_register_backwards".to_string(),
+        } => {
+            let mut rules = Vec::new();
+            if backwards {
+                rules.push(Rule::Raise(Raise {
+                    kind: "meter_register_backwards".to_string(),
+                    severity: Severity::Warning,
+                    subject: format!("meter:{meter_id}"),
+                    message: format!(
+                        "the register went down to {} at {}",
+                        reading
+                            .values
+                            .reading
+                            .map_or("-".to_string(), |value| value.to_string()),
+                        reading.at.to_rfc3339()
+                    ),
+                    occurrence: reading.at.to_rfc3339(),
+                    at: reading.at,
+                }));
+            }
+            if let Some(anomaly) = anomaly {
+                rules.push(Rule::Raise(Raise {
+                    kind: "meter_reading_anomaly".to_string(),
+                    severity: Severity::Warning,
+                    subject: format!("meter:{meter_id}"),
+                    message: format!(
+                        "interval consumption {} at {} is beyond {} ± 3 × {} (the last {} readings)",
+                        reading
+                            .values
+                            .consumption
+                            .map_or("-".to_string(), |value| value.to_string()),
+                        reading.at.to_rfc3339(),
+                        anomaly.mean,
+                        anomaly.stddev,
+                        anomaly.readings
+                    ),
+                    occurrence: reading.at.to_rfc3339(),
+                    at: reading.at,
+                }));
+            }
+            rules
+        }
+        MeterEvent::MeterWentSilent {
+            meter_id,
+            last_reading_at,
+            at,
+        } => vec![Rule::Raise(Raise {
+            kind: "meter_offline".to_string(),
             severity: Severity::Warning,
             subject: format!("meter:{meter_id}"),
-            message: format!(
-                "the register went down to {} at {}",
-                reading
-                    .values
-                    .reading
-                    .map_or("-".to_string(), |value| value.to_string()),
-                reading.at.to_rfc3339()
-            ),
-            occurrence: reading.at.to_rfc3339(),
-            at: reading.at,
+            message: format!("no reading since {}", last_reading_at.to_rfc3339()),
+            occurrence: format!("silent@{}", last_reading_at.to_rfc3339()),
+            at,
+        })],
+        MeterEvent::MeterReportingAgain { meter_id, at } => vec![Rule::Clear {
+            kind: "meter_offline",
+            subject: format!("meter:{meter_id}"),
+            reason: format!("the meter reported again at {}", at.to_rfc3339()),
+            at,
         }],
         MeterEvent::RelayCommandTimedOut {
             meter_id,
             command_id,
             at,
-        } => vec![Raise {
+        } => vec![Rule::Raise(Raise {
             kind: "relay_command_timeout".to_string(),
             severity: Severity::Warning,
             subject: format!("meter:{meter_id}"),
             message: format!("relay command {command_id} was not confirmed in time"),
             occurrence: command_id,
             at,
+        })],
+        _ => Vec::new(),
+    }
+}
+
+/// A product's reorder level may have changed: check its stock everywhere
+/// (a product registered without one has no level to fall to).
+fn product_rules(event: ProductEvent) -> Vec<Rule> {
+    match event {
+        ProductEvent::ProductRegistered {
+            product_id,
+            details,
+        } if details.reorder_level.is_some() => vec![Rule::CheckStock {
+            product_id,
+            warehouse_id: None,
+        }],
+        ProductEvent::ProductUpdated { product_id, .. } => vec![Rule::CheckStock {
+            product_id,
+            warehouse_id: None,
         }],
         _ => Vec::new(),
     }
@@ -211,7 +337,7 @@ fn clean(alert_type: &str) -> String {
 
 /// The alert of a cause: `<kind>:<subject>`, or (too long for an id)
 /// the kind and a fingerprint of the subject.
-fn alert_id(kind: &str, subject: &str) -> Result<Id, StorageError> {
+pub(crate) fn alert_id(kind: &str, subject: &str) -> Result<Id, StorageError> {
     Id::parse(format!("{kind}:{subject}"))
         .or_else(|_| {
             let fingerprint = subject

@@ -33,6 +33,13 @@ pub async fn create_tenant(
     Ok(inserted == 1)
 }
 
+/// Every tenant's id.
+pub async fn tenant_ids(db: &Db) -> Result<Vec<String>, StorageError> {
+    on_pool!(db, read, pool => Ok(sqlx::query_scalar("SELECT tenant_id FROM tenants ORDER BY tenant_id")
+        .fetch_all(pool)
+        .await?))
+}
+
 pub async fn tenant(db: &Db, tenant_id: &str) -> Result<Option<Tenant>, StorageError> {
     const SELECT: &str =
         "SELECT tenant_id, time_zone, allow_over_delivery FROM tenants WHERE tenant_id = $1";

@@ -134,6 +134,7 @@ fn schema(kind: &str) -> Option<(Vec<Field>, Vec<Field>)> {
                 optional("topic_prefix", Text, || "acrel".into()),
                 optional("ip_allowlist", IpRanges, none),
                 optional("relay_timeout_secs", Count, || 120.into()),
+                optional("offline_after_secs", Count, || 3600.into()),
             ],
             vec![required("signing_secrets", SigningSecrets)],
         ),

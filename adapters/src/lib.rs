@@ -36,6 +36,7 @@ pub mod regos;
 pub mod relay;
 pub mod runner;
 pub mod sales_stock;
+pub mod stock_alerts;
 pub mod store;
 pub mod transfers;
 

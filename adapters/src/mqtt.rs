@@ -14,8 +14,10 @@
 //! `alert` messages record the device's alarm (the alert rules raise it).
 //!
 //! The listener also sends the relay commands operators requested for
-//! its meters (`<prefix>/{station}/meter/{id}/command`, QoS 1), and times
-//! out those not confirmed within `settings.relay_timeout_secs`.
+//! its meters (`<prefix>/{station}/meter/{id}/command`, QoS 1), times
+//! out those not confirmed within `settings.relay_timeout_secs`, and marks
+//! silent the meters it recorded no reading of for
+//! `settings.offline_after_secs` (the alert rules raise `meter_offline`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -266,6 +268,12 @@ impl Listener {
         let mut batch = Vec::new();
         let mut tick = tokio::time::interval(DISPATCH);
         let mut sent = std::collections::HashSet::new();
+        let offline_after = self.settings["offline_after_secs"]
+            .as_u64()
+            .unwrap_or(3600)
+            .max(1);
+        let sweep_every = Duration::from_secs((offline_after / 4).clamp(1, 60));
+        let mut swept = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 received = inbox.recv_many(&mut batch, BATCH) => {
@@ -276,6 +284,12 @@ impl Listener {
                 _ = tick.tick() => {
                     if let Err(error) = self.dispatch(&client, &prefix, &mut sent).await {
                         tracing::warn!(%error, "sending relay commands failed");
+                    }
+                    if swept.elapsed() >= sweep_every {
+                        swept = tokio::time::Instant::now();
+                        if let Err(error) = self.mark_silent(offline_after).await {
+                            tracing::warn!(%error, "marking silent meters failed");
+                        }
                     }
                     continue;
                 }
@@ -367,6 +381,45 @@ impl Listener {
                     Err(CommandError::Storage(error)) => return Err(error),
                     Err(other) => return Err(StorageError::EventStore(other.to_string())),
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks silent the meters of this integration with no reading
+    /// recorded for `offline_after` seconds (a batch at a time).
+    async fn mark_silent(&self, offline_after: u64) -> Result<(), StorageError> {
+        let before = Utc::now()
+            - chrono::Duration::seconds(i64::try_from(offline_after).unwrap_or(i64::MAX / 1000));
+        let mut reader = crate::records::tenant_reader(&self.db, &self.tenant).await?;
+        let quiet = crate::read_models::meters::quiet_meters(
+            &mut reader,
+            &self.tenant,
+            &self.integration,
+            before,
+            500,
+        )
+        .await;
+        reader.finish().await?;
+        let tenant = Id::parse(self.tenant.as_str())
+            .map_err(|error| StorageError::Corrupt(format!("tenant: {error}")))?;
+        for (meter, readings) in quiet? {
+            let Ok(meter_id) = Id::parse(meter) else {
+                continue;
+            };
+            let command = MeterCommand::MarkSilent {
+                readings_seen: u64::try_from(readings).unwrap_or_default(),
+                at: Utc::now(),
+            };
+            let stream = meter_stream_id(&tenant, &meter_id);
+            match self
+                .meters
+                .execute(&stream, command, &self.metadata())
+                .await
+            {
+                Ok(_) | Err(CommandError::Domain(_)) | Err(CommandError::Contended) => {}
+                Err(CommandError::Storage(error)) => return Err(error),
+                Err(other) => return Err(StorageError::EventStore(other.to_string())),
             }
         }
         Ok(())

@@ -10,11 +10,13 @@ use std::sync::Arc;
 
 use karvon_domain::alert::{Alert, AlertCommand};
 use karvon_domain::stock::{StockCommand, StockItem};
+use karvon_domain::{Id, TenantId};
 use karvon_projections::{EventMetadata, Source};
 
 use crate::StorageError;
 use crate::db::Db;
 use crate::feed::FeedEvent;
+use crate::stock_alerts::StockAlerts;
 use crate::store::{CommandError, CommandExecutor};
 
 /// One command a reactor asks for. Add a variant per aggregate a reactor
@@ -31,12 +33,23 @@ pub enum Reaction {
         command: AlertCommand,
         metadata: EventMetadata,
     },
+    /// Judge the product's stock conditions at `warehouse` (every
+    /// warehouse holding it when `None`) and open or clear their alerts
+    /// ([`StockAlerts::check`]; idempotent by state, so it runs unkeyed).
+    StockCheck {
+        tenant: TenantId,
+        product_id: Id,
+        warehouse_id: Option<Id>,
+        metadata: EventMetadata,
+    },
 }
 
 impl Reaction {
     fn metadata_mut(&mut self) -> &mut EventMetadata {
         match self {
-            Reaction::Stock { metadata, .. } | Reaction::Alert { metadata, .. } => metadata,
+            Reaction::Stock { metadata, .. }
+            | Reaction::Alert { metadata, .. }
+            | Reaction::StockCheck { metadata, .. } => metadata,
         }
     }
 }
@@ -74,13 +87,17 @@ pub enum ReactionError {
 pub struct Commands {
     stock: Arc<CommandExecutor<StockItem>>,
     alerts: Arc<CommandExecutor<Alert>>,
+    stock_alerts: StockAlerts,
 }
 
 impl Commands {
     pub fn new(db: &Db) -> Self {
+        let stock = Arc::new(CommandExecutor::new(db.clone()));
+        let alerts = Arc::new(CommandExecutor::new(db.clone()));
         Self {
-            stock: Arc::new(CommandExecutor::new(db.clone())),
-            alerts: Arc::new(CommandExecutor::new(db.clone())),
+            stock_alerts: StockAlerts::new(db, Arc::clone(&stock), Arc::clone(&alerts)),
+            stock,
+            alerts,
         }
     }
 
@@ -98,11 +115,21 @@ impl Commands {
                 command,
                 metadata,
             } => outcome(self.alerts.execute(&stream, command, &metadata).await),
+            Reaction::StockCheck {
+                tenant,
+                product_id,
+                warehouse_id,
+                metadata,
+            } => {
+                self.stock_alerts
+                    .check(&tenant, &product_id, warehouse_id.as_ref(), &metadata)
+                    .await
+            }
         }
     }
 }
 
-fn outcome<T, E: std::error::Error>(
+pub(crate) fn outcome<T, E: std::error::Error>(
     result: Result<T, CommandError<E>>,
 ) -> Result<(), ReactionError> {
     match result {

@@ -3,7 +3,8 @@
 //! listeners (`karvon_adapters::mqtt`). On
 //! PostgreSQL each holds an advisory lock while active, so any number of
 //! instances may run them; only one per consumer works at a time. Beside
-//! them, [`housekeeping`] prunes expired bookkeeping rows once a minute.
+//! them, [`housekeeping`] prunes expired bookkeeping rows once a minute,
+//! and [`stock_sweep`] checks expiring stock once an hour.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,7 @@ pub fn spawn(
         delivery_retention(config),
         shutdown.clone(),
     ))];
+    tasks.push(tokio::spawn(stock_sweep(db.clone(), shutdown.clone())));
     tasks.push(tokio::spawn(imports.clone().run_worker(shutdown.clone())));
     tasks.push(tokio::spawn(karvon_adapters::mqtt::run(
         db.clone(),
@@ -72,6 +74,30 @@ pub fn delivery_retention(config: &Config) -> Duration {
             .clamp(1, 10 * 366 * 24)
             * 3600,
     )
+}
+
+/// Shortly after start, then once an hour: opens and clears the `expired`
+/// and `near_expiry` alerts as days pass
+/// (`karvon_adapters::stock_alerts::StockAlerts::sweep`). The checks are
+/// idempotent, so every instance may run it.
+async fn stock_sweep(db: Db, mut shutdown: watch::Receiver<bool>) {
+    let alerts = karvon_adapters::stock_alerts::StockAlerts::new(
+        &db,
+        Arc::new(karvon_adapters::store::CommandExecutor::new(db.clone())),
+        Arc::new(karvon_adapters::store::CommandExecutor::new(db.clone())),
+    );
+    let mut wait = Duration::from_secs(10);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+        wait = Duration::from_secs(3600);
+        match alerts.sweep().await {
+            Ok(checked) => tracing::debug!(checked, "stock sweep done"),
+            Err(error) => tracing::warn!(%error, "stock sweep failed"),
+        }
+    }
 }
 
 /// Once a minute: drops finished rate-limit windows and webhook ids older

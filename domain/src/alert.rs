@@ -55,7 +55,25 @@ pub enum AlertCommand {
         reason: Option<String>,
         at: DateTime<Utc>,
     },
+    /// A condition holds (stock at or below its reorder level, a meter
+    /// silent): opens the alert unless it is open already. Unlike
+    /// [`AlertCommand::Raise`] it counts no occurrence, so checking the
+    /// same condition again changes nothing.
+    Ensure {
+        alert_id: Id,
+        details: AlertDetails,
+        at: DateTime<Utc>,
+    },
+    /// The condition went away: resolves the alert if it is open, does
+    /// nothing otherwise (never raised, or already resolved).
+    Clear {
+        reason: String,
+        at: DateTime<Utc>,
+    },
 }
+
+/// Who resolves an alert whose cause went away.
+pub const CLEARED_BY: &str = "system";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AlertEvent {
@@ -138,6 +156,13 @@ pub struct Alert {
     occurrences: Vec<String>,
 }
 
+impl Alert {
+    /// Raised and not resolved (active or acknowledged).
+    pub fn is_open(&self) -> bool {
+        self.alert_id.is_some() && self.status != AlertStatus::Resolved
+    }
+}
+
 impl Aggregate for Alert {
     const TYPE: &'static str = "Alert";
     type Command = AlertCommand;
@@ -195,6 +220,32 @@ impl Aggregate for Alert {
                     alert_id,
                     by,
                     reason,
+                    at,
+                }
+            }
+            AlertCommand::Ensure {
+                alert_id,
+                details,
+                at,
+            } => {
+                if self.is_open() {
+                    return Ok(());
+                }
+                AlertEvent::AlertRaised {
+                    alert_id,
+                    details,
+                    occurrence: format!("condition@{}", at.to_rfc3339()),
+                    at,
+                }
+            }
+            AlertCommand::Clear { reason, at } => {
+                let Some(alert_id) = self.alert_id.clone().filter(|_| self.is_open()) else {
+                    return Ok(());
+                };
+                AlertEvent::AlertResolved {
+                    alert_id,
+                    by: CLEARED_BY.to_string(),
+                    reason: Some(reason),
                     at,
                 }
             }
@@ -312,5 +363,54 @@ mod tests {
                 at: at(),
             })
             .then_expect_error(AlertError::Resolved);
+    }
+
+    #[test]
+    fn a_condition_opens_the_alert_once_and_clears_it_when_it_goes_away() {
+        let ensure = || AlertCommand::Ensure {
+            alert_id: id(),
+            details: details(),
+            at: at(),
+        };
+        let opened = AlertEvent::AlertRaised {
+            alert_id: id(),
+            details: details(),
+            occurrence: format!("condition@{}", at().to_rfc3339()),
+            at: at(),
+        };
+        let clear = || AlertCommand::Clear {
+            reason: "back above the reorder level".into(),
+            at: at(),
+        };
+        let cleared = AlertEvent::AlertResolved {
+            alert_id: id(),
+            by: CLEARED_BY.into(),
+            reason: Some("back above the reorder level".into()),
+            at: at(),
+        };
+        AlertTest::with(())
+            .given_no_previous_events()
+            .when(ensure())
+            .then_expect_events(vec![opened.clone()]);
+        AlertTest::with(())
+            .given(vec![opened.clone()])
+            .when(ensure())
+            .then_expect_events(vec![]);
+        AlertTest::with(())
+            .given(vec![opened.clone()])
+            .when(clear())
+            .then_expect_events(vec![cleared.clone()]);
+        AlertTest::with(())
+            .given_no_previous_events()
+            .when(clear())
+            .then_expect_events(vec![]);
+        AlertTest::with(())
+            .given(vec![opened.clone(), cleared.clone()])
+            .when(clear())
+            .then_expect_events(vec![]);
+        AlertTest::with(())
+            .given(vec![opened.clone(), cleared])
+            .when(ensure())
+            .then_expect_events(vec![opened]);
     }
 }

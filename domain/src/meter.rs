@@ -5,10 +5,19 @@
 //! timestamp) again with the same values changes nothing; with other
 //! values the first stays and the conflict is recorded. A cumulative
 //! register lower than the reading before it is recorded and flagged.
+//!
+//! Interval consumption far from the meter's usual (beyond mean ± 3σ of
+//! its readings over the last [`ANOMALY_WINDOW_DAYS`] days, once it has
+//! at least [`ANOMALY_MIN_READINGS`] of them) is recorded with its
+//! [`Anomaly`]. The meter keeps one tally per UTC day for that, so the
+//! check needs no history beyond the stream's state.
+//!
+//! A meter nobody heard from for a while is marked silent (by a sweep,
+//! [`MeterCommand::MarkSilent`]); its next reading says it reports again.
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Days, NaiveDate, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use rust_decimal::Decimal;
@@ -21,6 +30,11 @@ use crate::{EVENT_VERSION_1, Id};
 /// last this many readings is no longer recognised. Kept small because
 /// the state is the stream's snapshot, rewritten on every append.
 pub const REMEMBERED_READINGS: usize = 128;
+
+/// The days of interval consumption an anomaly is judged against.
+pub const ANOMALY_WINDOW_DAYS: u64 = 30;
+/// Readings with consumption needed in the window before any is judged.
+pub const ANOMALY_MIN_READINGS: u32 = 20;
 
 /// What a meter measured at one instant, exactly as sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +115,24 @@ pub enum MeterCommand {
     /// An alarm the meter reported; the same (type, instant) again changes
     /// nothing.
     RecordAlert { meter_id: Id, alert: DeviceAlert },
+    /// Nothing was heard from the meter for a while, as a sweep saw it
+    /// after `readings_seen` recorded readings: it goes silent, unless more
+    /// readings were recorded meanwhile or it is silent already.
+    MarkSilent {
+        readings_seen: u64,
+        at: DateTime<Utc>,
+    },
+}
+
+/// Interval consumption beyond mean ± 3σ of the meter's recent readings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anomaly {
+    /// Mean interval consumption over the window (6 decimals).
+    pub mean: Decimal,
+    /// Population standard deviation over the window (6 decimals).
+    pub stddev: Decimal,
+    /// Readings the mean and deviation are over.
+    pub readings: u32,
 }
 
 /// An alarm as the meter sent it (`fixtures/acrel/webhook-alert.json`).
@@ -125,6 +157,9 @@ pub enum MeterEvent {
         /// The register went below the reading before it.
         #[serde(default)]
         backwards: bool,
+        /// Its interval consumption is far from the meter's usual.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        anomaly: Option<Anomaly>,
     },
     /// A reading for an instant already recorded, with other values: the
     /// first (in its `MeterReadingRecorded`) stays.
@@ -165,6 +200,17 @@ pub enum MeterEvent {
         #[serde(flatten)]
         alert: DeviceAlert,
     },
+    /// No reading since `last_reading_at`, noticed at `at`.
+    MeterWentSilent {
+        meter_id: Id,
+        last_reading_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// A silent meter sent a reading (at `at`) again.
+    MeterReportingAgain {
+        meter_id: Id,
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for MeterEvent {
@@ -178,6 +224,8 @@ impl DomainEvent for MeterEvent {
             MeterEvent::RelayCommandConfirmed { .. } => "RelayCommandConfirmed",
             MeterEvent::RelayCommandTimedOut { .. } => "RelayCommandTimedOut",
             MeterEvent::MeterAlertRaised { .. } => "MeterAlertRaised",
+            MeterEvent::MeterWentSilent { .. } => "MeterWentSilent",
+            MeterEvent::MeterReportingAgain { .. } => "MeterReportingAgain",
         }
         .to_string()
     }
@@ -197,7 +245,9 @@ impl MeterEvent {
             | MeterEvent::RelayCommandPublished { meter_id, .. }
             | MeterEvent::RelayCommandConfirmed { meter_id, .. }
             | MeterEvent::RelayCommandTimedOut { meter_id, .. }
-            | MeterEvent::MeterAlertRaised { meter_id, .. } => meter_id,
+            | MeterEvent::MeterAlertRaised { meter_id, .. }
+            | MeterEvent::MeterWentSilent { meter_id, .. }
+            | MeterEvent::MeterReportingAgain { meter_id, .. } => meter_id,
         }
     }
 }
@@ -226,6 +276,24 @@ pub struct Meter {
     /// The latest device alarms (type and instant), for de-duplication.
     #[serde(default)]
     recent_alerts: Vec<(String, DateTime<Utc>)>,
+    /// Interval consumption per UTC day (the last
+    /// [`ANOMALY_WINDOW_DAYS`] + 1 days with any).
+    #[serde(default)]
+    usage: BTreeMap<NaiveDate, Tally>,
+    /// Marked silent and not heard from since.
+    #[serde(default)]
+    silent: bool,
+    /// Readings recorded so far.
+    #[serde(default)]
+    recorded: u64,
+}
+
+/// Count, sum and sum of squares of a day's interval consumption.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Tally {
+    count: u32,
+    sum: Decimal,
+    squares: Decimal,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,16 +346,28 @@ impl Meter {
                 }
                 continue;
             }
+            if self.silent {
+                let event = MeterEvent::MeterReportingAgain {
+                    meter_id: meter_id.clone(),
+                    at: reading.at,
+                };
+                sink.write(event, self).await;
+            }
             let backwards = match (reading.values.reading, self.register_before(reading.at)) {
                 (Some(now), Some(before)) => now < before,
                 _ => false,
             };
+            let anomaly = reading
+                .values
+                .consumption
+                .and_then(|consumption| self.anomaly(reading.at, consumption));
             let event = MeterEvent::MeterReadingRecorded {
                 meter_id: meter_id.clone(),
                 station: station.clone(),
                 meter_type: meter_type.clone(),
                 reading,
                 backwards,
+                anomaly,
             };
             sink.write(event, self).await;
         }
@@ -300,6 +380,63 @@ impl Meter {
 
     pub fn status(&self) -> Option<SupplyStatus> {
         self.status
+    }
+
+    /// Whether `consumption` at `at` lies beyond mean ± 3σ of the window's
+    /// readings: (x − mean)² > 9σ², so no square root decides it. `None`
+    /// with too few readings or on arithmetic overflow.
+    fn anomaly(&self, at: DateTime<Utc>, consumption: Decimal) -> Option<Anomaly> {
+        let day = at.date_naive();
+        let from = day.checked_sub_days(Days::new(ANOMALY_WINDOW_DAYS - 1))?;
+        let mut total = Tally::default();
+        for tally in self.usage.range(from..=day).map(|(_, tally)| tally) {
+            total.count += tally.count;
+            total.sum = total.sum.checked_add(tally.sum)?;
+            total.squares = total.squares.checked_add(tally.squares)?;
+        }
+        if total.count < ANOMALY_MIN_READINGS {
+            return None;
+        }
+        let count = Decimal::from(total.count);
+        let mean = total.sum.checked_div(count)?;
+        let variance = total
+            .squares
+            .checked_div(count)?
+            .checked_sub(mean.checked_mul(mean)?)?
+            .max(Decimal::ZERO);
+        let deviation = consumption.checked_sub(mean)?;
+        let beyond = deviation.checked_mul(deviation)? > variance.checked_mul(Decimal::from(9))?;
+        beyond.then(|| Anomaly {
+            mean: mean.round_dp(6).normalize(),
+            stddev: rust_decimal::MathematicalOps::sqrt(&variance)
+                .unwrap_or_default()
+                .round_dp(6)
+                .normalize(),
+            readings: total.count,
+        })
+    }
+
+    /// Counts a reading's interval consumption in its day's tally and
+    /// forgets days out of the window.
+    fn tally(&mut self, at: DateTime<Utc>, consumption: Decimal) {
+        let tally = self.usage.entry(at.date_naive()).or_default();
+        let (Some(sum), Some(squares)) = (
+            tally.sum.checked_add(consumption),
+            consumption
+                .checked_mul(consumption)
+                .and_then(|square| tally.squares.checked_add(square)),
+        ) else {
+            return;
+        };
+        tally.count += 1;
+        tally.sum = sum;
+        tally.squares = squares;
+        let newest = self.usage.last_key_value().map(|(day, _)| *day);
+        if let Some(oldest_kept) =
+            newest.and_then(|day| day.checked_sub_days(Days::new(ANOMALY_WINDOW_DAYS)))
+        {
+            self.usage = self.usage.split_off(&oldest_kept);
+        }
     }
 
     /// The register of the latest reading before `at` that has one.
@@ -413,6 +550,23 @@ impl Aggregate for Meter {
                 sink.write(event, self).await;
                 Ok(())
             }
+            MeterCommand::MarkSilent { readings_seen, at } => {
+                let (Some(meter_id), Some(latest)) =
+                    (self.meter_id.clone(), self.recent.last_key_value())
+                else {
+                    return Ok(());
+                };
+                if self.silent || self.recorded > readings_seen {
+                    return Ok(());
+                }
+                let event = MeterEvent::MeterWentSilent {
+                    meter_id,
+                    last_reading_at: *latest.0,
+                    at,
+                };
+                sink.write(event, self).await;
+                Ok(())
+            }
             MeterCommand::TimeOut { command_id, at } => {
                 let meter_id = self.meter_id.clone().ok_or(MeterError::Unknown)?;
                 if !self.pending.contains_key(&command_id) {
@@ -435,6 +589,10 @@ impl Aggregate for Meter {
                 meter_id, reading, ..
             } => {
                 self.meter_id = Some(meter_id);
+                self.recorded += 1;
+                if let Some(consumption) = reading.values.consumption {
+                    self.tally(reading.at, consumption);
+                }
                 let remembered = Remembered {
                     fingerprint: reading.values.fingerprint(),
                     register: reading.values.reading,
@@ -478,6 +636,8 @@ impl Aggregate for Meter {
                     self.recent_alerts.remove(0);
                 }
             }
+            MeterEvent::MeterWentSilent { .. } => self.silent = true,
+            MeterEvent::MeterReportingAgain { .. } => self.silent = false,
         }
     }
 }
@@ -525,6 +685,7 @@ mod tests {
             meter_type: None,
             reading,
             backwards,
+            anomaly: None,
         }
     }
 
@@ -643,5 +804,116 @@ mod tests {
                 at: reading(1, "1").at,
             })
             .then_expect_error(MeterError::Unknown);
+    }
+
+    /// A reading of interval consumption only, on day `day` counted from
+    /// 1 December 2024 (so 32 is 1 January 2025).
+    fn used(day: u64, hour: u32, consumption: &str) -> Reading {
+        let date = NaiveDate::from_ymd_opt(2024, 12, 1)
+            .and_then(|first| first.checked_add_days(Days::new(day - 1)))
+            .expect("date");
+        Reading {
+            at: date.and_hms_opt(hour, 0, 0).expect("time").and_utc(),
+            values: ReadingValues {
+                reading: None,
+                consumption: Some(consumption.parse().expect("decimal")),
+                voltage: None,
+                current: None,
+                power_factor: None,
+            },
+        }
+    }
+
+    fn used_event(reading: Reading, anomaly: Option<Anomaly>) -> MeterEvent {
+        MeterEvent::MeterReadingRecorded {
+            meter_id: id(),
+            station: Some("S1".into()),
+            meter_type: None,
+            reading,
+            backwards: false,
+            anomaly,
+        }
+    }
+
+    /// 24 readings alternating 10 and 12 kWh (mean 11, σ 1) over 1–6 December.
+    fn usual() -> Vec<MeterEvent> {
+        (0..24)
+            .map(|n| {
+                let kwh = if n % 2 == 0 { "10" } else { "12" };
+                used_event(used(1 + u64::from(n / 4), n % 4, kwh), None)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consumption_beyond_three_deviations_of_the_last_thirty_days_is_an_anomaly() {
+        MeterTest::with(())
+            .given(usual())
+            .when(record(vec![used(7, 0, "13.9")]))
+            .then_expect_events(vec![used_event(used(7, 0, "13.9"), None)]);
+        let mut before = usual();
+        before.push(used_event(used(7, 0, "13.9"), None));
+        let anomaly = Anomaly {
+            mean: "11.116".parse().expect("decimal"),
+            stddev: "1.132671".parse().expect("decimal"),
+            readings: 25,
+        };
+        MeterTest::with(())
+            .given(before)
+            .when(record(vec![used(7, 1, "15")]))
+            .then_expect_events(vec![used_event(used(7, 1, "15"), Some(anomaly))]);
+    }
+
+    #[test]
+    fn too_few_readings_or_readings_older_than_the_window_judge_nothing() {
+        MeterTest::with(())
+            .given(usual()[..19].to_vec())
+            .when(record(vec![used(7, 0, "100")]))
+            .then_expect_events(vec![used_event(used(7, 0, "100"), None)]);
+        // 1–6 December lie outside 8 December – 6 January.
+        MeterTest::with(())
+            .given(usual())
+            .when(record(vec![used(37, 0, "100")]))
+            .then_expect_events(vec![used_event(used(37, 0, "100"), None)]);
+    }
+
+    #[test]
+    fn a_silent_meter_is_marked_once_and_its_next_reading_says_it_reports_again() {
+        let last = reading(30, "1").at;
+        let silent = MeterEvent::MeterWentSilent {
+            meter_id: id(),
+            last_reading_at: last,
+            at: reading(59, "1").at,
+        };
+        let mark = |readings_seen: u64| MeterCommand::MarkSilent {
+            readings_seen,
+            at: reading(59, "1").at,
+        };
+        MeterTest::with(())
+            .given(vec![recorded(reading(30, "1"), false)])
+            .when(mark(1))
+            .then_expect_events(vec![silent.clone()]);
+        MeterTest::with(())
+            .given(vec![recorded(reading(30, "1"), false), silent.clone()])
+            .when(mark(1))
+            .then_expect_events(vec![]);
+        // A reading was recorded after what the sweep saw: not silent.
+        MeterTest::with(())
+            .given(vec![
+                recorded(reading(30, "1"), false),
+                recorded(reading(45, "2"), false),
+            ])
+            .when(mark(1))
+            .then_expect_events(vec![]);
+        MeterTest::with(())
+            .given(vec![recorded(reading(30, "1"), false), silent])
+            .when(record(vec![reading(50, "2")]))
+            .then_expect_events(vec![
+                MeterEvent::MeterReportingAgain {
+                    meter_id: id(),
+                    at: reading(50, "2").at,
+                },
+                recorded(reading(50, "2"), false),
+            ]);
     }
 }

@@ -54,6 +54,67 @@ impl Lots {
             .fold(Decimal::ZERO, |sum, lot| sum.saturating_add(lot.qty))
     }
 
+    /// The four stock conditions alerts watch, each with a message while it
+    /// holds: `low_stock` (on hand at or below `reorder_level`),
+    /// `negative_stock` (on hand below zero), `expired` (a batch with
+    /// stock past its expiry date) and `near_expiry` (a batch with stock
+    /// expiring within `near_expiry_days` of `today`, not yet expired).
+    pub fn conditions(
+        &self,
+        reorder_level: Option<Decimal>,
+        today: NaiveDate,
+        near_expiry_days: u64,
+    ) -> [(&'static str, Option<String>); 4] {
+        let on_hand = self.on_hand();
+        let near_until = today
+            .checked_add_days(chrono::Days::new(near_expiry_days))
+            .unwrap_or(NaiveDate::MAX);
+        let batches = |expiring: &dyn Fn(NaiveDate) -> bool| -> Option<String> {
+            let held: Vec<String> = self
+                .0
+                .iter()
+                .filter(|lot| lot.qty > Decimal::ZERO)
+                .filter_map(|lot| {
+                    let date = lot.expiry_date.filter(|date| expiring(*date))?;
+                    Some(format!(
+                        "{} ({} on hand, expiry {date})",
+                        lot.batch.as_deref().unwrap_or("unlabelled batch"),
+                        lot.qty.normalize()
+                    ))
+                })
+                .collect();
+            (!held.is_empty()).then(|| held.join(", "))
+        };
+        [
+            (
+                "low_stock",
+                reorder_level
+                    .filter(|level| on_hand <= *level)
+                    .map(|level| {
+                        format!(
+                            "on hand {} is at or below the reorder level {}",
+                            on_hand.normalize(),
+                            level.normalize()
+                        )
+                    }),
+            ),
+            (
+                "negative_stock",
+                (on_hand < Decimal::ZERO)
+                    .then(|| format!("on hand is negative: {}", on_hand.normalize())),
+            ),
+            (
+                "expired",
+                batches(&|date| date < today).map(|held| format!("expired: {held}")),
+            ),
+            (
+                "near_expiry",
+                batches(&|date| date >= today && date <= near_until)
+                    .map(|held| format!("expiring soon: {held}")),
+            ),
+        ]
+    }
+
     /// Chooses batches for `qty` first-expiry-first-out: dated batches by
     /// expiry, then undated ones, each in receipt order. Whatever the
     /// positive batches cannot cover is taken from the unbatched lot, which
@@ -926,5 +987,73 @@ mod tests {
                 batch: None,
                 expiry_date: None,
             }]);
+    }
+
+    #[test]
+    fn conditions_hold_while_their_cause_does() {
+        let lots = Lots::new(vec![
+            Lot {
+                batch: Some("B-OLD".into()),
+                expiry_date: Some(date("2026-11-20")),
+                qty: Decimal::from(2),
+            },
+            Lot {
+                batch: Some("B-SOON".into()),
+                expiry_date: Some(date("2026-12-10")),
+                qty: Decimal::from(3),
+            },
+            Lot {
+                batch: Some("B-LATER".into()),
+                expiry_date: Some(date("2027-06-01")),
+                qty: Decimal::from(5),
+            },
+            Lot {
+                batch: Some("B-GONE".into()),
+                expiry_date: Some(date("2026-11-01")),
+                qty: Decimal::ZERO,
+            },
+        ]);
+        let today = date("2026-11-26");
+        let holds = |level: Option<i64>, lots: &Lots| -> Vec<(&str, bool)> {
+            lots.conditions(level.map(Decimal::from), today, 30)
+                .into_iter()
+                .map(|(kind, message)| (kind, message.is_some()))
+                .collect()
+        };
+        assert_eq!(
+            holds(Some(10), &lots),
+            [
+                ("low_stock", true),
+                ("negative_stock", false),
+                ("expired", true),
+                ("near_expiry", true)
+            ]
+        );
+        assert_eq!(holds(Some(9), &lots)[0], ("low_stock", false));
+        assert_eq!(holds(None, &lots)[0], ("low_stock", false));
+        let [_, _, expired, near] = lots.conditions(None, today, 30);
+        assert_eq!(
+            expired.1.as_deref(),
+            Some("expired: B-OLD (2 on hand, expiry 2026-11-20)"),
+            "a batch with nothing left is not reported"
+        );
+        assert_eq!(
+            near.1.as_deref(),
+            Some("expiring soon: B-SOON (3 on hand, expiry 2026-12-10)")
+        );
+        let short = Lots::new(vec![Lot {
+            batch: None,
+            expiry_date: None,
+            qty: Decimal::from(-4),
+        }]);
+        assert_eq!(
+            holds(Some(0), &short),
+            [
+                ("low_stock", true),
+                ("negative_stock", true),
+                ("expired", false),
+                ("near_expiry", false)
+            ]
+        );
     }
 }

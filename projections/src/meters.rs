@@ -17,11 +17,17 @@ pub struct MeterRow {
     /// `connected`, `disconnected` or `unknown` (until a status message).
     pub status: String,
     pub last_reading_at: Option<DateTime<Utc>>,
+    /// When Karvon last recorded a reading of it (its own clock, unlike
+    /// `last_reading_at`, which is the meter's).
+    pub last_heard_at: Option<DateTime<Utc>>,
     /// The values of the latest reading (by its instant).
     pub last_reading: serde_json::Value,
     pub readings: i64,
     /// Readings for an instant already recorded that carried other values.
     pub conflicts: i64,
+    /// When the meter was marked silent (no reading for the integration's
+    /// `offline_after_secs`); `None` while it reports.
+    pub silent_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +42,8 @@ pub struct ReadingRow {
     pub power_factor: Option<Decimal>,
     /// The register went below the reading before it.
     pub backwards: bool,
+    /// Its interval consumption was beyond mean ± 3σ of the meter's usual.
+    pub anomalous: bool,
 }
 
 /// The values as the API shows them (exact decimals as strings).
@@ -49,13 +57,15 @@ pub fn values_json(values: &ReadingValues) -> serde_json::Value {
     })
 }
 
-/// Folds a meter event into the meter's row; `integration` is the
-/// integration that reported it (from the event's actor), if one did.
+/// Folds a meter event, recorded at `recorded_at`, into the meter's row;
+/// `integration` is the integration that reported it (from the event's
+/// actor), if one did.
 pub fn apply_meter(
     row: Option<MeterRow>,
     tenant_id: &str,
     integration: Option<&str>,
     event: &MeterEvent,
+    recorded_at: DateTime<Utc>,
 ) -> MeterRow {
     let mut row = row.unwrap_or_else(|| MeterRow {
         tenant_id: tenant_id.to_string(),
@@ -65,9 +75,11 @@ pub fn apply_meter(
         integration_id: None,
         status: "unknown".to_string(),
         last_reading_at: None,
+        last_heard_at: None,
         last_reading: serde_json::Value::Null,
         readings: 0,
         conflicts: 0,
+        silent_since: None,
     });
     match event {
         MeterEvent::MeterReadingRecorded {
@@ -79,6 +91,7 @@ pub fn apply_meter(
             row.station = station.clone().or(row.station);
             row.meter_type = meter_type.clone().or(row.meter_type);
             row.readings += 1;
+            row.last_heard_at = row.last_heard_at.max(Some(recorded_at));
             if row.last_reading_at.is_none_or(|last| reading.at >= last) {
                 row.last_reading_at = Some(reading.at);
                 row.last_reading = values_json(&reading.values);
@@ -93,6 +106,8 @@ pub fn apply_meter(
         | MeterEvent::RelayCommandConfirmed { .. }
         | MeterEvent::RelayCommandTimedOut { .. }
         | MeterEvent::MeterAlertRaised { .. } => {}
+        MeterEvent::MeterWentSilent { at, .. } => row.silent_since = Some(*at),
+        MeterEvent::MeterReportingAgain { .. } => row.silent_since = None,
     }
     if let Some(integration) = integration {
         row.integration_id = Some(integration.to_string());
@@ -185,6 +200,7 @@ pub fn reading_row(tenant_id: &str, event: &MeterEvent) -> Option<ReadingRow> {
         meter_id,
         reading,
         backwards,
+        anomaly,
         ..
     } = event
     else {
@@ -200,6 +216,7 @@ pub fn reading_row(tenant_id: &str, event: &MeterEvent) -> Option<ReadingRow> {
         current: reading.values.current,
         power_factor: reading.values.power_factor,
         backwards: *backwards,
+        anomalous: anomaly.is_some(),
     })
 }
 

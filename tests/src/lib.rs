@@ -217,6 +217,10 @@ impl TestApp {
         self.send(self.client.post(self.url(path)).json(body)).await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(self.client.put(self.url(path)).json(body)).await
+    }
+
     pub async fn post_keyed(&self, path: &str, key: &str, body: &Value) -> (StatusCode, Value) {
         self.send(
             self.client

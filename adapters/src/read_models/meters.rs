@@ -17,7 +17,7 @@ record! {
     MeterRow => "meters", key(tenant_id, meter_id),
     {
         tenant_id, meter_id, station, meter_type, integration_id, status, last_reading_at,
-        last_reading, readings, conflicts,
+        last_heard_at, last_reading, readings, conflicts, silent_since,
     }
 }
 
@@ -25,7 +25,7 @@ record! {
     ReadingRow => "readings", key(tenant_id, meter_id, at),
     {
         tenant_id, meter_id, at, reading, consumption, voltage, current, power_factor,
-        backwards,
+        backwards, anomalous,
     }
 }
 
@@ -102,6 +102,7 @@ impl Projection for MetersProjection {
                 &event.metadata.tenant_id,
                 integration,
                 &payload,
+                event.recorded_at,
             ))
         })
         .await?;
@@ -208,6 +209,37 @@ pub async fn open_commands(
         &statement,
         vec![text(tenant), text(integration)],
         |row| Ok((CommandRow::from_row(row)?, row.opt_text("meter_station")?)),
+    )
+    .await
+}
+
+/// The integration's meters still counted as reporting whose latest
+/// reading was recorded before `before`: (meter id, readings recorded),
+/// at most `limit`, the longest quiet first.
+pub async fn quiet_meters(
+    reader: &mut Reader,
+    tenant: &str,
+    integration: &str,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(String, i64)>, StorageError> {
+    let mut conn = reader.conn();
+    let table = conn.backend().table(names::METERS, MeterRow::TABLE);
+    records::fetch(
+        &mut conn,
+        &format!(
+            "SELECT meter_id, readings FROM {table}
+              WHERE tenant_id = $1 AND integration_id = $2 AND silent_since IS NULL
+                AND last_heard_at < $3
+              ORDER BY last_heard_at LIMIT $4"
+        ),
+        vec![
+            text(tenant),
+            text(integration),
+            Value::Time(Some(before)),
+            Value::BigInt(Some(limit)),
+        ],
+        |row| Ok((row.text("meter_id")?, row.int("readings")?)),
     )
     .await
 }

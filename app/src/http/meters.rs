@@ -244,6 +244,10 @@ pub struct MeterView {
     readings: i64,
     /// Readings for an instant already recorded that carried other values.
     conflicts: i64,
+    /// Since when nothing was heard from it (the acrel integration's
+    /// `offline_after_secs` passed without a reading); `null` while it
+    /// reports.
+    silent_since: Option<DateTime<Utc>>,
 }
 
 impl From<MeterRow> for MeterView {
@@ -257,6 +261,7 @@ impl From<MeterRow> for MeterView {
             last_reading: row.last_reading,
             readings: row.readings,
             conflicts: row.conflicts,
+            silent_since: row.silent_since,
         }
     }
 }
@@ -275,7 +280,8 @@ pub struct ReadingView {
     #[schema(value_type = Option<String>)]
     power_factor: Option<Decimal>,
     /// `register_backwards` when the register went below the reading
-    /// before it.
+    /// before it; `consumption_anomaly` when its interval consumption was
+    /// beyond mean ± 3σ of the meter's last 30 days.
     flags: Vec<&'static str>,
 }
 
@@ -288,11 +294,13 @@ impl From<ReadingRow> for ReadingView {
             voltage: row.voltage,
             current: row.current,
             power_factor: row.power_factor,
-            flags: if row.backwards {
-                vec!["register_backwards"]
-            } else {
-                Vec::new()
-            },
+            flags: [
+                (row.backwards, "register_backwards"),
+                (row.anomalous, "consumption_anomaly"),
+            ]
+            .into_iter()
+            .filter_map(|(set, flag)| set.then_some(flag))
+            .collect(),
         }
     }
 }

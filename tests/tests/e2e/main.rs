@@ -43,4 +43,5 @@ mod regos;
 mod runners;
 mod sales;
 mod sqlite;
+mod stock_alerts;
 mod webhooks;

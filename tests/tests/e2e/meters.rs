@@ -29,14 +29,20 @@ fn acrel(broker: &MosquittoServer) -> Value {
 }
 
 fn reading(meter: &str, minute: usize, register: &str) -> Vec<u8> {
+    reading_of(meter, minute, register, "0.25")
+}
+
+/// A reading with the given register and interval consumption (JSON
+/// numbers as text).
+fn reading_of(meter: &str, minute: usize, register: &str, consumption: &str) -> Vec<u8> {
     let at = chrono::DateTime::from_timestamp(1_765_000_000 + minute as i64 * 60, 0)
         .expect("time")
         .to_rfc3339();
+    let number = |text: &str| serde_json::from_str::<Value>(text).expect("number");
     json!({"event_type": "meter_reading", "timestamp": at, "meter_id": meter,
            "meter_type": "ADL200",
-           "data": {"reading": serde_json::from_str::<Value>(register).expect("number"),
-                    "consumption": 0.25, "voltage": 220.5, "current": 15.2,
-                    "power_factor": 0.95}})
+           "data": {"reading": number(register), "consumption": number(consumption),
+                    "voltage": 220.5, "current": 15.2, "power_factor": 0.95}})
     .to_string()
     .into_bytes()
 }
@@ -836,7 +842,124 @@ async fn a_burst_of_twenty_thousand_readings_is_stored_whole(backend: Backend) {
     assert_eq!(stored, expected, "every reading of the burst is stored");
 }
 
+/// A meter with no reading for `offline_after_secs` raises
+/// `meter_offline`; its next reading clears it.
+async fn a_silent_meter_raises_meter_offline_until_it_reports_again(backend: Backend) {
+    let broker = MosquittoServer::started().await.expect("mosquitto");
+    let db = TestDb::create_on(backend).await.expect("db");
+    let app = spawn_app_with(config(&db, backend), karvon_app::Role::All)
+        .await
+        .expect("app");
+    let mut integration = acrel(&broker);
+    integration["settings"]["offline_after_secs"] = json!(3);
+    let (status, body) = app.post("/api/v1/integrations", &integration).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let client = publisher(&broker).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&app.db, RECORDED).await == 0 {
+        publish(&client, "S1", "ACR-Q", reading("ACR-Q", 1, "10")).await;
+        assert!(Instant::now() < deadline, "the listener never subscribed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eventually(
+        "the silent meter raised meter_offline",
+        Duration::from_secs(30),
+        || async {
+            alerts(&app, "?kind=meter_offline&status=active")
+                .await
+                .len()
+                == 1
+        },
+    )
+    .await;
+    let alert = &alerts(&app, "?kind=meter_offline").await[0];
+    assert_eq!(alert["subject"], "meter:ACR-Q", "{alert}");
+    let (_, meter) = app.get("/api/v1/meters/ACR-Q").await;
+    assert!(meter["data"]["silent_since"].is_string(), "{meter}");
+
+    publish(&client, "S1", "ACR-Q", reading("ACR-Q", 2, "11")).await;
+    eventually(
+        "the reading cleared meter_offline",
+        Duration::from_secs(30),
+        || async {
+            alerts(&app, "?kind=meter_offline&status=resolved")
+                .await
+                .len()
+                == 1
+        },
+    )
+    .await;
+}
+
+/// Interval consumption beyond mean ± 3σ of the meter's last readings is
+/// flagged on the reading and raises `meter_reading_anomaly`.
+async fn an_unusual_consumption_is_flagged_and_raises_an_anomaly_alert(backend: Backend) {
+    let broker = MosquittoServer::started().await.expect("mosquitto");
+    let (_db, app) = app_with_listener(backend, &broker).await;
+    let client = publisher(&broker).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&app.db, RECORDED).await == 0 {
+        publish(&client, "S1", "ACR-A", reading_of("ACR-A", 0, "100", "11")).await;
+        assert!(Instant::now() < deadline, "the listener never subscribed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // 23 more usual readings (10 and 12 kWh), then 13.5 (within 3σ), then 16.
+    for minute in 1..24 {
+        let kwh = if minute % 2 == 0 { "10" } else { "12" };
+        let register = (100 + minute * 11).to_string();
+        publish(
+            &client,
+            "S1",
+            "ACR-A",
+            reading_of("ACR-A", minute, &register, kwh),
+        )
+        .await;
+    }
+    publish(
+        &client,
+        "S1",
+        "ACR-A",
+        reading_of("ACR-A", 24, "400", "13.5"),
+    )
+    .await;
+    publish(&client, "S1", "ACR-A", reading_of("ACR-A", 25, "416", "16")).await;
+    eventually("26 readings stored", Duration::from_secs(30), || async {
+        let (_, meter) = app.get("/api/v1/meters/ACR-A").await;
+        meter["data"]["readings"] == 26
+    })
+    .await;
+    let (status, body) = app.get("/api/v1/meters/ACR-A/readings?limit=100").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let flagged: Vec<(String, Value)> = body["data"]["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|row| row["flags"] != json!([]))
+        .map(|row| (row["consumption"].to_string(), row["flags"].clone()))
+        .collect();
+    assert_eq!(
+        flagged,
+        [("\"16\"".to_string(), json!(["consumption_anomaly"]))],
+        "only 16 kWh is beyond the usual"
+    );
+    eventually(
+        "the anomaly raised an alert",
+        Duration::from_secs(15),
+        || async {
+            alerts(&app, "?kind=meter_reading_anomaly&status=active")
+                .await
+                .len()
+                == 1
+        },
+    )
+    .await;
+    let alert = &alerts(&app, "?kind=meter_reading_anomaly").await[0];
+    assert_eq!(alert["subject"], "meter:ACR-A", "{alert}");
+}
+
 on_both_backends!(
+    a_silent_meter_raises_meter_offline_until_it_reports_again,
+    an_unusual_consumption_is_flagged_and_raises_an_anomaly_alert,
     a_burst_of_twenty_thousand_readings_is_stored_whole,
     the_stream_shows_alerts_and_readings_and_resumes,
     a_device_alarm_raises_one_alert_until_resolved,
