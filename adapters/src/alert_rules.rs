@@ -38,6 +38,16 @@ impl Reactor for AlertRules {
         names::ALERT_RULES
     }
 
+    fn aggregate_types(&self) -> crate::feed::Wanted {
+        Some(&[
+            Meter::TYPE,
+            Sale::TYPE,
+            ImportJob::TYPE,
+            StockItem::TYPE,
+            Product::TYPE,
+        ])
+    }
+
     fn react(&self, event: &FeedEvent) -> Result<Vec<Reaction>, StorageError> {
         let rules = match event.aggregate_type.as_str() {
             t if t == Meter::TYPE => meter_rules(decode::<MeterEvent>(event)?),

@@ -32,44 +32,102 @@ pub struct FeedEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
-const SELECT_BATCH_POSTGRES: &str = "
-SELECT transaction_id::text AS txid, global_position, aggregate_type, aggregate_id, sequence,
-       event_type, event_version, payload, metadata, event_id, recorded_at
-  FROM public.events
- WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
-   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
- ORDER BY transaction_id, global_position
- LIMIT $3";
+/// The aggregate types a consumer reads (`None`: every event). The feed
+/// still walks every event, so checkpoints and the one-event steps that
+/// isolate a failure mean the same; events of other types are read
+/// without their payload and metadata and not handed to the consumer.
+pub type Wanted = Option<&'static [&'static str]>;
 
-/// SQLite commits one writer at a time, so `global_position` order is
-/// commit order and every visible event is settled.
-const SELECT_BATCH_SQLITE: &str = "
-SELECT '0' AS txid, global_position, aggregate_type, aggregate_id, sequence,
-       event_type, event_version, payload, metadata, event_id, recorded_at
-  FROM events
- WHERE global_position > $2
- ORDER BY global_position
- LIMIT $3";
+/// One step's read of the feed.
+#[derive(Debug, Default)]
+pub struct FeedBatch {
+    /// The wanted events, in feed order.
+    pub events: Vec<FeedEvent>,
+    /// The position of the last event read, wanted or not: how far the
+    /// consumer may move its checkpoint.
+    pub last: Option<Position>,
+    /// Events read, wanted or not.
+    pub read: usize,
+}
 
-/// Up to `limit` settled events after `after`, in feed order.
+/// `aggregate_type IN ('A', 'B')` for `wanted` (`TRUE` for every type).
+/// The names are the aggregates' `TYPE` constants; one that is not a plain
+/// identifier is refused rather than quoted.
+fn wanted_condition(wanted: Wanted) -> Result<String, StorageError> {
+    let Some(types) = wanted else {
+        return Ok("TRUE".to_string());
+    };
+    let mut listed = Vec::with_capacity(types.len());
+    for name in types {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(StorageError::Corrupt(format!(
+                "aggregate type {name:?} is not an identifier"
+            )));
+        }
+        listed.push(format!("'{name}'"));
+    }
+    if listed.is_empty() {
+        return Ok("FALSE".to_string());
+    }
+    Ok(format!("aggregate_type IN ({})", listed.join(", ")))
+}
+
+/// Up to `limit` settled events after `after`, in feed order, of which
+/// those `wanted` are decoded.
 pub async fn read_batch(
     conn: &mut Conn<'_>,
     after: Position,
     limit: i64,
-) -> Result<Vec<FeedEvent>, StorageError> {
+    wanted: Wanted,
+) -> Result<FeedBatch, StorageError> {
+    let condition = wanted_condition(wanted)?;
     let select = match conn.backend() {
-        Backend::Postgres => SELECT_BATCH_POSTGRES,
-        Backend::Sqlite => SELECT_BATCH_SQLITE,
+        Backend::Postgres => format!(
+            "SELECT transaction_id::text AS txid, global_position, aggregate_type, aggregate_id,
+                    sequence, event_type, event_version,
+                    CASE WHEN {condition} THEN payload END AS payload,
+                    CASE WHEN {condition} THEN metadata END AS metadata, event_id, recorded_at
+               FROM public.events
+              WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
+                AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+              ORDER BY transaction_id, global_position
+              LIMIT $3"
+        ),
+        // SQLite commits one writer at a time, so `global_position` order
+        // is commit order and every visible event is settled.
+        Backend::Sqlite => format!(
+            "SELECT '0' AS txid, global_position, aggregate_type, aggregate_id, sequence,
+                    event_type, event_version,
+                    CASE WHEN {condition} THEN payload END AS payload,
+                    CASE WHEN {condition} THEN metadata END AS metadata, event_id, recorded_at
+               FROM events
+              WHERE global_position > $2 AND $1 IS NOT NULL
+              ORDER BY global_position
+              LIMIT $3"
+        ),
     };
-    on_conn!(conn, c => sqlx::query(select)
-        .bind(after.transaction_id.to_string())
-        .bind(after.global_position)
-        .bind(limit)
-        .fetch_all(&mut **c)
-        .await?
-        .iter()
-        .map(decode)
-        .collect())
+    let is_wanted =
+        |aggregate_type: &str| wanted.is_none_or(|types| types.contains(&aggregate_type));
+    on_conn!(conn, c => {
+        let rows = sqlx::query(&select)
+            .bind(after.transaction_id.to_string())
+            .bind(after.global_position)
+            .bind(limit)
+            .fetch_all(&mut **c)
+            .await?;
+        let mut batch = FeedBatch {
+            events: Vec::with_capacity(rows.len()),
+            last: None,
+            read: rows.len(),
+        };
+        for row in &rows {
+            batch.last = Some(row_position(row, "global_position")?);
+            if is_wanted(&row.text("aggregate_type")?) {
+                batch.events.push(decode(row)?);
+            }
+        }
+        Ok(batch)
+    })
 }
 
 pub(crate) fn decode(row: &impl Portable) -> Result<FeedEvent, StorageError> {

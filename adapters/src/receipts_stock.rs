@@ -25,6 +25,10 @@ impl Reactor for ReceiptsStock {
         names::RECEIPTS_STOCK
     }
 
+    fn aggregate_types(&self) -> crate::feed::Wanted {
+        Some(&[PurchaseOrder::TYPE])
+    }
+
     fn react(&self, event: &FeedEvent) -> Result<Vec<Reaction>, StorageError> {
         if event.aggregate_type != PurchaseOrder::TYPE {
             return Ok(Vec::new());

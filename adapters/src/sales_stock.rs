@@ -33,6 +33,10 @@ impl Reactor for SalesStock {
         names::SALES_STOCK
     }
 
+    fn aggregate_types(&self) -> crate::feed::Wanted {
+        Some(&[Sale::TYPE])
+    }
+
     fn react(&self, event: &FeedEvent) -> Result<Vec<Reaction>, StorageError> {
         if event.aggregate_type != Sale::TYPE {
             return Ok(Vec::new());

@@ -28,6 +28,10 @@ impl Reactor for TransferProcess {
         names::TRANSFERS
     }
 
+    fn aggregate_types(&self) -> crate::feed::Wanted {
+        Some(&[StockItem::TYPE])
+    }
+
     fn react(&self, event: &FeedEvent) -> Result<Vec<Reaction>, StorageError> {
         if event.aggregate_type != StockItem::TYPE || event.event_type != "StockTransferredOut" {
             return Ok(Vec::new());

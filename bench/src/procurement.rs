@@ -231,6 +231,11 @@ impl Projection for FoldNothing {
         "bench_nothing"
     }
 
+    /// What the procurement read model reads.
+    fn aggregate_types(&self) -> karvon_adapters::feed::Wanted {
+        Some(&["Supplier", "PurchaseOrder"])
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &[]
     }

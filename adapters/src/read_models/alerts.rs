@@ -1,6 +1,7 @@
 //! Alerts (`alerts.alerts`): the pure fold `karvon_projections::alerts`,
 //! the row's storage declaration, and the queries.
 
+use cqrs_es::Aggregate;
 use karvon_domain::alert::{Alert, AlertStatus, Severity};
 use karvon_projections::alerts::{self, AlertRow};
 use karvon_projections::names;
@@ -32,6 +33,10 @@ pub struct AlertsProjection;
 impl Projection for AlertsProjection {
     fn name(&self) -> &'static str {
         names::ALERTS
+    }
+
+    fn aggregate_types(&self) -> crate::feed::Wanted {
+        Some(&[Alert::TYPE])
     }
 
     fn tables(&self) -> &'static [&'static str] {

@@ -2,6 +2,7 @@
 //! `karvon_projections::catalog`, the row's storage declaration, and the
 //! queries.
 
+use cqrs_es::Aggregate;
 use karvon_domain::product::{Product, ProductEvent, ProductStatus};
 use karvon_projections::catalog::{self, ProductRow};
 use karvon_projections::names;
@@ -51,6 +52,10 @@ pub struct CatalogProjection;
 impl Projection for CatalogProjection {
     fn name(&self) -> &'static str {
         names::CATALOG
+    }
+
+    fn aggregate_types(&self) -> crate::feed::Wanted {
+        Some(&[Product::TYPE])
     }
 
     fn tables(&self) -> &'static [&'static str] {

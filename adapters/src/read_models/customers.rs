@@ -2,6 +2,7 @@
 //! (`customers.purchases`): the pure folds `karvon_projections::customers`,
 //! the rows' storage declarations, and the queries.
 
+use cqrs_es::Aggregate;
 use karvon_domain::customer::Customer;
 use karvon_domain::sale::Sale;
 use karvon_projections::customers::{self, CustomerRow, PurchaseRow};
@@ -37,6 +38,10 @@ pub struct CustomersProjection;
 impl Projection for CustomersProjection {
     fn name(&self) -> &'static str {
         names::CUSTOMERS
+    }
+
+    fn aggregate_types(&self) -> crate::feed::Wanted {
+        Some(&[Customer::TYPE, Sale::TYPE])
     }
 
     fn tables(&self) -> &'static [&'static str] {

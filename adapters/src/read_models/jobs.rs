@@ -2,6 +2,7 @@
 //! `karvon_projections::jobs`, the row's storage declaration, and the
 //! queries of the status endpoint and the job worker.
 
+use cqrs_es::Aggregate;
 use karvon_domain::import_job::{ImportJob, ImportKind, ImportSource, ImportStatus};
 use karvon_projections::jobs::{self, JobRow};
 use karvon_projections::names;
@@ -32,6 +33,10 @@ pub struct JobsProjection;
 impl Projection for JobsProjection {
     fn name(&self) -> &'static str {
         names::JOBS
+    }
+
+    fn aggregate_types(&self) -> crate::feed::Wanted {
+        Some(&[ImportJob::TYPE])
     }
 
     fn tables(&self) -> &'static [&'static str] {

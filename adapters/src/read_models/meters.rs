@@ -3,6 +3,7 @@
 //! declarations, and the queries.
 
 use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
 use karvon_domain::meter::Meter;
 use karvon_projections::meters::{self, CommandRow, MeterRow, ReadingRow};
 use karvon_projections::names;
@@ -45,6 +46,10 @@ pub struct MetersProjection;
 impl Projection for MetersProjection {
     fn name(&self) -> &'static str {
         names::METERS
+    }
+
+    fn aggregate_types(&self) -> crate::feed::Wanted {
+        Some(&[Meter::TYPE])
     }
 
     fn tables(&self) -> &'static [&'static str] {

@@ -5,6 +5,7 @@
 //! purchase-order and supplier-performance endpoints.
 
 use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
 use karvon_domain::purchase_order::PurchaseOrder;
 use karvon_domain::supplier::Supplier;
 use karvon_projections::names;
@@ -51,6 +52,10 @@ pub struct ProcurementProjection;
 impl Projection for ProcurementProjection {
     fn name(&self) -> &'static str {
         names::PROCUREMENT
+    }
+
+    fn aggregate_types(&self) -> crate::feed::Wanted {
+        Some(&[Supplier::TYPE, PurchaseOrder::TYPE])
     }
 
     fn tables(&self) -> &'static [&'static str] {

@@ -2,6 +2,7 @@
 //! `karvon_projections::sales`, kept per tenant, period, period start and
 //! slice (all, a branch, a cashier at a branch), in the tenant's time zone.
 
+use cqrs_es::Aggregate;
 use std::collections::HashMap;
 
 use chrono::NaiveDate;
@@ -117,6 +118,10 @@ pub struct SalesProjection;
 impl Projection for SalesProjection {
     fn name(&self) -> &'static str {
         names::SALES
+    }
+
+    fn aggregate_types(&self) -> crate::feed::Wanted {
+        Some(&[Sale::TYPE])
     }
 
     fn tables(&self) -> &'static [&'static str] {

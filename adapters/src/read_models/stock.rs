@@ -1,6 +1,7 @@
 //! Stock levels (`stock.levels`, one row per warehouse and product with its
 //! batches) and the movement history (`stock.movements`).
 
+use cqrs_es::Aggregate;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
@@ -95,6 +96,10 @@ record! {
 impl Projection for StockProjection {
     fn name(&self) -> &'static str {
         names::STOCK
+    }
+
+    fn aggregate_types(&self) -> crate::feed::Wanted {
+        Some(&[StockItem::TYPE])
     }
 
     fn reset(&self) {

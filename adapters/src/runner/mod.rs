@@ -38,7 +38,7 @@ use tokio::sync::watch;
 
 use crate::StorageError;
 use crate::db::{Conn, Db};
-use crate::feed::FeedEvent;
+use crate::feed::{FeedEvent, Wanted};
 use crate::reactions::{Commands, Reaction};
 
 pub use checkpoint::{SkipOutcome, SkippedEvent};
@@ -58,6 +58,11 @@ pub trait Projection: Send + Sync + 'static {
     /// The read model's tables (unqualified), for backends that swap a
     /// rebuild table by table.
     fn tables(&self) -> &'static [&'static str];
+
+    /// The aggregate types whose events it folds (`None`: every event).
+    /// Only those reach [`Projection::apply`]; the checkpoint still moves
+    /// over the others.
+    fn aggregate_types(&self) -> Wanted;
 
     /// Creates the read model's tables in `schema` when missing; name them
     /// with [`crate::db::Backend::table`] and [`crate::db::Backend::index`].
@@ -83,6 +88,10 @@ pub trait Projection: Send + Sync + 'static {
 /// is pure; the runner runs the commands.
 pub trait Reactor: Send + Sync + 'static {
     fn name(&self) -> &'static str;
+
+    /// The aggregate types whose events it reacts to (`None`: every
+    /// event). Only those reach [`Reactor::react`].
+    fn aggregate_types(&self) -> Wanted;
 
     /// The commands `event` calls for (none for events it ignores). An
     /// error here is a failure of that event.
@@ -132,6 +141,15 @@ impl Consumer {
             Consumer::Projection(_) => Kind::Projection,
             Consumer::Reactor(_) => Kind::Reactor,
             Consumer::Publisher(_) => Kind::Publisher,
+        }
+    }
+
+    /// The aggregate types the consumer reads (publishers: every event).
+    pub fn aggregate_types(&self) -> Wanted {
+        match self {
+            Consumer::Projection(projection) => projection.aggregate_types(),
+            Consumer::Reactor(reactor) => reactor.aggregate_types(),
+            Consumer::Publisher(_) => None,
         }
     }
 

@@ -20,7 +20,7 @@ use super::session::{Session, begin_write};
 use super::{Consumer, Projection, Publisher, Reactor, Runner, RunnerSettings, checkpoint};
 use crate::StorageError;
 use crate::db::{AsConn, Conn, Db, on_conn, on_pool};
-use crate::feed::{self, FeedEvent};
+use crate::feed::{self, FeedBatch, FeedEvent, Wanted};
 use crate::reactions::{Commands, ReactionError};
 
 /// What a runner remembers between steps: the checkpoint it last
@@ -161,17 +161,19 @@ pub(crate) async fn step_within(
     if memory.last_committed != Some((after, generation)) {
         projection.reset();
     }
-    let events = feed::read_batch(tx, after, limit).await?;
-    let Some(last) = events.last() else {
+    let batch = feed::read_batch(tx, after, limit, projection.aggregate_types()).await?;
+    let Some(last) = batch.last else {
         return Ok((0, (after, generation)));
     };
-    projection.apply(tx, schema, &events).await?;
+    if !batch.events.is_empty() {
+        projection.apply(tx, schema, &batch.events).await?;
+    }
     if !settings.pause_before_checkpoint.is_zero() {
         tokio::time::sleep(settings.pause_before_checkpoint).await;
     }
-    checkpoint::write(tx, checkpoint, last.position, events.len()).await?;
-    count(projection.name(), events.len());
-    Ok((events.len(), (last.position, generation)))
+    checkpoint::write(tx, checkpoint, last, batch.read).await?;
+    count(projection.name(), batch.read);
+    Ok((batch.read, (last, generation)))
 }
 
 fn count(consumer: &'static str, events: usize) {
@@ -186,13 +188,14 @@ async fn read_unlocked(
     db: &Db,
     name: &str,
     limit: i64,
-) -> Result<(Position, Vec<FeedEvent>), StorageError> {
+    wanted: Wanted,
+) -> Result<(Position, FeedBatch), StorageError> {
     on_pool!(db, read, pool => {
         let mut conn = pool.acquire().await?;
         let mut conn = conn.as_conn();
         let (after, _) = checkpoint::read(&mut conn, name).await?;
-        let events = feed::read_batch(&mut conn, after, limit).await?;
-        Ok((after, events))
+        let batch = feed::read_batch(&mut conn, after, limit, wanted).await?;
+        Ok((after, batch))
     })
 }
 
@@ -208,7 +211,8 @@ async fn react(
     contended: &AtomicU32,
 ) -> Result<usize, StorageError> {
     let name = reactor.name();
-    let (after, events) = read_unlocked(db, name, limit).await?;
+    let (after, batch) = read_unlocked(db, name, limit, reactor.aggregate_types()).await?;
+    let events = &batch.events;
     for (done, event) in events.iter().enumerate() {
         if let Err(error) = react_to(reactor, commands, settings, event, contended).await {
             if done > 0 {
@@ -218,16 +222,16 @@ async fn react(
             return Err(error);
         }
     }
-    let Some(last) = events.last() else {
+    let Some(last) = batch.last else {
         return Ok(0);
     };
     if !settings.pause_before_checkpoint.is_zero() {
         tokio::time::sleep(settings.pause_before_checkpoint).await;
     }
-    if checkpoint::advance(db, name, after, last.position, events.len()).await? {
-        count(name, events.len());
+    if checkpoint::advance(db, name, after, last, batch.read).await? {
+        count(name, batch.read);
     }
-    Ok(events.len())
+    Ok(batch.read)
 }
 
 /// Runs the commands one event calls for. `Contended` is retried with
@@ -299,16 +303,16 @@ async fn publish(
     limit: i64,
 ) -> Result<usize, StorageError> {
     let name = publisher.name();
-    let (after, events) = read_unlocked(db, name, limit).await?;
-    let Some(last) = events.last() else {
+    let (after, batch) = read_unlocked(db, name, limit, None).await?;
+    let Some(last) = batch.last else {
         return Ok(0);
     };
-    publisher.publish(&events).await?;
+    publisher.publish(&batch.events).await?;
     if !settings.pause_before_checkpoint.is_zero() {
         tokio::time::sleep(settings.pause_before_checkpoint).await;
     }
-    if checkpoint::advance(db, name, after, last.position, events.len()).await? {
-        count(name, events.len());
+    if checkpoint::advance(db, name, after, last, batch.read).await? {
+        count(name, batch.read);
     }
-    Ok(events.len())
+    Ok(batch.read)
 }

@@ -131,6 +131,10 @@ impl Projection for Panicky {
         "panicky"
     }
 
+    fn aggregate_types(&self) -> karvon_adapters::feed::Wanted {
+        None
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &[]
     }
