@@ -540,6 +540,83 @@ async fn acrel_webhooks_are_signed_fresh_and_applied_once(backend: Backend) {
     );
 }
 
+/// The listener keeps the meters it wrote in memory; a webhook that moves
+/// one of them meanwhile must not be overwritten or hidden: a status the
+/// listener's memory already shows is decided again on the stored state,
+/// and a reading on a moved meter commits after the conflict.
+async fn a_webhook_between_mqtt_batches_is_neither_lost_nor_hidden(backend: Backend) {
+    let broker = MosquittoServer::started().await.expect("mosquitto");
+    let (_db, app) = app_with_listener(backend, &broker).await;
+    let (_, list) = app.get("/api/v1/integrations").await;
+    let integration = list["data"]["items"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let client = publisher(&broker).await;
+    let meter = "ACR-001234";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&app.db, RECORDED).await == 0 {
+        publish(&client, "S1", meter, reading(meter, 1, "100")).await;
+        assert!(Instant::now() < deadline, "the listener never subscribed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let status = |to: &str| {
+        json!({"event_type": "status_change", "timestamp": chrono::Utc::now().to_rfc3339(),
+               "meter_id": meter, "new_status": to})
+        .to_string()
+        .into_bytes()
+    };
+    let shown = || async {
+        let (_, body) = app.get(&format!("/api/v1/meters/{meter}")).await;
+        body["data"].clone()
+    };
+    client
+        .publish(
+            format!("acrel/S1/meter/{meter}/status"),
+            QoS::AtLeastOnce,
+            false,
+            status("connected"),
+        )
+        .await
+        .expect("publish");
+    eventually("connected over MQTT", Duration::from_secs(15), || async {
+        shown().await["status"] == "connected"
+    })
+    .await;
+
+    let (code, body) = Delivery::of("status-change", "w-between", STATUS_FIXTURE)
+        .post(&app, &integration)
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    eventually(
+        "disconnected by the webhook",
+        Duration::from_secs(15),
+        || async { shown().await["status"] == "disconnected" },
+    )
+    .await;
+
+    // The listener last saw it connected; the store says disconnected.
+    client
+        .publish(
+            format!("acrel/S1/meter/{meter}/status"),
+            QoS::AtLeastOnce,
+            false,
+            status("connected"),
+        )
+        .await
+        .expect("publish");
+    publish(&client, "S1", meter, reading(meter, 2, "101")).await;
+    eventually(
+        "connected again and the reading stored",
+        Duration::from_secs(15),
+        || async {
+            let meter = shown().await;
+            meter["status"] == "connected" && meter["readings"] == 2
+        },
+    )
+    .await;
+}
+
 /// Consumption per local hour is the register's difference over the hour
 /// (the reading before the range as the baseline), not the interval
 /// field, whatever it says.
@@ -958,6 +1035,7 @@ async fn an_unusual_consumption_is_flagged_and_raises_an_anomaly_alert(backend: 
 }
 
 on_both_backends!(
+    a_webhook_between_mqtt_batches_is_neither_lost_nor_hidden,
     a_silent_meter_raises_meter_offline_until_it_reports_again,
     an_unusual_consumption_is_flagged_and_raises_an_anomaly_alert,
     a_burst_of_twenty_thousand_readings_is_stored_whole,
