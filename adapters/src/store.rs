@@ -797,10 +797,10 @@ async fn commit_batch_postgres(
             event_columns.2.push((write.first_sequence + offset) as i64);
             event_columns.3.push(event_type.as_str());
             event_rest.0.push(version.as_str());
-            event_rest.1.push(payload.clone());
+            event_rest.1.push(payload);
         }
     }
-    let metadatas = vec![metadata.clone(); event_columns.0.len()];
+    let metadatas = vec![metadata; event_columns.0.len()];
     let mut transaction = pool.begin().await?;
     sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
@@ -846,11 +846,7 @@ async fn commit_batch_postgres(
                 .map(|write| write.last_sequence as i64)
                 .collect::<Vec<_>>(),
         )
-        .bind(
-            new.iter()
-                .map(|write| write.snapshot.clone())
-                .collect::<Vec<_>>(),
-        )
+        .bind(new.iter().map(|write| &write.snapshot).collect::<Vec<_>>())
         .execute(&mut *transaction)
         .await?;
     }
@@ -884,7 +880,7 @@ async fn commit_batch_postgres(
         .bind(
             moved
                 .iter()
-                .map(|write| write.snapshot.clone())
+                .map(|write| &write.snapshot)
                 .collect::<Vec<_>>(),
         )
         .bind(
