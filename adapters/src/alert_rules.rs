@@ -182,43 +182,42 @@ fn meter_rules(event: MeterEvent) -> Vec<Rule> {
             anomaly,
             ..
         } => {
+            let text = |value: Option<rust_decimal::Decimal>| {
+                value.map_or("-".to_string(), |value| value.to_string())
+            };
+            let at = reading.at.to_rfc3339();
+            // One warning per (cause, reading instant).
+            let raise = |kind: &str, message: String| {
+                Rule::Raise(Raise {
+                    kind: kind.to_string(),
+                    severity: Severity::Warning,
+                    subject: format!("meter:{meter_id}"),
+                    message,
+                    occurrence: at.clone(),
+                    at: reading.at,
+                })
+            };
             let mut rules = Vec::new();
             if backwards {
-                rules.push(Rule::Raise(Raise {
-                    kind: "meter_register_backwards".to_string(),
-                    severity: Severity::Warning,
-                    subject: format!("meter:{meter_id}"),
-                    message: format!(
-                        "the register went down to {} at {}",
-                        reading
-                            .values
-                            .reading
-                            .map_or("-".to_string(), |value| value.to_string()),
-                        reading.at.to_rfc3339()
+                rules.push(raise(
+                    "meter_register_backwards",
+                    format!(
+                        "the register went down to {} at {at}",
+                        text(reading.values.reading)
                     ),
-                    occurrence: reading.at.to_rfc3339(),
-                    at: reading.at,
-                }));
+                ));
             }
             if let Some(anomaly) = anomaly {
-                rules.push(Rule::Raise(Raise {
-                    kind: "meter_reading_anomaly".to_string(),
-                    severity: Severity::Warning,
-                    subject: format!("meter:{meter_id}"),
-                    message: format!(
-                        "interval consumption {} at {} is beyond {} ± 3 × {} (the last {} readings)",
-                        reading
-                            .values
-                            .consumption
-                            .map_or("-".to_string(), |value| value.to_string()),
-                        reading.at.to_rfc3339(),
+                rules.push(raise(
+                    "meter_reading_anomaly",
+                    format!(
+                        "interval consumption {} at {at} is beyond {} ± 3 × {} (the last {} readings)",
+                        text(reading.values.consumption),
                         anomaly.mean,
                         anomaly.stddev,
                         anomaly.readings
                     ),
-                    occurrence: reading.at.to_rfc3339(),
-                    at: reading.at,
-                }));
+                ));
             }
             rules
         }

@@ -78,6 +78,23 @@ async fn publish(client: &AsyncClient, station: &str, meter: &str, payload: Vec<
         .expect("publish");
 }
 
+/// Publishes `payload` for `meter` until a reading is recorded: the
+/// listener's persistent session exists from then on.
+async fn until_subscribed(
+    db: &Db,
+    client: &AsyncClient,
+    station: &str,
+    meter: &str,
+    payload: Vec<u8>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(db, RECORDED).await == 0 {
+        publish(client, station, meter, payload.clone()).await;
+        assert!(Instant::now() < deadline, "the listener never subscribed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 async fn count(db: &Db, query: &str) -> i64 {
     fetch_strings(db, query).await.expect("count")[0]
         .parse()
@@ -111,12 +128,7 @@ async fn kill_9_while_publishing_loses_and_doubles_nothing(backend: Backend) {
     let client = publisher(&broker).await;
 
     // The listener's persistent session exists once a probe arrives.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count(&store, RECORDED).await == 0 {
-        publish(&client, "S0", "PROBE", reading("PROBE", 0, "1")).await;
-        assert!(Instant::now() < deadline, "the listener never subscribed");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    until_subscribed(&store, &client, "S0", "PROBE", reading("PROBE", 0, "1")).await;
 
     let total = METERS * READINGS;
     for n in 0..total {
@@ -190,18 +202,14 @@ async fn conflicts_are_recorded_garbage_is_counted_and_the_listener_lives(backen
     let broker = MosquittoServer::started().await.expect("mosquitto");
     let (_db, app) = app_with_listener(backend, &broker).await;
     let client = publisher(&broker).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count(&app.db, RECORDED).await == 0 {
-        publish(
-            &client,
-            "S1",
-            "ACR-001234",
-            reading("ACR-001234", 0, "15234.56"),
-        )
-        .await;
-        assert!(Instant::now() < deadline, "the listener never subscribed");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    until_subscribed(
+        &app.db,
+        &client,
+        "S1",
+        "ACR-001234",
+        reading("ACR-001234", 0, "15234.56"),
+    )
+    .await;
     // The same instant with another register: kept first, conflict noted.
     publish(
         &client,
@@ -554,12 +562,7 @@ async fn a_webhook_between_mqtt_batches_is_neither_lost_nor_hidden(backend: Back
         .to_string();
     let client = publisher(&broker).await;
     let meter = "ACR-001234";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count(&app.db, RECORDED).await == 0 {
-        publish(&client, "S1", meter, reading(meter, 1, "100")).await;
-        assert!(Instant::now() < deadline, "the listener never subscribed");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    until_subscribed(&app.db, &client, "S1", meter, reading(meter, 1, "100")).await;
     let status = |to: &str| {
         json!({"event_type": "status_change", "timestamp": chrono::Utc::now().to_rfc3339(),
                "meter_id": meter, "new_status": to})
@@ -904,12 +907,7 @@ async fn a_burst_of_twenty_thousand_readings_is_stored_whole(backend: Backend) {
     let broker = MosquittoServer::started().await.expect("mosquitto");
     let (_db, app) = app_with_listener(backend, &broker).await;
     let client = publisher(&broker).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count(&app.db, RECORDED).await == 0 {
-        publish(&client, "S0", "PROBE", reading("PROBE", 0, "1")).await;
-        assert!(Instant::now() < deadline, "the listener never subscribed");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    until_subscribed(&app.db, &client, "S0", "PROBE", reading("PROBE", 0, "1")).await;
     for n in 0..READINGS {
         let id = format!("M{:05}", n % 10_000);
         publish(&client, "S1", &id, reading(&id, 1 + n / 10_000, "5")).await;
@@ -932,12 +930,7 @@ async fn a_silent_meter_raises_meter_offline_until_it_reports_again(backend: Bac
     let (status, body) = app.post("/api/v1/integrations", &integration).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let client = publisher(&broker).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count(&app.db, RECORDED).await == 0 {
-        publish(&client, "S1", "ACR-Q", reading("ACR-Q", 1, "10")).await;
-        assert!(Instant::now() < deadline, "the listener never subscribed");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    until_subscribed(&app.db, &client, "S1", "ACR-Q", reading("ACR-Q", 1, "10")).await;
     eventually(
         "the silent meter raised meter_offline",
         Duration::from_secs(30),
@@ -974,12 +967,14 @@ async fn an_unusual_consumption_is_flagged_and_raises_an_anomaly_alert(backend: 
     let broker = MosquittoServer::started().await.expect("mosquitto");
     let (_db, app) = app_with_listener(backend, &broker).await;
     let client = publisher(&broker).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count(&app.db, RECORDED).await == 0 {
-        publish(&client, "S1", "ACR-A", reading_of("ACR-A", 0, "100", "11")).await;
-        assert!(Instant::now() < deadline, "the listener never subscribed");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    until_subscribed(
+        &app.db,
+        &client,
+        "S1",
+        "ACR-A",
+        reading_of("ACR-A", 0, "100", "11"),
+    )
+    .await;
     // 23 more usual readings (10 and 12 kWh), then 13.5 (within 3σ), then 16.
     for minute in 1..24 {
         let kwh = if minute % 2 == 0 { "10" } else { "12" };
