@@ -480,14 +480,19 @@ impl<'a> Delivery<'a> {
     }
 }
 
+/// The id of the test's one integration.
+async fn integration_id(app: &TestApp) -> String {
+    let (_, list) = app.get("/api/v1/integrations").await;
+    list["data"]["items"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string()
+}
+
 async fn acrel_webhooks_are_signed_fresh_and_applied_once(backend: Backend) {
     let broker = MosquittoServer::started().await.expect("mosquitto");
     let (_db, app) = app_with_listener(backend, &broker).await;
-    let (_, list) = app.get("/api/v1/integrations").await;
-    let integration = list["data"]["items"][0]["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let integration = integration_id(&app).await;
     let forged = "whsec_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcY";
     let tampered = READING_FIXTURE.replace("15234.56", "1.00");
     let reading = Delivery::of("meter-reading", "w-4", READING_FIXTURE);
@@ -548,18 +553,14 @@ async fn acrel_webhooks_are_signed_fresh_and_applied_once(backend: Backend) {
     );
 }
 
-/// The listener keeps the meters it wrote in memory; a webhook that moves
-/// one of them meanwhile must not be overwritten or hidden: a status the
-/// listener's memory already shows is decided again on the stored state,
-/// and a reading on a moved meter commits after the conflict.
+/// A webhook that moves a meter between two MQTT batches is neither
+/// overwritten nor hidden: a status the listener saw last is decided on
+/// the stored state (where the webhook changed it), and the next reading
+/// commits on top of the webhook's write.
 async fn a_webhook_between_mqtt_batches_is_neither_lost_nor_hidden(backend: Backend) {
     let broker = MosquittoServer::started().await.expect("mosquitto");
     let (_db, app) = app_with_listener(backend, &broker).await;
-    let (_, list) = app.get("/api/v1/integrations").await;
-    let integration = list["data"]["items"][0]["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let integration = integration_id(&app).await;
     let client = publisher(&broker).await;
     let meter = "ACR-001234";
     until_subscribed(&app.db, &client, "S1", meter, reading(meter, 1, "100")).await;
@@ -573,15 +574,18 @@ async fn a_webhook_between_mqtt_batches_is_neither_lost_nor_hidden(backend: Back
         let (_, body) = app.get(&format!("/api/v1/meters/{meter}")).await;
         body["data"].clone()
     };
-    client
-        .publish(
-            format!("acrel/S1/meter/{meter}/status"),
-            QoS::AtLeastOnce,
-            false,
-            status("connected"),
-        )
-        .await
-        .expect("publish");
+    let connected_over_mqtt = || async {
+        client
+            .publish(
+                format!("acrel/S1/meter/{meter}/status"),
+                QoS::AtLeastOnce,
+                false,
+                status("connected"),
+            )
+            .await
+            .expect("publish");
+    };
+    connected_over_mqtt().await;
     eventually("connected over MQTT", Duration::from_secs(15), || async {
         shown().await["status"] == "connected"
     })
@@ -599,15 +603,7 @@ async fn a_webhook_between_mqtt_batches_is_neither_lost_nor_hidden(backend: Back
     .await;
 
     // The listener last saw it connected; the store says disconnected.
-    client
-        .publish(
-            format!("acrel/S1/meter/{meter}/status"),
-            QoS::AtLeastOnce,
-            false,
-            status("connected"),
-        )
-        .await
-        .expect("publish");
+    connected_over_mqtt().await;
     publish(&client, "S1", meter, reading(meter, 2, "101")).await;
     eventually(
         "connected again and the reading stored",
@@ -638,11 +634,7 @@ async fn consumption_follows_register_rises_in_the_tenant_zone(backend: Backend)
     let app = spawn_app_with(config(&db, backend), karvon_app::Role::All)
         .await
         .expect("app");
-    let (_, list) = app.get("/api/v1/integrations").await;
-    let integration = list["data"]["items"][0]["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let integration = integration_id(&app).await;
     let readings = [
         ("2025-01-01T18:50:00Z", "100.00"), // 23:50 local, the day before
         ("2025-01-01T19:10:00Z", "100.75"),
@@ -690,6 +682,23 @@ async fn consumption_follows_register_rises_in_the_tenant_zone(backend: Backend)
         .get("/api/v1/meters/ACR-C/consumption?period=weekly")
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+/// Waits until exactly one alert of `kind` is active, and returns it.
+async fn one_open_alert(app: &TestApp, kind: &str, timeout: Duration) -> Value {
+    let query = format!("?kind={kind}&status=active");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let open = alerts(app, &query).await;
+        if let [alert] = open.as_slice() {
+            return alert.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single open {kind} alert: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn alerts(app: &TestApp, query: &str) -> Vec<Value> {
@@ -837,11 +846,7 @@ async fn open_stream(app: &TestApp, last_event_id: Option<&str>) -> reqwest::Res
 async fn the_stream_shows_alerts_and_readings_and_resumes(backend: Backend) {
     let broker = MosquittoServer::started().await.expect("mosquitto");
     let (_db, app) = app_with_listener(backend, &broker).await;
-    let (_, list) = app.get("/api/v1/integrations").await;
-    let integration = list["data"]["items"][0]["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let integration = integration_id(&app).await;
     let mut stream = open_stream(&app, None).await;
 
     let alarm = include_str!("../../fixtures/acrel/webhook-alert.json");
@@ -931,18 +936,7 @@ async fn a_silent_meter_raises_meter_offline_until_it_reports_again(backend: Bac
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let client = publisher(&broker).await;
     until_subscribed(&app.db, &client, "S1", "ACR-Q", reading("ACR-Q", 1, "10")).await;
-    eventually(
-        "the silent meter raised meter_offline",
-        Duration::from_secs(30),
-        || async {
-            alerts(&app, "?kind=meter_offline&status=active")
-                .await
-                .len()
-                == 1
-        },
-    )
-    .await;
-    let alert = &alerts(&app, "?kind=meter_offline").await[0];
+    let alert = one_open_alert(&app, "meter_offline", Duration::from_secs(30)).await;
     assert_eq!(alert["subject"], "meter:ACR-Q", "{alert}");
     let (_, meter) = app.get("/api/v1/meters/ACR-Q").await;
     assert!(meter["data"]["silent_since"].is_string(), "{meter}");
@@ -1014,18 +1008,7 @@ async fn an_unusual_consumption_is_flagged_and_raises_an_anomaly_alert(backend: 
         [("\"16\"".to_string(), json!(["consumption_anomaly"]))],
         "only 16 kWh is beyond the usual"
     );
-    eventually(
-        "the anomaly raised an alert",
-        Duration::from_secs(15),
-        || async {
-            alerts(&app, "?kind=meter_reading_anomaly&status=active")
-                .await
-                .len()
-                == 1
-        },
-    )
-    .await;
-    let alert = &alerts(&app, "?kind=meter_reading_anomaly").await[0];
+    let alert = one_open_alert(&app, "meter_reading_anomaly", Duration::from_secs(15)).await;
     assert_eq!(alert["subject"], "meter:ACR-A", "{alert}");
 }
 
