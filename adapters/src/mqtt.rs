@@ -505,19 +505,7 @@ impl Listener {
             .values()
             .map(|(meter_id, _)| meter_stream_id(&tenant, meter_id))
             .collect();
-        let metadata = EventMetadata {
-            tenant_id: self.tenant.clone(),
-            occurred_at: Utc::now(),
-            source: karvon_projections::metadata::Source::Mqtt
-                .as_str()
-                .to_string(),
-            actor: format!("integration:{}", self.integration),
-            correlation_id: uuid::Uuid::new_v4().to_string(),
-            causation_id: None,
-            idempotency_key: None,
-            request_hash: None,
-            response_id: None,
-        };
+        let metadata = self.metadata();
         for _ in 0..10 {
             let loaded = self.meters.load_many(&streams).await?;
             let mut writes = Vec::new();

@@ -81,7 +81,9 @@ impl StockAlerts {
         if warehouses.is_empty() {
             return Ok(());
         }
-        let today = self.today(tenant).await.map_err(ReactionError::Failed)?;
+        // The tenant's today only matters for dated batches: looked up once,
+        // and only when a stock item holds one.
+        let mut tenant_today = None;
         let reorder_level = self
             .products
             .load(&product_stream_id(tenant, product))
@@ -102,6 +104,20 @@ impl StockAlerts {
                 .await
                 .map_err(ReactionError::Failed)?;
             let subject = format!("product:{product}@{warehouse}");
+            let dated = item
+                .lots()
+                .as_slice()
+                .iter()
+                .any(|lot| lot.expiry_date.is_some());
+            let today = match (dated, tenant_today) {
+                (false, _) => Utc::now().date_naive(),
+                (true, Some(today)) => today,
+                (true, None) => {
+                    let today = self.today(tenant).await.map_err(ReactionError::Failed)?;
+                    tenant_today = Some(today);
+                    today
+                }
+            };
             let conditions = item
                 .lots()
                 .conditions(reorder_level, today, NEAR_EXPIRY_DAYS);
