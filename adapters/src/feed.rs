@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::StorageError;
 use crate::db::{Backend, Conn, Db, Portable, on_conn, on_pool};
-use crate::store::row_position;
+use crate::store::{parse_txid, row_position};
 
 #[derive(Debug, Clone)]
 pub struct FeedEvent {
@@ -32,10 +32,10 @@ pub struct FeedEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
-/// The aggregate types a consumer reads (`None`: every event). The feed
-/// still walks every event, so checkpoints and the one-event steps that
-/// isolate a failure mean the same; events of other types are read
-/// without their payload and metadata and not handed to the consumer.
+/// The aggregate types a consumer reads (`None`: every event). Events of
+/// other types are passed over inside the database (an index per
+/// aggregate type finds the wanted ones), so a consumer of meters does not
+/// read the sales, and the other way round.
 pub type Wanted = Option<&'static [&'static str]>;
 
 /// One step's read of the feed.
@@ -43,71 +43,155 @@ pub type Wanted = Option<&'static [&'static str]>;
 pub struct FeedBatch {
     /// The wanted events, in feed order.
     pub events: Vec<FeedEvent>,
-    /// The position of the last event read, wanted or not: how far the
-    /// consumer may move its checkpoint.
+    /// How far the consumer may move its checkpoint: the last event read,
+    /// or, when fewer than the limit were wanted, the last settled event
+    /// of any type (nothing before it is left to read). `None`: nothing
+    /// new.
     pub last: Option<Position>,
-    /// Events read, wanted or not.
+    /// Events read (the wanted ones).
     pub read: usize,
 }
 
-/// `aggregate_type IN ('A', 'B')` for `wanted` (`TRUE` for every type).
-/// The names are the aggregates' `TYPE` constants; one that is not a plain
-/// identifier is refused rather than quoted.
-fn wanted_condition(wanted: Wanted) -> Result<String, StorageError> {
-    let Some(types) = wanted else {
-        return Ok("TRUE".to_string());
-    };
-    let mut listed = Vec::with_capacity(types.len());
-    for name in types {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(StorageError::Corrupt(format!(
-                "aggregate type {name:?} is not an identifier"
-            )));
+impl FeedBatch {
+    /// What a step reports as done: the events read, or 1 when it only
+    /// moved the checkpoint past other types' events (so whoever waits
+    /// for the checkpoint is woken).
+    pub fn progress(&self) -> usize {
+        match (self.read, self.last) {
+            (0, Some(_)) => 1,
+            (read, _) => read,
         }
-        listed.push(format!("'{name}'"));
     }
-    if listed.is_empty() {
-        return Ok("FALSE".to_string());
-    }
-    Ok(format!("aggregate_type IN ({})", listed.join(", ")))
 }
 
-/// Up to `limit` settled events after `after`, in feed order, of which
-/// those `wanted` are decoded.
+/// The wanted types as SQL literals. The names are the aggregates' `TYPE`
+/// constants; one that is not a plain identifier is refused rather than
+/// quoted.
+fn literals(types: &[&str]) -> Result<Vec<String>, StorageError> {
+    types
+        .iter()
+        .map(|name| {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(StorageError::Corrupt(format!(
+                    "aggregate type {name:?} is not an identifier"
+                )));
+            }
+            Ok(format!("'{name}'"))
+        })
+        .collect()
+}
+
+/// The table and the condition for "settled and after `($1, $2)`".
+fn settled(backend: Backend) -> (&'static str, &'static str) {
+    match backend {
+        Backend::Postgres => (
+            "public.events",
+            "(transaction_id, global_position) > ($1::text::xid8, $2)
+             AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
+        ),
+        // SQLite commits one writer at a time, so `global_position` order
+        // is commit order and every visible event is settled.
+        Backend::Sqlite => ("events", "global_position > $2 AND $1 IS NOT NULL"),
+    }
+}
+
+/// `columns` of the first `$3` settled events after `($1, $2)` whose type
+/// is among `types`, in feed order: one ordered index range per type,
+/// merged. `columns` must include `global_position`; on PostgreSQL
+/// `transaction_id` is added.
+fn next_of_types(backend: Backend, types: &[&str], columns: &str) -> Result<String, StorageError> {
+    let (events, settled) = settled(backend);
+    let columns = match backend {
+        Backend::Postgres => format!("transaction_id, {columns}"),
+        Backend::Sqlite => columns.to_string(),
+    };
+    let order = backend.feed_order("u");
+    let inner_order = order.replace("u.", "");
+    let ranges: Vec<String> = literals(types)?
+        .iter()
+        .map(|name| {
+            format!(
+                "SELECT * FROM (SELECT {columns} FROM {events}
+                                 WHERE aggregate_type = {name} AND {settled}
+                                 ORDER BY {inner_order} LIMIT $3) AS r"
+            )
+        })
+        .collect();
+    let ranges = if ranges.is_empty() {
+        format!("SELECT {columns} FROM {events} WHERE FALSE")
+    } else {
+        ranges.join(" UNION ALL ")
+    };
+    Ok(format!(
+        "SELECT * FROM ({ranges}) AS u ORDER BY {order} LIMIT $3"
+    ))
+}
+
+const EVENT_COLUMNS: &str = "global_position, aggregate_type, aggregate_id,
+    sequence, event_type, event_version, payload, metadata, event_id, recorded_at";
+
+/// Up to `limit` settled events after `after`, in feed order, of the
+/// `wanted` types.
 pub async fn read_batch(
     conn: &mut Conn<'_>,
     after: Position,
     limit: i64,
     wanted: Wanted,
 ) -> Result<FeedBatch, StorageError> {
-    let condition = wanted_condition(wanted)?;
-    let select = match conn.backend() {
-        Backend::Postgres => format!(
-            "SELECT transaction_id::text AS txid, global_position, aggregate_type, aggregate_id,
-                    sequence, event_type, event_version,
-                    CASE WHEN {condition} THEN payload END AS payload,
-                    CASE WHEN {condition} THEN metadata END AS metadata, event_id, recorded_at
-               FROM public.events
-              WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
-                AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-              ORDER BY transaction_id, global_position
-              LIMIT $3"
-        ),
-        // SQLite commits one writer at a time, so `global_position` order
-        // is commit order and every visible event is settled.
-        Backend::Sqlite => format!(
-            "SELECT '0' AS txid, global_position, aggregate_type, aggregate_id, sequence,
-                    event_type, event_version,
-                    CASE WHEN {condition} THEN payload END AS payload,
-                    CASE WHEN {condition} THEN metadata END AS metadata, event_id, recorded_at
-               FROM events
-              WHERE global_position > $2 AND $1 IS NOT NULL
-              ORDER BY global_position
-              LIMIT $3"
-        ),
+    let backend = conn.backend();
+    let txid = match backend {
+        Backend::Postgres => "transaction_id::text",
+        Backend::Sqlite => "'0'",
     };
-    let is_wanted =
-        |aggregate_type: &str| wanted.is_none_or(|types| types.contains(&aggregate_type));
+    let Some(types) = wanted else {
+        let (events, settled) = settled(backend);
+        let select = format!(
+            "SELECT {txid} AS txid, global_position, aggregate_type, aggregate_id, sequence,
+                    event_type, event_version, payload, metadata, event_id, recorded_at
+               FROM {events} e WHERE {settled}
+              ORDER BY {order} LIMIT $3",
+            order = backend.feed_order("e")
+        );
+        return on_conn!(conn, c => {
+            let rows = sqlx::query(&select)
+                .bind(after.transaction_id.to_string())
+                .bind(after.global_position)
+                .bind(limit)
+                .fetch_all(&mut **c)
+                .await?;
+            let events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+            Ok(FeedBatch {
+                last: events.last().map(|event| event.position),
+                read: events.len(),
+                events,
+            })
+        });
+    };
+    // The wanted events beside the last settled event, in one statement
+    // (one snapshot): when fewer than `limit` are wanted, every event up
+    // to that last one has been looked at.
+    let head = match backend {
+        Backend::Postgres => {
+            "SELECT transaction_id::text AS head_txid, global_position AS head_position
+               FROM public.events
+              WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+              ORDER BY transaction_id DESC, global_position DESC LIMIT 1"
+        }
+        Backend::Sqlite => {
+            "SELECT '0' AS head_txid, max(global_position) AS head_position FROM events"
+        }
+    };
+    let select = format!(
+        "WITH wanted AS ({}), head AS ({head})
+         SELECT {txid} AS txid, w.global_position, w.aggregate_type, w.aggregate_id, w.sequence,
+                w.event_type, w.event_version, w.payload, w.metadata, w.event_id, w.recorded_at,
+                h.head_txid, h.head_position
+           FROM head h LEFT JOIN wanted w ON TRUE
+          ORDER BY {}",
+        next_of_types(backend, types, EVENT_COLUMNS)?,
+        backend.feed_order("w"),
+        txid = txid.replace("transaction_id", "w.transaction_id"),
+    );
     on_conn!(conn, c => {
         let rows = sqlx::query(&select)
             .bind(after.transaction_id.to_string())
@@ -115,18 +199,22 @@ pub async fn read_batch(
             .bind(limit)
             .fetch_all(&mut **c)
             .await?;
-        let mut batch = FeedBatch {
-            events: Vec::with_capacity(rows.len()),
-            last: None,
-            read: rows.len(),
-        };
+        let mut events = Vec::with_capacity(rows.len());
+        let mut head = None;
         for row in &rows {
-            batch.last = Some(row_position(row, "global_position")?);
-            if is_wanted(&row.text("aggregate_type")?) {
-                batch.events.push(decode(row)?);
+            if head.is_none() && let Some(position) = row.opt_int("head_position")? {
+                head = Some(Position::new(parse_txid(&row.text("head_txid")?)?, position));
+            }
+            if row.opt_text("aggregate_type")?.is_some() {
+                events.push(decode(row)?);
             }
         }
-        Ok(batch)
+        let last = if events.len() as i64 >= limit {
+            events.last().map(|event| event.position)
+        } else {
+            head.filter(|head| *head > after)
+        };
+        Ok(FeedBatch { read: events.len(), events, last })
     })
 }
 
@@ -191,28 +279,41 @@ pub struct EventRef {
     pub event_type: String,
 }
 
-/// The next settled event after `after`, undecoded.
-pub async fn peek(conn: &mut Conn<'_>, after: Position) -> Result<Option<EventRef>, StorageError> {
+/// The next settled event after `after` of the `wanted` types, undecoded.
+pub async fn peek(
+    conn: &mut Conn<'_>,
+    after: Position,
+    wanted: Wanted,
+) -> Result<Option<EventRef>, StorageError> {
     let backend = conn.backend();
-    let (events, txid, settled) = match backend {
-        Backend::Postgres => (
-            "public.events",
-            "transaction_id::text",
-            "(transaction_id, global_position) > ($1::text::xid8, $2)
-             AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
-        ),
-        Backend::Sqlite => ("events", "'0'", "global_position > $2 AND $1 IS NOT NULL"),
+    let columns = "global_position, event_id, aggregate_type, aggregate_id, sequence, event_type";
+    let next = match wanted {
+        Some(types) => next_of_types(backend, types, columns)?,
+        None => {
+            let (events, settled) = settled(backend);
+            let txid = match backend {
+                Backend::Postgres => "transaction_id, ",
+                Backend::Sqlite => "",
+            };
+            format!(
+                "SELECT {txid}{columns} FROM {events} e WHERE {settled} ORDER BY {} LIMIT $3",
+                backend.feed_order("e")
+            )
+        }
+    };
+    let txid = match backend {
+        Backend::Postgres => "n.transaction_id::text",
+        Backend::Sqlite => "'0'",
     };
     let select = format!(
-        "SELECT {txid} AS txid, e.global_position, e.event_id, e.aggregate_type, e.aggregate_id,
-                e.sequence, e.event_type
-           FROM {events} e WHERE {settled}
-          ORDER BY {order} LIMIT 1",
-        order = backend.feed_order("e")
+        "SELECT {txid} AS txid, n.global_position, n.event_id, n.aggregate_type, n.aggregate_id,
+                n.sequence, n.event_type
+           FROM ({next}) AS n"
     );
     on_conn!(conn, c => sqlx::query(&select)
         .bind(after.transaction_id.to_string())
         .bind(after.global_position)
+        .bind(1_i64)
         .fetch_optional(&mut **c)
         .await?
         .map(|row| {

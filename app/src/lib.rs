@@ -445,7 +445,7 @@ pub async fn retry_consumer(config: &Config, name: &str) -> anyhow::Result<()> {
 pub async fn skip_event(config: &Config, name: &str) -> anyhow::Result<runner::SkippedEvent> {
     let consumer = consumer(config, name)?;
     let db = open_migrated(config).await?;
-    match runner::checkpoint::skip(&db, consumer.name(), "cli").await? {
+    match runner::checkpoint::skip(&db, consumer.name(), consumer.aggregate_types(), "cli").await? {
         runner::SkipOutcome::Skipped(skipped) => Ok(skipped),
         runner::SkipOutcome::NotFailed => anyhow::bail!("{name} is not stopped on an event"),
     }

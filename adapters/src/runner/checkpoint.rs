@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::session::begin_write;
 use crate::StorageError;
 use crate::db::{AsConn, Backend, Conn, Db, Portable, on_conn, on_pool};
-use crate::feed::{self, EventRef};
+use crate::feed::{self, EventRef, Wanted};
 use crate::store::row_position;
 
 const ENSURE: &str =
@@ -165,10 +165,11 @@ pub async fn failure(db: &Db, name: &str) -> Result<Option<Failure>, StorageErro
 }
 
 /// Records that the consumer stopped on the next event after its
-/// checkpoint, with `error`.
+/// checkpoint (of the types it reads), with `error`.
 pub(crate) async fn record_failure(
     db: &Db,
     name: &str,
+    wanted: Wanted,
     error: &StorageError,
 ) -> Result<Failure, StorageError> {
     let message: String = error.to_string().chars().take(2000).collect();
@@ -176,7 +177,7 @@ pub(crate) async fn record_failure(
         let mut conn = pool.acquire().await?;
         let mut conn = conn.as_conn();
         let (after, _) = read(&mut conn, name).await?;
-        let event = feed::peek(&mut conn, after).await?;
+        let event = feed::peek(&mut conn, after, wanted).await?;
         let backend = conn.backend();
         let update = format!(
             "UPDATE projection_checkpoints
@@ -247,13 +248,19 @@ pub enum SkipOutcome {
 
 /// Passes a failed consumer over the event it stopped on: records the
 /// event with its error and moves the checkpoint past it, in one write
-/// transaction holding the checkpoint row.
-pub async fn skip(db: &Db, name: &str, actor: &str) -> Result<SkipOutcome, StorageError> {
+/// transaction holding the checkpoint row. `wanted`: the types the
+/// consumer reads ([`crate::runner::Consumer::aggregate_types`]).
+pub async fn skip(
+    db: &Db,
+    name: &str,
+    wanted: Wanted,
+    actor: &str,
+) -> Result<SkipOutcome, StorageError> {
     on_pool!(db, write, pool => {
         let mut conn = pool.acquire().await?;
         let begin = begin_write(&*conn);
         let mut tx = conn.begin_with(begin).await?;
-        let outcome = skip_within(&mut tx.as_conn(), name, actor).await?;
+        let outcome = skip_within(&mut tx.as_conn(), name, wanted, actor).await?;
         tx.commit().await?;
         db.notify_checkpoint();
         Ok(outcome)
@@ -263,6 +270,7 @@ pub async fn skip(db: &Db, name: &str, actor: &str) -> Result<SkipOutcome, Stora
 async fn skip_within(
     tx: &mut Conn<'_>,
     name: &str,
+    wanted: Wanted,
     actor: &str,
 ) -> Result<SkipOutcome, StorageError> {
     if failure_in(tx, name).await?.is_none() {
@@ -278,7 +286,7 @@ async fn skip_within(
     else {
         return Ok(SkipOutcome::NotFailed);
     };
-    let Some(event) = feed::peek(tx, after)
+    let Some(event) = feed::peek(tx, after, wanted)
         .await?
         .filter(|next| next.event_id == event_id)
     else {

@@ -352,7 +352,13 @@ impl Runner {
                     continue;
                 }
                 Err(error) if error.is_poison() => {
-                    let failure = checkpoint::record_failure(&self.db, name, &error).await?;
+                    let failure = checkpoint::record_failure(
+                        &self.db,
+                        name,
+                        self.consumer.aggregate_types(),
+                        &error,
+                    )
+                    .await?;
                     tracing::error!(
                         consumer = name,
                         event_id = ?failure.event_id,

@@ -309,7 +309,7 @@ async fn catch_up(
 ) -> Result<u64, StorageError> {
     let mut events = 0u64;
     loop {
-        let (applied, position) = step_within(
+        let ((applied, _), position) = step_within(
             tx,
             projection,
             &shadow.checkpoint,

@@ -135,9 +135,9 @@ pub(crate) async fn step(
         .await
     });
     match outcome {
-        Ok((applied, position)) => {
+        Ok(((_, progress), position)) => {
             memory.last_committed = Some(position);
-            Ok(applied)
+            Ok(progress)
         }
         Err(error) => {
             memory.last_committed = None;
@@ -147,7 +147,9 @@ pub(crate) async fn step(
     }
 }
 
-/// One projection step inside a transaction the caller owns.
+/// One projection step inside a transaction the caller owns: the events
+/// it read and its [`feed::FeedBatch::progress`], and where it left the
+/// checkpoint.
 pub(crate) async fn step_within(
     tx: &mut Conn<'_>,
     projection: &dyn Projection,
@@ -156,14 +158,14 @@ pub(crate) async fn step_within(
     settings: &RunnerSettings,
     limit: i64,
     memory: &StepMemory,
-) -> Result<(usize, (Position, i64)), StorageError> {
+) -> Result<((usize, usize), (Position, i64)), StorageError> {
     let (after, generation) = checkpoint::read_locked(tx, checkpoint).await?;
     if memory.last_committed != Some((after, generation)) {
         projection.reset();
     }
     let batch = feed::read_batch(tx, after, limit, projection.aggregate_types()).await?;
     let Some(last) = batch.last else {
-        return Ok((0, (after, generation)));
+        return Ok(((0, 0), (after, generation)));
     };
     if !batch.events.is_empty() {
         projection.apply(tx, schema, &batch.events).await?;
@@ -173,7 +175,7 @@ pub(crate) async fn step_within(
     }
     checkpoint::write(tx, checkpoint, last, batch.read).await?;
     count(projection.name(), batch.read);
-    Ok((batch.read, (last, generation)))
+    Ok(((batch.read, batch.progress()), (last, generation)))
 }
 
 fn count(consumer: &'static str, events: usize) {
@@ -231,7 +233,7 @@ async fn react(
     if checkpoint::advance(db, name, after, last, batch.read).await? {
         count(name, batch.read);
     }
-    Ok(batch.read)
+    Ok(batch.progress())
 }
 
 /// Runs the commands one event calls for. `Contended` is retried with
@@ -314,5 +316,5 @@ async fn publish(
     if checkpoint::advance(db, name, after, last, batch.read).await? {
         count(name, batch.read);
     }
-    Ok(batch.read)
+    Ok(batch.progress())
 }

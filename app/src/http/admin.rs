@@ -7,7 +7,9 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use karvon_adapters::runner::{self, ConsumerStatus, SkipOutcome, SkippedEvent, checkpoint};
+use karvon_adapters::runner::{
+    self, Consumer, ConsumerStatus, SkipOutcome, SkippedEvent, checkpoint,
+};
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -88,10 +90,13 @@ pub async fn rebuild_projection(
 
 /// The registered consumer called `name`, or 404.
 fn known(state: &AppState, name: &str) -> Result<&'static str, ApiError> {
+    known_consumer(state, name).map(|consumer| consumer.name())
+}
+
+fn known_consumer(state: &AppState, name: &str) -> Result<Consumer, ApiError> {
     state
         .registry
         .consumer(name)
-        .map(|consumer| consumer.name())
         .ok_or_else(|| ApiError::not_found("no such feed consumer"))
 }
 
@@ -149,8 +154,16 @@ pub async fn skip_event(
     OperatorAccess(principal): OperatorAccess,
     Path(name): Path<String>,
 ) -> Result<Json<Envelope<SkippedEvent>>, ApiError> {
-    let name = known(&state, &name)?;
-    match checkpoint::skip(&state.db, name, &principal.actor).await? {
+    let consumer = known_consumer(&state, &name)?;
+    let name = consumer.name();
+    match checkpoint::skip(
+        &state.db,
+        name,
+        consumer.aggregate_types(),
+        &principal.actor,
+    )
+    .await?
+    {
         SkipOutcome::Skipped(skipped) => {
             tracing::warn!(consumer = name, event_id = %skipped.event_id, actor = %principal.actor,
                 "event skipped");

@@ -217,7 +217,7 @@ async fn a_panicking_consumer_stops_alone_and_skip_moves_it_on(backend: Backend)
     assert_eq!((movements, actual), (events, expected));
 
     // Skip: recorded with its error, and the consumer goes on to the end.
-    let SkipOutcome::Skipped(skipped) = checkpoint::skip(&store, "panicky", "test")
+    let SkipOutcome::Skipped(skipped) = checkpoint::skip(&store, "panicky", None, "test")
         .await
         .expect("skip")
     else {
@@ -238,7 +238,7 @@ async fn a_panicking_consumer_stops_alone_and_skip_moves_it_on(backend: Backend)
     assert_eq!(listed.len(), 1);
     assert!(listed[0].error.contains("cannot handle warehouse BOOM"));
     assert!(matches!(
-        checkpoint::skip(&store, "panicky", "test")
+        checkpoint::skip(&store, "panicky", None, "test")
             .await
             .expect("skip"),
         SkipOutcome::NotFailed
@@ -290,9 +290,10 @@ async fn a_refused_transfer_in_fails_the_reactor_on_its_event(backend: Backend) 
     // Nothing after the refused event was booked yet.
     assert_eq!(count_events(&store, "StockTransferredIn").await, 0);
 
-    let SkipOutcome::Skipped(_) = checkpoint::skip(&store, "transfers", "test")
-        .await
-        .expect("skip")
+    let SkipOutcome::Skipped(_) =
+        checkpoint::skip(&store, "transfers", transfers.aggregate_types(), "test")
+            .await
+            .expect("skip")
     else {
         panic!("nothing to skip");
     };

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use karvon_adapters::feed;
 use karvon_adapters::read_models::stock::StockProjection;
 use karvon_adapters::runner;
 use karvon_adapters::runner::{Consumer, Runner, RunnerSettings};
 use karvon_adapters::store::{CommandError, CommandExecutor};
 use karvon_domain::stock::{StockCommand, StockEvent, StockItem};
 use karvon_domain::{Id, Money, Quantity};
-use karvon_projections::{EventMetadata, names};
+use karvon_projections::{EventMetadata, Position, names};
 use karvon_tests::{
     Backend, Db, TestDb, append_raw_receipts, checkpoint, projected_stock, replayed_stock,
     replayed_stock_until, spawn_app, wait_caught_up,
@@ -307,3 +308,114 @@ fn stock_events_used_here_are_the_domain_ones() {
 }
 
 on_both_backends!(aborting_the_runner_mid_batch_rolls_the_batch_back);
+
+/// Inserts `count` events, every third an `Alpha`, the rest `Beta`, through
+/// `conn` (the caller decides when they commit).
+async fn append_mixed(conn: &mut PgConnection, tag: &str, count: i64) {
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata)
+         SELECT CASE WHEN g % 3 = 0 THEN 'Alpha' ELSE 'Beta' END, $1 || g, 1, 'Happened', '1',
+                jsonb_build_object('n', g), jsonb_build_object('tenant_id', 'default')
+           FROM generate_series(0, $2 - 1) AS g",
+    )
+    .bind(tag)
+    .bind(count)
+    .execute(conn)
+    .await
+    .expect("append");
+}
+
+/// Reads the feed as a consumer of `Alpha` would, `limit` at a time, until
+/// nothing is new: the events read (aggregate ids) and where it stopped.
+async fn read_alphas(
+    pool: &sqlx::PgPool,
+    mut after: Position,
+    limit: i64,
+) -> (Vec<String>, Position) {
+    use karvon_adapters::db::AsConn;
+    let mut conn = pool.acquire().await.expect("conn");
+    let mut read = Vec::new();
+    loop {
+        let batch = feed::read_batch(&mut conn.as_conn(), after, limit, Some(&["Alpha"]))
+            .await
+            .expect("read");
+        assert!(batch.events.len() as i64 <= limit);
+        assert!(
+            batch
+                .events
+                .iter()
+                .all(|event| event.aggregate_type == "Alpha")
+        );
+        read.extend(batch.events.iter().map(|event| event.aggregate_id.clone()));
+        match batch.last {
+            Some(last) => {
+                assert!(last > after, "the checkpoint went backwards");
+                after = last;
+            }
+            None => return (read, after),
+        }
+    }
+}
+
+/// A consumer reads only its aggregate types, in feed order, and passes
+/// the others without reading them; it never passes an event whose
+/// transaction is still open, even when later ones have committed.
+#[tokio::test]
+async fn a_consumer_reads_only_its_types_and_never_passes_an_open_transaction() {
+    let db = TestDb::create().await.expect("db");
+    let store = db.db().await.expect("store");
+    store.migrate().await.expect("migrate");
+    let pool = db.pool().await.expect("pool");
+    let mut writer = pool.acquire().await.expect("conn");
+    append_mixed(&mut writer, "a", 30).await;
+
+    let expected: Vec<String> = (0..30)
+        .filter(|g| g % 3 == 0)
+        .map(|g| format!("a{g}"))
+        .collect();
+    let (read, stopped) = read_alphas(&pool, Position::START, 4).await;
+    assert_eq!(
+        read, expected,
+        "every Alpha once, in order, and nothing else"
+    );
+    let head: (String, i64) = sqlx::query_as(
+        "SELECT transaction_id::text, global_position FROM events
+          ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("head");
+    assert_eq!(
+        stopped.to_string(),
+        format!("{}.{}", head.0, head.1),
+        "stopped at the last event, a Beta"
+    );
+    {
+        use karvon_adapters::db::AsConn;
+        let mut conn = pool.acquire().await.expect("conn");
+        let next = feed::peek(&mut conn.as_conn(), Position::START, Some(&["Alpha"]))
+            .await
+            .expect("peek")
+            .expect("an Alpha");
+        assert_eq!(next.aggregate_id, "a0");
+        let next = feed::peek(&mut conn.as_conn(), Position::START, Some(&["Beta"]))
+            .await
+            .expect("peek")
+            .expect("a Beta");
+        assert_eq!(next.aggregate_id, "a1");
+    }
+
+    // An Alpha held in an open transaction; Betas and Alphas committed after it.
+    let mut held = PgConnection::connect(&db.url).await.expect("connect");
+    let mut held_tx = held.begin().await.expect("begin");
+    append_mixed(&mut held_tx, "held", 1).await;
+    append_mixed(&mut writer, "later", 6).await;
+    let (read, still) = read_alphas(&pool, stopped, 4).await;
+    assert!(read.is_empty(), "read past an open transaction: {read:?}");
+    assert_eq!(still, stopped, "the checkpoint passed an open transaction");
+
+    held_tx.commit().await.expect("commit");
+    let (read, _) = read_alphas(&pool, stopped, 4).await;
+    assert_eq!(read, ["held0", "later0", "later3"]);
+}

@@ -1,0 +1,3 @@
+-- A consumer reads only the aggregate types it folds: one ordered index
+-- range per type, in feed order, instead of walking every event.
+CREATE INDEX events_type_feed_idx ON events (aggregate_type, global_position);
