@@ -507,24 +507,42 @@ impl Listener {
             .collect();
         let metadata = self.metadata();
         for _ in 0..10 {
-            let loaded = self.meters.load_many(&streams).await?;
-            let mut writes = Vec::new();
+            // The meters this listener wrote last come from memory; the
+            // commit's optimistic lock confirms them.
+            let loaded = self.meters.load_many_warm(&streams).await?;
+            let (mut writes, mut written, mut unconfirmed) = (Vec::new(), Vec::new(), Vec::new());
             for ((_, commands), loaded) in per_meter.values().zip(&loaded) {
-                match loaded.handle_all(commands.clone()).await {
-                    Ok(Some(write)) => writes.push(write),
+                match loaded.decide(commands.clone()).await {
+                    Ok(Some((write, after))) => {
+                        writes.push(write);
+                        written.push(after);
+                    }
+                    // Nothing to write, decided on remembered state: only
+                    // stored state may say so.
+                    Ok(None) if loaded.is_warm() => {
+                        unconfirmed.push(loaded.aggregate_id().to_string())
+                    }
                     Ok(None) => {}
                     Err(CommandError::Storage(error)) => return Err(error),
                     Err(other) => return Err(StorageError::EventStore(other.to_string())),
                 }
             }
+            if !unconfirmed.is_empty() {
+                self.meters.forget(&unconfirmed);
+                continue;
+            }
             match commit_batch(&self.db, &writes, &metadata).await {
                 Ok(()) => {
-                    self.meters.forget(&streams);
+                    self.meters.remember(written);
                     return Ok(());
                 }
-                // A meter was written meanwhile (a webhook): decide again.
-                Err(BatchError::Conflict) => continue,
-                Err(BatchError::Storage(error)) => return Err(error),
+                // A meter was written meanwhile (a webhook, another
+                // instance): decide again on stored state.
+                Err(BatchError::Conflict) => self.meters.forget(&streams),
+                Err(BatchError::Storage(error)) => {
+                    self.meters.forget(&streams);
+                    return Err(error);
+                }
             }
         }
         Err(StorageError::EventStore(

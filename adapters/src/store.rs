@@ -60,6 +60,8 @@ pub struct CommandExecutor<A: Aggregate> {
     /// again on loaded state; an answer without events or a refusal is
     /// always confirmed on loaded state.
     warm: std::sync::Mutex<HashMap<String, Warm<A>>>,
+    /// Streams kept warm at most; beyond it the cache starts over.
+    warm_limit: usize,
     /// One turn at a time per stream within this instance: concurrent
     /// commands on a hot stream queue instead of colliding and retrying.
     turns: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -72,7 +74,7 @@ struct Warm<A> {
     snapshot: Option<usize>,
 }
 
-/// Streams kept warm at most; beyond it the cache starts over.
+/// Streams kept warm at most by default.
 const WARM_LIMIT: usize = 100_000;
 
 /// postgres-es or sqlite-es underneath; both hand out the same context.
@@ -115,8 +117,16 @@ where
             store,
             db,
             warm: Default::default(),
+            warm_limit: WARM_LIMIT,
             turns: Default::default(),
         }
+    }
+
+    /// Keeps at most `limit` streams warm (for aggregates whose state is
+    /// large, such as a meter's remembered readings).
+    pub fn with_warm_limit(mut self, limit: usize) -> Self {
+        self.warm_limit = limit;
+        self
     }
 
     fn warm_context(&self, aggregate_id: &str) -> Option<EventStoreAggregateContext<A>> {
@@ -134,7 +144,7 @@ where
         if let Ok(mut warm) = self.warm.lock() {
             match entry {
                 Some(entry) => {
-                    if warm.len() >= WARM_LIMIT {
+                    if warm.len() >= self.warm_limit {
                         warm.clear();
                     }
                     warm.insert(aggregate_id.to_string(), entry);
@@ -540,7 +550,7 @@ pub(crate) fn row_position(row: &impl Portable, column: &str) -> Result<Position
     ))
 }
 
-fn parse_txid(text: &str) -> Result<u64, StorageError> {
+pub(crate) fn parse_txid(text: &str) -> Result<u64, StorageError> {
     text.parse()
         .map_err(|_| StorageError::Corrupt(format!("transaction id {text:?}")))
 }
@@ -561,6 +571,8 @@ pub struct Loaded<A: Aggregate> {
     state: A,
     sequence: usize,
     snapshot: Option<usize>,
+    /// Remembered from this executor's last commit rather than read.
+    warm: bool,
 }
 
 impl<A> Loaded<A>
@@ -573,6 +585,13 @@ where
 
     pub fn aggregate_id(&self) -> &str {
         &self.aggregate_id
+    }
+
+    /// Whether the state came from memory ([`CommandExecutor::load_many_warm`]):
+    /// a write on it is confirmed by the commit's optimistic lock, but an
+    /// answer without events is not confirmed by anything.
+    pub fn is_warm(&self) -> bool {
+        self.warm
     }
 
     /// Runs `command` on the loaded state: `None` when it changes nothing.
@@ -590,6 +609,15 @@ where
         &self,
         commands: Vec<A::Command>,
     ) -> Result<Option<StreamWrite>, CommandError<A::Error>> {
+        Ok(self.decide(commands).await?.map(|(write, _)| write))
+    }
+
+    /// [`Loaded::handle_all`], also giving the stream as it stands once
+    /// the write is committed (for [`CommandExecutor::remember`]).
+    pub async fn decide(
+        &self,
+        commands: Vec<A::Command>,
+    ) -> Result<Option<(StreamWrite, Loaded<A>)>, CommandError<A::Error>> {
         use cqrs_es::DomainEvent;
         let mut working = self.state.clone();
         let mut events = Vec::new();
@@ -615,7 +643,7 @@ where
                 ))
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
-        Ok(Some(StreamWrite {
+        let write = StreamWrite {
             aggregate_type: A::TYPE,
             aggregate_id: self.aggregate_id.clone(),
             first_sequence: self.sequence + 1,
@@ -623,7 +651,15 @@ where
             events,
             snapshot: serde_json::to_value(&working).map_err(encode)?,
             expected_snapshot: self.snapshot,
-        }))
+        };
+        let after = Loaded {
+            aggregate_id: self.aggregate_id.clone(),
+            state: working,
+            sequence: write.last_sequence,
+            snapshot: Some(self.snapshot.map_or(1, |snapshot| snapshot + 1)),
+            warm: true,
+        };
+        Ok(Some((write, after)))
     }
 }
 
@@ -703,6 +739,7 @@ where
                     state,
                     sequence,
                     snapshot: Some(snapshot),
+                    warm: false,
                 },
             );
         }
@@ -714,9 +751,67 @@ where
                     state: A::default(),
                     sequence: 0,
                     snapshot: None,
+                    warm: false,
                 })
             })
             .collect())
+    }
+
+    /// [`CommandExecutor::load_many`], taking the streams this executor
+    /// committed last from memory (see `warm`) and reading only the rest.
+    pub async fn load_many_warm(
+        &self,
+        aggregate_ids: &[String],
+    ) -> Result<Vec<Loaded<A>>, StorageError> {
+        let mut remembered: Vec<Option<Loaded<A>>> = match self.warm.lock() {
+            Ok(warm) => aggregate_ids
+                .iter()
+                .map(|id| {
+                    warm.get(id).map(|entry| Loaded {
+                        aggregate_id: id.clone(),
+                        state: entry.aggregate.clone(),
+                        sequence: entry.sequence,
+                        snapshot: entry.snapshot,
+                        warm: true,
+                    })
+                })
+                .collect(),
+            Err(_) => aggregate_ids.iter().map(|_| None).collect(),
+        };
+        let cold: Vec<String> = aggregate_ids
+            .iter()
+            .zip(&remembered)
+            .filter(|(_, warm)| warm.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut loaded = if cold.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            self.load_many(&cold).await?.into_iter()
+        };
+        remembered
+            .iter_mut()
+            .map(|warm| {
+                warm.take().or_else(|| loaded.next()).ok_or_else(|| {
+                    StorageError::EventStore("load_many answered fewer streams".to_string())
+                })
+            })
+            .collect()
+    }
+
+    /// Remembers streams as a committed batch left them (what
+    /// [`Loaded::decide`] answered beside each write).
+    pub fn remember(&self, written: impl IntoIterator<Item = Loaded<A>>) {
+        for stream in written {
+            self.keep_warm(
+                &stream.aggregate_id,
+                Some(Warm {
+                    aggregate: stream.state,
+                    sequence: stream.sequence,
+                    snapshot: stream.snapshot,
+                }),
+            );
+        }
     }
 
     /// Forgets what this executor remembers of streams a batch wrote.

@@ -95,7 +95,9 @@ impl Application {
             customers,
             suppliers: Arc::new(CommandExecutor::new(db.clone())),
             purchase_orders: Arc::new(CommandExecutor::new(db.clone())),
-            meters: Arc::new(CommandExecutor::new(db.clone())),
+            // A meter's state is a few kilobytes (its remembered
+            // readings): at most 20,000 kept warm.
+            meters: Arc::new(CommandExecutor::new(db.clone()).with_warm_limit(20_000)),
             alerts: Arc::new(CommandExecutor::new(db.clone())),
             metrics: metrics_handle(),
             min_position_wait: Duration::from_millis(config.min_position_wait_ms),

@@ -4,6 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use karvon_adapters::store::CommandExecutor;
+use karvon_domain::Id;
+use karvon_domain::ids::meter_stream_id;
+use karvon_domain::meter::{Meter, MeterCommand, SupplyStatus};
 use karvon_tests::{
     Backend, Db, KarvonProcess, MosquittoServer, TestApp, TestDb, fetch_strings, spawn_app_with,
     test_config,
@@ -611,6 +615,39 @@ async fn a_webhook_between_mqtt_batches_is_neither_lost_nor_hidden(backend: Back
         || async {
             let meter = shown().await;
             meter["status"] == "connected" && meter["readings"] == 2
+        },
+    )
+    .await;
+
+    // Another instance disconnects it: this listener's remembered state
+    // is stale, and the repeated "connected" must still be applied.
+    let elsewhere = CommandExecutor::<Meter>::new(app.db.clone());
+    let meter_id = Id::parse(meter).expect("id");
+    let stream = meter_stream_id(&Id::parse("default").expect("tenant"), &meter_id);
+    let disconnect = MeterCommand::ChangeStatus {
+        meter_id,
+        status: SupplyStatus::Disconnected,
+        reason: Some("another instance".into()),
+        at: chrono::Utc::now(),
+    };
+    elsewhere
+        .execute(&stream, disconnect, &karvon_tests::system_metadata())
+        .await
+        .expect("disconnected elsewhere");
+    eventually(
+        "disconnected elsewhere",
+        Duration::from_secs(15),
+        || async { shown().await["status"] == "disconnected" },
+    )
+    .await;
+    connected_over_mqtt().await;
+    publish(&client, "S1", meter, reading(meter, 3, "102")).await;
+    eventually(
+        "connected again over a stale memory, and the reading stored",
+        Duration::from_secs(15),
+        || async {
+            let meter = shown().await;
+            meter["status"] == "connected" && meter["readings"] == 3
         },
     )
     .await;
