@@ -77,6 +77,11 @@ use postgres_es::PostgresViewRepository;
 use serde::{Deserialize, Serialize};
 use sqlite_es::SqliteViewRepository;
 
+// The allocator the `karvon` binary runs with (see app/src/main.rs), so the
+// in-process server measured here is the one that ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn knob(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
