@@ -17,7 +17,9 @@ pub struct Config {
     pub database_url: String,
     /// NATS server; publishing is off when unset (`KARVON_NATS_URL`).
     pub nats_url: Option<String>,
-    /// MQTT broker for meter telemetry; off when unset (`KARVON_MQTT_URL`).
+    /// Not used: each `acrel` integration names its broker
+    /// (`settings.mqtt_url`). Kept so that configuration files which set
+    /// it (`KARVON_MQTT_URL`) still load.
     pub mqtt_url: Option<String>,
     /// Key for signing login tokens (`KARVON_JWT_SECRET`).
     pub jwt_secret: Option<String>,

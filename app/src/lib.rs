@@ -176,8 +176,8 @@ impl Application {
             listen = ?self.local_addr(),
             backend = self.db.backend().name(),
             database = %config::redact_url(&self.config.database_url),
-            nats = if self.config.nats_url.is_some() { "configured (publisher not built yet)" } else { "off" },
-            mqtt = if self.config.mqtt_url.is_some() { "configured (meter ingestion not built yet)" } else { "off" },
+            nats = if self.config.nats_url.is_some() { "on (every event to JetStream)" } else { "off" },
+            mqtt = "per acrel integration (settings.mqtt_url)",
             "karvon started"
         );
         let http_stop = stop_rx.clone();

@@ -439,6 +439,11 @@ async fn a_window_synced_twice_counts_each_cheque_once(backend: Backend) {
         let (status, body) = app.post("/api/v1/products", &body).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
+    // The sync looks products up in the catalogue read model: let it
+    // show them first (a sync started before that calls them unknown).
+    karvon_tests::wait_caught_up(&app.db, &[names::CATALOG], Duration::from_secs(60))
+        .await
+        .expect("catalogue caught up");
     let all = cheques(CHEQUES);
     let (base, fake) = fake_regos(all.clone()).await;
     let id = regos_integration(&app, &base).await;

@@ -238,10 +238,14 @@ async fn signed_webhooks_apply_once_and_forgeries_write_nothing(backend: Backend
     .to_string();
     let (status, body) = deliver(&app, &integration, "msg_3", SECRET_NEW, 0, &stock).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    // The sale's stock line follows through the reactor; let it land.
-    wait_caught_up(db, &["sales_stock"], Duration::from_secs(30))
-        .await
-        .expect("caught up");
+    // The sale's stock line follows through the reactor, and the stock
+    // checks of the alert rules follow it; let both land (in that order)
+    // before counting, or a late alert event looks like a forged write.
+    for reactor in ["sales_stock", "alert_rules"] {
+        wait_caught_up(db, &[reactor], Duration::from_secs(30))
+            .await
+            .expect("caught up");
+    }
     let after_good = event_count(db).await.expect("count");
     assert!(after_good >= before + 3);
 
