@@ -137,7 +137,7 @@ fn serve_with_no_configuration_says_which_backend_and_integrations_are_active() 
     for expected in [
         "backend=\"sqlite\"",
         "nats=\"off\"",
-        "mqtt=\"off\"",
+        "mqtt=\"per acrel integration",
         "karvon-data",
     ] {
         assert!(plain.contains(expected), "{expected} missing in: {plain}");
