@@ -143,55 +143,50 @@ pub async fn read_batch(
         Backend::Postgres => "transaction_id::text",
         Backend::Sqlite => "'0'",
     };
-    let Some(types) = wanted else {
-        let (events, settled) = settled(backend);
-        let select = format!(
-            "SELECT {txid} AS txid, global_position, aggregate_type, aggregate_id, sequence,
-                    event_type, event_version, payload, metadata, event_id, recorded_at
-               FROM {events} e WHERE {settled}
-              ORDER BY {order} LIMIT $3",
-            order = backend.feed_order("e")
-        );
-        return on_conn!(conn, c => {
-            let rows = sqlx::query(&select)
-                .bind(after.transaction_id.to_string())
-                .bind(after.global_position)
-                .bind(limit)
-                .fetch_all(&mut **c)
-                .await?;
-            let events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-            Ok(FeedBatch {
-                last: events.last().map(|event| event.position),
-                read: events.len(),
-                events,
-            })
-        });
-    };
-    // The wanted events beside the last settled event, in one statement
-    // (one snapshot): when fewer than `limit` are wanted, every event up
-    // to that last one has been looked at.
-    let head = match backend {
-        Backend::Postgres => {
-            "SELECT transaction_id::text AS head_txid, global_position AS head_position
-               FROM public.events
-              WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-              ORDER BY transaction_id DESC, global_position DESC LIMIT 1"
+    let select = match wanted {
+        None => {
+            let (events, settled) = settled(backend);
+            let no_head = match backend {
+                Backend::Postgres => "NULL::text AS head_txid, NULL::bigint AS head_position",
+                Backend::Sqlite => "NULL AS head_txid, NULL AS head_position",
+            };
+            format!(
+                "SELECT {txid} AS txid, global_position, aggregate_type, aggregate_id, sequence,
+                        event_type, event_version, payload, metadata, event_id, recorded_at,
+                        {no_head}
+                   FROM {events} e WHERE {settled}
+                  ORDER BY {order} LIMIT $3",
+                order = backend.feed_order("e")
+            )
         }
-        Backend::Sqlite => {
-            "SELECT '0' AS head_txid, max(global_position) AS head_position FROM events"
+        // The wanted events beside the last settled event, in one
+        // statement (one snapshot): when fewer than `limit` are wanted,
+        // every event up to that last one has been looked at.
+        Some(types) => {
+            let head = match backend {
+                Backend::Postgres => {
+                    "SELECT transaction_id::text AS head_txid, global_position AS head_position
+                       FROM public.events
+                      WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                      ORDER BY transaction_id DESC, global_position DESC LIMIT 1"
+                }
+                Backend::Sqlite => {
+                    "SELECT '0' AS head_txid, max(global_position) AS head_position FROM events"
+                }
+            };
+            format!(
+                "WITH wanted AS ({}), head AS ({head})
+                 SELECT {txid} AS txid, w.global_position, w.aggregate_type, w.aggregate_id,
+                        w.sequence, w.event_type, w.event_version, w.payload, w.metadata,
+                        w.event_id, w.recorded_at, h.head_txid, h.head_position
+                   FROM head h LEFT JOIN wanted w ON TRUE
+                  ORDER BY {}",
+                next_of_types(backend, types, EVENT_COLUMNS)?,
+                backend.feed_order("w"),
+                txid = txid.replace("transaction_id", "w.transaction_id"),
+            )
         }
     };
-    let select = format!(
-        "WITH wanted AS ({}), head AS ({head})
-         SELECT {txid} AS txid, w.global_position, w.aggregate_type, w.aggregate_id, w.sequence,
-                w.event_type, w.event_version, w.payload, w.metadata, w.event_id, w.recorded_at,
-                h.head_txid, h.head_position
-           FROM head h LEFT JOIN wanted w ON TRUE
-          ORDER BY {}",
-        next_of_types(backend, types, EVENT_COLUMNS)?,
-        backend.feed_order("w"),
-        txid = txid.replace("transaction_id", "w.transaction_id"),
-    );
     on_conn!(conn, c => {
         let rows = sqlx::query(&select)
             .bind(after.transaction_id.to_string())
@@ -212,7 +207,10 @@ pub async fn read_batch(
         let last = if events.len() as i64 >= limit {
             events.last().map(|event| event.position)
         } else {
+            // The last settled event; when every type is read (no head),
+            // the last one read.
             head.filter(|head| *head > after)
+                .or_else(|| events.last().map(|event| event.position))
         };
         Ok(FeedBatch { read: events.len(), events, last })
     })
