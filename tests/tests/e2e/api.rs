@@ -495,7 +495,9 @@ async fn inventory_levels_filter_by_expiry_and_stock_and_page_with_cursors(backe
 async fn read_your_writes_waits_for_the_position_and_refuses_garbage(backend: Backend) {
     let db = TestDb::create_on(backend).await.expect("db");
     let mut config = test_config(&db);
-    config.min_position_wait_ms = 300;
+    // Long enough for a step on a loaded CI machine (300 ms was not,
+    // once); the not-yet-written case below waits this long too.
+    config.min_position_wait_ms = 2_000;
     let app = spawn_app_with(config, Role::All).await.expect("app");
     // Once the catalogue's runner is at work (right after start, on a
     // loaded machine, its first step can take longer than the short wait
