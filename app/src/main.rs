@@ -163,6 +163,7 @@ enum ProjectionCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    karvon_app::without_transparent_huge_pages();
     let cli = Cli::parse();
     let mut config = Config::load(cli.config.as_deref())?;
     init_tracing(&config.log);

@@ -91,6 +91,7 @@ fn knob(name: &str, default: u64) -> u64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    karvon_app::without_transparent_huge_pages();
     let seconds = knob("KARVON_BENCH_SECS", 10);
     let events = knob("KARVON_BENCH_EVENTS", 1_000_000) as i64;
     let baseline_events = knob("KARVON_BENCH_BASELINE_EVENTS", 20_000) as i64;
