@@ -19,11 +19,12 @@
 //! silent the meters it recorded no reading of for
 //! `settings.offline_after_secs` (the alert rules raise `meter_offline`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use karvon_domain::Id;
 use karvon_domain::ids::meter_stream_id;
 use karvon_domain::meter::{
@@ -39,7 +40,7 @@ use tokio::sync::{mpsc, watch};
 use crate::StorageError;
 use crate::db::Db;
 use crate::integrations;
-use crate::store::{BatchError, CommandError, CommandExecutor, commit_batch};
+use crate::store::{BatchError, CommandError, CommandExecutor, Loaded, StreamWrite, commit_batch};
 
 /// Messages committed per batch at most.
 const BATCH: usize = 1_000;
@@ -265,54 +266,102 @@ impl Listener {
                 }
             }
         });
-        let mut batch = Vec::new();
-        let mut tick = tokio::time::interval(DISPATCH);
-        let mut sent = std::collections::HashSet::new();
         let offline_after = self.settings["offline_after_secs"]
             .as_u64()
             .unwrap_or(3600)
             .max(1);
-        let sweep_every = Duration::from_secs((offline_after / 4).clamp(1, 60));
-        let mut swept = tokio::time::Instant::now();
+        let mut chores = Chores {
+            sent: HashSet::new(),
+            offline_after,
+            sweep_every: Duration::from_secs((offline_after / 4).clamp(1, 60)),
+            swept: tokio::time::Instant::now(),
+        };
+        let mut tick = tokio::time::interval(DISPATCH);
+        let mut batch = Vec::new();
+        // The batch after this one, filled while this one commits; once
+        // full, also grouped and decided on the state this one leaves.
+        let mut pipe = Pipe {
+            next: Vec::new(),
+            ahead: None,
+            open: true,
+        };
         loop {
-            tokio::select! {
-                received = inbox.recv_many(&mut batch, BATCH) => {
-                    if received == 0 {
-                        break;
-                    }
+            if batch.is_empty() {
+                if !pipe.open {
+                    break;
                 }
-                _ = tick.tick() => {
-                    if let Err(error) = self.dispatch(&client, &prefix, &mut sent).await {
-                        tracing::warn!(%error, "sending relay commands failed");
-                    }
-                    if swept.elapsed() >= sweep_every {
-                        swept = tokio::time::Instant::now();
-                        if let Err(error) = self.mark_silent(offline_after).await {
-                            tracing::warn!(%error, "marking silent meters failed");
+                tokio::select! {
+                    received = inbox.recv_many(&mut batch, BATCH) => {
+                        if received == 0 {
+                            break;
                         }
                     }
-                    continue;
+                    _ = tick.tick() => {
+                        self.chores(&client, &prefix, &mut chores).await;
+                        continue;
+                    }
+                    _ = stopped.changed() => break,
                 }
-                _ = stopped.changed() => break,
+            } else if tick.tick().now_or_never().is_some() {
+                // Busy: relay commands and the offline sweep still get
+                // their turn, between batches.
+                self.chores(&client, &prefix, &mut chores).await;
             }
-            // Linger briefly so a burst commits together.
-            let deadline = tokio::time::Instant::now() + LINGER;
-            while batch.len() < BATCH {
-                match tokio::time::timeout_at(deadline, inbox.recv()).await {
-                    Ok(Some(publish)) => batch.push(publish),
-                    _ => break,
+            let (grouped, decided) = match pipe.ahead.take() {
+                Some(ready) => ready,
+                None => {
+                    // Linger briefly so a burst commits together.
+                    let deadline = tokio::time::Instant::now() + LINGER;
+                    while pipe.open && batch.len() < BATCH {
+                        match tokio::time::timeout_at(deadline, inbox.recv()).await {
+                            Ok(Some(publish)) => batch.push(publish),
+                            Ok(None) => pipe.open = false,
+                            Err(_) => break,
+                        }
+                    }
+                    let grouped = self.group(&prefix, &batch);
+                    let decided = self.decide(&grouped, &[]).await.ok().flatten();
+                    (grouped, decided)
                 }
+            };
+            let landed = match decided {
+                Some(decided) => {
+                    self.commit_piped(decided, &prefix, &mut inbox, &mut pipe)
+                        .await
+                }
+                None => false,
+            };
+            if !landed {
+                // Decided on state that did not hold, or the commit failed:
+                // the careful way, retrying until it lands.
+                if let Some((_, early)) = &mut pipe.ahead {
+                    *early = None;
+                }
+                self.commit_until_done(&grouped, &stopped).await;
             }
-            self.commit_until_done(&prefix, &batch, &stopped).await;
             if *stopped.borrow() {
                 break;
             }
             for publish in batch.drain(..) {
                 let _ = client.ack(&publish).await;
             }
+            std::mem::swap(&mut batch, &mut pipe.next);
         }
         let _ = client.disconnect().await;
         network.abort();
+    }
+
+    /// Sends requested relay commands; now and then marks silent meters.
+    async fn chores(&self, client: &AsyncClient, prefix: &str, chores: &mut Chores) {
+        if let Err(error) = self.dispatch(client, prefix, &mut chores.sent).await {
+            tracing::warn!(%error, "sending relay commands failed");
+        }
+        if chores.swept.elapsed() >= chores.sweep_every {
+            chores.swept = tokio::time::Instant::now();
+            if let Err(error) = self.mark_silent(chores.offline_after).await {
+                tracing::warn!(%error, "marking silent meters failed");
+            }
+        }
     }
 
     /// Publishes the relay commands requested for this integration's meters
@@ -322,7 +371,7 @@ impl Listener {
         &self,
         client: &AsyncClient,
         prefix: &str,
-        sent: &mut std::collections::HashSet<String>,
+        sent: &mut HashSet<String>,
     ) -> Result<(), StorageError> {
         let mut reader = crate::records::tenant_reader(&self.db, &self.tenant).await?;
         let open =
@@ -443,15 +492,10 @@ impl Listener {
 
     /// Commits the batch, retrying storage failures; the messages stay
     /// unacknowledged meanwhile (and after a crash, delivered again).
-    async fn commit_until_done(
-        &self,
-        prefix: &str,
-        batch: &[Publish],
-        stopped: &watch::Receiver<bool>,
-    ) {
+    async fn commit_until_done(&self, grouped: &PerMeter, stopped: &watch::Receiver<bool>) {
         let mut failures = 0u32;
         loop {
-            match self.commit(prefix, batch).await {
+            match self.commit(grouped).await {
                 Ok(()) => return,
                 Err(error) => {
                     failures += 1;
@@ -466,12 +510,89 @@ impl Listener {
         }
     }
 
-    async fn commit(&self, prefix: &str, batch: &[Publish]) -> Result<(), StorageError> {
-        let tenant = Id::parse(self.tenant.as_str())
-            .map_err(|error| StorageError::Corrupt(format!("tenant: {error}")))?;
-        // Per meter, its commands in arrival order (consecutive readings
-        // in one command).
-        let mut per_meter: BTreeMap<String, (Id, Vec<MeterCommand>)> = BTreeMap::new();
+    /// Commits a decided batch in a task of its own, and meanwhile fills
+    /// `pipe.next`; once that is full, groups it and decides it on the
+    /// state this batch leaves (`pipe.ahead`), so deciding one batch
+    /// overlaps committing the one before. True when the batch landed.
+    async fn commit_piped(
+        &self,
+        mut decided: Decided,
+        prefix: &str,
+        inbox: &mut mpsc::UnboundedReceiver<Publish>,
+        pipe: &mut Pipe,
+    ) -> bool {
+        if decided.writes.is_empty() {
+            return true;
+        }
+        let (db, metadata) = (self.db.clone(), self.metadata());
+        let writes = std::mem::take(&mut decided.writes);
+        let mut commit = tokio::spawn(async move { commit_batch(&db, &writes, &metadata).await });
+        let mut outcome = None;
+        while outcome.is_none() && pipe.open && pipe.next.len() < BATCH {
+            tokio::select! {
+                biased;
+                done = &mut commit => outcome = Some(done),
+                received = inbox.recv() => match received {
+                    Some(publish) => pipe.next.push(publish),
+                    None => pipe.open = false,
+                },
+            }
+        }
+        if outcome.is_none() && pipe.next.len() == BATCH {
+            let grouped = self.group(prefix, &pipe.next);
+            let early = self.decide(&grouped, &decided.written).await.ok().flatten();
+            pipe.ahead = Some((grouped, early));
+        }
+        let outcome = match outcome {
+            Some(done) => done,
+            None => commit.await,
+        };
+        match outcome {
+            Ok(Ok(())) => {
+                self.meters.remember(decided.written);
+                true
+            }
+            // A meter was written meanwhile (a webhook, another instance)
+            // or storage failed: the careful way decides again.
+            Ok(Err(_)) | Err(_) => {
+                self.meters.forget(&decided.streams);
+                false
+            }
+        }
+    }
+
+    /// Commits the batch: decided on the meters' latest state, again on
+    /// stored state when that did not hold.
+    async fn commit(&self, grouped: &PerMeter) -> Result<(), StorageError> {
+        let metadata = self.metadata();
+        for _ in 0..10 {
+            let Some(decided) = self.decide(grouped, &[]).await? else {
+                continue;
+            };
+            match commit_batch(&self.db, &decided.writes, &metadata).await {
+                Ok(()) => {
+                    self.meters.remember(decided.written);
+                    return Ok(());
+                }
+                // A meter was written meanwhile (a webhook, another
+                // instance): decide again on stored state.
+                Err(BatchError::Conflict) => self.meters.forget(&decided.streams),
+                Err(BatchError::Storage(error)) => {
+                    self.meters.forget(&decided.streams);
+                    return Err(error);
+                }
+            }
+        }
+        Err(StorageError::EventStore(
+            "the batch's meters keep changing under it".into(),
+        ))
+    }
+
+    /// The batch's messages per meter, each meter's in arrival order
+    /// (consecutive readings in one command); every message counted once,
+    /// the malformed logged.
+    fn group(&self, prefix: &str, batch: &[Publish]) -> PerMeter {
+        let mut per_meter = PerMeter::new();
         for publish in batch {
             match parse(prefix, publish) {
                 Ok(Some(parsed)) => {
@@ -498,57 +619,96 @@ impl Listener {
                 }
             }
         }
-        if per_meter.is_empty() {
-            return Ok(());
-        }
-        let streams: Vec<String> = per_meter
+        per_meter
+    }
+
+    /// Decides the batch on its meters' latest state: from `overlay` (as
+    /// a batch still committing leaves them), else as this listener last
+    /// committed them, else as stored. `None` when remembered state
+    /// answered that a meter has nothing to write: only stored state may
+    /// say so, so the meter is forgotten and the batch must be decided
+    /// again.
+    async fn decide(
+        &self,
+        grouped: &PerMeter,
+        overlay: &[Loaded<Meter>],
+    ) -> Result<Option<Decided>, StorageError> {
+        let tenant = Id::parse(self.tenant.as_str())
+            .map_err(|error| StorageError::Corrupt(format!("tenant: {error}")))?;
+        let streams: Vec<String> = grouped
             .values()
             .map(|(meter_id, _)| meter_stream_id(&tenant, meter_id))
             .collect();
-        let metadata = self.metadata();
-        for _ in 0..10 {
-            // The meters this listener wrote last come from memory; the
-            // commit's optimistic lock confirms them.
-            let loaded = self.meters.load_many_warm(&streams).await?;
-            let (mut writes, mut written, mut unconfirmed) = (Vec::new(), Vec::new(), Vec::new());
-            for ((_, commands), loaded) in per_meter.values().zip(&loaded) {
-                match loaded.decide(commands.clone()).await {
-                    Ok(Some((write, after))) => {
-                        writes.push(write);
-                        written.push(after);
-                    }
-                    // Nothing to write, decided on remembered state: only
-                    // stored state may say so.
-                    Ok(None) if loaded.is_warm() => {
-                        unconfirmed.push(loaded.aggregate_id().to_string())
-                    }
-                    Ok(None) => {}
-                    Err(CommandError::Storage(error)) => return Err(error),
-                    Err(other) => return Err(StorageError::EventStore(other.to_string())),
+        let mut overlaid: HashMap<&str, &Loaded<Meter>> = overlay
+            .iter()
+            .map(|stream| (stream.aggregate_id(), stream))
+            .collect();
+        let rest: Vec<String> = streams
+            .iter()
+            .filter(|stream| !overlaid.contains_key(stream.as_str()))
+            .cloned()
+            .collect();
+        let mut rest = self.meters.load_many_warm(&rest).await?.into_iter();
+        let (mut writes, mut written, mut unconfirmed) = (Vec::new(), Vec::new(), Vec::new());
+        for ((_, commands), stream) in grouped.values().zip(&streams) {
+            let loaded = match overlaid.remove(stream.as_str()) {
+                Some(stream) => stream.clone(),
+                None => rest.next().ok_or_else(|| {
+                    StorageError::EventStore("load_many_warm answered fewer streams".into())
+                })?,
+            };
+            match loaded.decide(commands.clone()).await {
+                Ok(Some((write, after))) => {
+                    writes.push(write);
+                    written.push(after);
                 }
-            }
-            if !unconfirmed.is_empty() {
-                self.meters.forget(&unconfirmed);
-                continue;
-            }
-            match commit_batch(&self.db, &writes, &metadata).await {
-                Ok(()) => {
-                    self.meters.remember(written);
-                    return Ok(());
-                }
-                // A meter was written meanwhile (a webhook, another
-                // instance): decide again on stored state.
-                Err(BatchError::Conflict) => self.meters.forget(&streams),
-                Err(BatchError::Storage(error)) => {
-                    self.meters.forget(&streams);
-                    return Err(error);
-                }
+                Ok(None) if loaded.is_warm() => unconfirmed.push(stream.clone()),
+                Ok(None) => {}
+                Err(CommandError::Storage(error)) => return Err(error),
+                Err(other) => return Err(StorageError::EventStore(other.to_string())),
             }
         }
-        Err(StorageError::EventStore(
-            "the batch's meters keep changing under it".into(),
-        ))
+        if !unconfirmed.is_empty() {
+            self.meters.forget(&unconfirmed);
+            return Ok(None);
+        }
+        Ok(Some(Decided {
+            streams,
+            writes,
+            written,
+        }))
     }
+}
+
+/// A batch's messages per meter: the meter and its commands.
+type PerMeter = BTreeMap<String, (Id, Vec<MeterCommand>)>;
+
+/// A batch decided, ready to commit.
+struct Decided {
+    /// Every meter stream of the batch.
+    streams: Vec<String>,
+    writes: Vec<StreamWrite>,
+    /// The meters as the writes leave them.
+    written: Vec<Loaded<Meter>>,
+}
+
+/// The listener's look ahead, while a batch commits.
+struct Pipe {
+    /// The next batch's messages.
+    next: Vec<Publish>,
+    /// The next batch grouped and, if that went through, decided.
+    ahead: Option<(PerMeter, Option<Decided>)>,
+    /// False once the network side has ended.
+    open: bool,
+}
+
+/// What the listener does between batches besides readings.
+struct Chores {
+    /// Relay commands this instance published.
+    sent: HashSet<String>,
+    offline_after: u64,
+    sweep_every: Duration,
+    swept: tokio::time::Instant,
 }
 
 /// The reading a message carries; `None` for the kinds not handled here

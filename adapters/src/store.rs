@@ -566,6 +566,7 @@ fn rand_byte() -> u8 {
 
 /// A stream's stored state, loaded to decide a command on it; its
 /// [`Loaded::handle`] gives the write that [`commit_batch`] appends.
+#[derive(Clone)]
 pub struct Loaded<A: Aggregate> {
     aggregate_id: String,
     state: A,
@@ -895,15 +896,14 @@ async fn commit_batch_postgres(
             event_rest.1.push(payload);
         }
     }
-    let metadatas = vec![metadata; event_columns.0.len()];
     let mut transaction = pool.begin().await?;
     sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
                              payload, metadata)
-         SELECT e.t, e.id, e.seq, e.event_type, e.version, e.payload, e.metadata
+         SELECT e.t, e.id, e.seq, e.event_type, e.version, e.payload, $7::jsonb
            FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                       $6::jsonb[], $7::jsonb[])
-                WITH ORDINALITY AS e(t, id, seq, event_type, version, payload, metadata, n)
+                       $6::jsonb[])
+                WITH ORDINALITY AS e(t, id, seq, event_type, version, payload, n)
           ORDER BY e.n",
     )
     .bind(&event_columns.0)
@@ -912,7 +912,7 @@ async fn commit_batch_postgres(
     .bind(&event_columns.3)
     .bind(&event_rest.0)
     .bind(&event_rest.1)
-    .bind(&metadatas)
+    .bind(metadata)
     .execute(&mut *transaction)
     .await?;
     let (new, moved): (Vec<&StreamWrite>, Vec<&StreamWrite>) = writes
