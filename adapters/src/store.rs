@@ -16,9 +16,8 @@ use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
-use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
+use cqrs_es::{Aggregate, AggregateError, EventStore};
 use karvon_projections::{EventMetadata, Position, PositionToken};
-use postgres_es::PostgresEventRepository;
 use sqlite_es::SqliteEventRepository;
 
 use crate::StorageError;
@@ -51,7 +50,7 @@ pub enum CommandError<E: std::error::Error> {
 }
 
 pub struct CommandExecutor<A: Aggregate> {
-    store: Repository<A>,
+    store: Option<SqliteStore<A>>,
     db: Db,
     /// The last state this executor committed per stream: a command on a
     /// warm stream skips the snapshot load. Trusted only as far as the
@@ -77,23 +76,16 @@ struct Warm<A> {
 /// Streams kept warm at most by default.
 const WARM_LIMIT: usize = 100_000;
 
-/// postgres-es or sqlite-es underneath; both hand out the same context.
-enum Repository<A: Aggregate> {
-    Postgres(PersistedEventStore<PostgresEventRepository, A>),
-    Sqlite(PersistedEventStore<SqliteEventRepository, A>),
-}
+/// A batch write stores a stream's snapshot when its sequence crosses a
+/// multiple of this (and for a new stream); loading applies the events
+/// after the snapshot. A stream with a long memory (a meter's recent
+/// readings) is then not rewritten whole for every few events it gains.
+pub const SNAPSHOT_EVERY: usize = 32;
 
-impl<A: Aggregate> Repository<A> {
-    async fn load(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<EventStoreAggregateContext<A>, AggregateError<A::Error>> {
-        match self {
-            Repository::Postgres(store) => store.load_aggregate(aggregate_id).await,
-            Repository::Sqlite(store) => store.load_aggregate(aggregate_id).await,
-        }
-    }
-}
+/// On SQLite a single command's append goes through sqlite-es (on
+/// PostgreSQL it is one statement of ours, [`append_postgres`]); loading is
+/// ours on both ([`CommandExecutor::load_many`]).
+type SqliteStore<A> = PersistedEventStore<SqliteEventRepository, A>;
 
 impl<A> CommandExecutor<A>
 where
@@ -106,10 +98,8 @@ where
         // however long the stream. Events stay the source of truth for
         // projections; snapshots only serve command handling.
         let store = match &db {
-            Db::Postgres(pool) => Repository::Postgres(PersistedEventStore::new_aggregate_store(
-                PostgresEventRepository::new(pool.clone()),
-            )),
-            Db::Sqlite(sqlite) => Repository::Sqlite(PersistedEventStore::new_aggregate_store(
+            Db::Postgres(_) => None,
+            Db::Sqlite(sqlite) => Some(PersistedEventStore::new_aggregate_store(
                 SqliteEventRepository::new(sqlite.writer.clone()),
             )),
         };
@@ -180,8 +170,25 @@ where
 
     /// Loads the aggregate's current state.
     pub async fn load(&self, aggregate_id: &str) -> Result<A, StorageError> {
-        let mut context = self.store.load(aggregate_id).await.map_err(storage_error)?;
-        Ok(std::mem::take(context.aggregate()))
+        Ok(self.load_context(aggregate_id).await?.aggregate)
+    }
+
+    /// The stream as stored: its snapshot and the events after it.
+    async fn load_context(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<EventStoreAggregateContext<A>, StorageError> {
+        let loaded = self
+            .load_many(&[aggregate_id.to_string()])
+            .await?
+            .pop()
+            .ok_or_else(|| StorageError::EventStore("load_many answered no stream".into()))?;
+        Ok(EventStoreAggregateContext {
+            aggregate_id: loaded.aggregate_id,
+            aggregate: loaded.state,
+            current_sequence: loaded.sequence,
+            current_snapshot: loaded.snapshot,
+        })
     }
 
     pub async fn execute(
@@ -217,7 +224,7 @@ where
             let from_warm = warm.is_some();
             let context = match warm {
                 Some(context) => context,
-                None => self.store.load(aggregate_id).await.map_err(storage_error)?,
+                None => self.load_context(aggregate_id).await?,
             };
             // Handle on a copy: `EventSink::write` applies each event to the
             // aggregate it is given, and cqrs-es 0.5's snapshot stores apply
@@ -305,20 +312,18 @@ where
         next: &Warm<A>,
         metadata: HashMap<String, String>,
     ) -> Result<(), Appended> {
-        match &self.store {
-            Repository::Postgres(_) => {
-                let Db::Postgres(pool) = &self.db else {
-                    return Err(Appended::Failed(StorageError::Config(
-                        "a PostgreSQL event store on another backend".to_string(),
-                    )));
-                };
+        match (&self.db, &self.store) {
+            (Db::Postgres(pool), _) => {
                 append_postgres(pool, aggregate_id, &events, &context, next, &metadata).await
             }
-            Repository::Sqlite(store) => match store.commit(events, context, metadata).await {
+            (Db::Sqlite(_), Some(store)) => match store.commit(events, context, metadata).await {
                 Ok(_) => Ok(()),
                 Err(error) if is_conflict(&error) => Err(Appended::Conflict),
                 Err(error) => Err(Appended::Failed(storage_error(error))),
             },
+            (Db::Sqlite(_), None) => Err(Appended::Failed(StorageError::Config(
+                "a SQLite database without its event store".to_string(),
+            ))),
         }
     }
 
@@ -644,20 +649,33 @@ where
                 ))
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
+        let last_sequence = self.sequence + events.len();
+        // A new stream gets its snapshot at once; then one every
+        // SNAPSHOT_EVERY events (loading replays the events after it).
+        let due = self.snapshot.is_none()
+            || self.sequence / SNAPSHOT_EVERY != last_sequence / SNAPSHOT_EVERY;
         let write = StreamWrite {
             aggregate_type: A::TYPE,
             aggregate_id: self.aggregate_id.clone(),
             first_sequence: self.sequence + 1,
-            last_sequence: self.sequence + events.len(),
+            last_sequence,
             events,
-            snapshot: serde_json::to_value(&working).map_err(encode)?,
+            snapshot: if due {
+                Some(serde_json::to_value(&working).map_err(encode)?)
+            } else {
+                None
+            },
             expected_snapshot: self.snapshot,
         };
         let after = Loaded {
             aggregate_id: self.aggregate_id.clone(),
             state: working,
             sequence: write.last_sequence,
-            snapshot: Some(self.snapshot.map_or(1, |snapshot| snapshot + 1)),
+            snapshot: if due {
+                Some(self.snapshot.map_or(1, |snapshot| snapshot + 1))
+            } else {
+                self.snapshot
+            },
             warm: true,
         };
         Ok(Some((write, after)))
@@ -673,7 +691,8 @@ pub struct StreamWrite {
     last_sequence: usize,
     /// (type, version, payload) per event.
     events: Vec<(String, String, serde_json::Value)>,
-    snapshot: serde_json::Value,
+    /// The stream's new snapshot, when one is due.
+    snapshot: Option<serde_json::Value>,
     /// The snapshot version the write replaces (`None`: a new stream).
     expected_snapshot: Option<usize>,
 }
@@ -744,7 +763,7 @@ where
                 },
             );
         }
-        Ok(aggregate_ids
+        let mut loaded: Vec<Loaded<A>> = aggregate_ids
             .iter()
             .map(|id| {
                 found.remove(id).unwrap_or_else(|| Loaded {
@@ -755,7 +774,76 @@ where
                     warm: false,
                 })
             })
-            .collect())
+            .collect();
+        self.replay_after_snapshots(&mut loaded).await?;
+        Ok(loaded)
+    }
+
+    /// Applies to each stream the events stored after its snapshot (a
+    /// batch writes a snapshot only every [`SNAPSHOT_EVERY`] events).
+    async fn replay_after_snapshots(&self, loaded: &mut [Loaded<A>]) -> Result<(), StorageError> {
+        if loaded.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = loaded
+            .iter()
+            .map(|stream| stream.aggregate_id.as_str())
+            .collect();
+        let after: Vec<i64> = loaded.iter().map(|stream| stream.sequence as i64).collect();
+        let rows: Vec<(String, i64, serde_json::Value)> = match &self.db {
+            Db::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT e.aggregate_id, e.sequence, e.payload
+                       FROM UNNEST($2::text[], $3::bigint[]) AS s(id, after)
+                       JOIN events e ON e.aggregate_type = $1 AND e.aggregate_id = s.id
+                                    AND e.sequence > s.after
+                      ORDER BY e.aggregate_id, e.sequence",
+                )
+                .bind(A::TYPE)
+                .bind(&ids)
+                .bind(&after)
+                .fetch_all(pool)
+                .await?
+            }
+            Db::Sqlite(sqlite) => {
+                let pairs: Vec<(&str, i64)> =
+                    ids.iter().copied().zip(after.iter().copied()).collect();
+                let pairs = serde_json::to_string(&pairs)
+                    .map_err(|error| StorageError::EventStore(error.to_string()))?;
+                sqlx::query_as(
+                    "SELECT e.aggregate_id, e.sequence, e.payload
+                       FROM json_each($2) AS s
+                      CROSS JOIN events e  -- SQLite: the pairs drive, each one key range
+                      WHERE e.aggregate_type = $1
+                        AND e.aggregate_id = json_extract(s.value, '$[0]')
+                        AND e.sequence > json_extract(s.value, '$[1]')
+                      ORDER BY e.aggregate_id, e.sequence",
+                )
+                .bind(A::TYPE)
+                .bind(pairs)
+                .fetch_all(&sqlite.writer)
+                .await?
+            }
+        };
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let index: HashMap<String, usize> = loaded
+            .iter()
+            .enumerate()
+            .map(|(at, stream)| (stream.aggregate_id.clone(), at))
+            .collect();
+        for (aggregate_id, sequence, payload) in rows {
+            let Some(stream) = index.get(&aggregate_id).map(|at| &mut loaded[*at]) else {
+                continue;
+            };
+            let event: A::Event = serde_json::from_value(payload).map_err(|error| {
+                StorageError::EventStore(format!("{aggregate_id} #{sequence}: {error}"))
+            })?;
+            stream.state.apply(event);
+            stream.sequence = sequence as usize;
+        }
+        Ok(())
     }
 
     /// [`CommandExecutor::load_many`], taking the streams this executor
@@ -877,8 +965,9 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 }
 
 /// Three statements: every event, the new streams' snapshots, the moved
-/// streams' snapshots (only where still at the loaded version). False when
-/// a snapshot had moved.
+/// streams' snapshots that are due (only where still at the loaded
+/// version). False when a snapshot had moved; a stream written without a
+/// snapshot is guarded by the events' key (its next sequence).
 async fn commit_batch_postgres(
     pool: &sqlx::PgPool,
     writes: &[StreamWrite],
@@ -917,6 +1006,7 @@ async fn commit_batch_postgres(
     .await?;
     let (new, moved): (Vec<&StreamWrite>, Vec<&StreamWrite>) = writes
         .iter()
+        .filter(|write| write.snapshot.is_some())
         .partition(|write| write.expected_snapshot.is_none());
     if !new.is_empty() {
         sqlx::query(
@@ -941,7 +1031,11 @@ async fn commit_batch_postgres(
                 .map(|write| write.last_sequence as i64)
                 .collect::<Vec<_>>(),
         )
-        .bind(new.iter().map(|write| &write.snapshot).collect::<Vec<_>>())
+        .bind(
+            new.iter()
+                .filter_map(|write| write.snapshot.as_ref())
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *transaction)
         .await?;
     }
@@ -975,7 +1069,7 @@ async fn commit_batch_postgres(
         .bind(
             moved
                 .iter()
-                .map(|write| &write.snapshot)
+                .filter_map(|write| write.snapshot.as_ref())
                 .collect::<Vec<_>>(),
         )
         .bind(
@@ -1020,6 +1114,9 @@ async fn commit_batch_sqlite(
             .execute(&mut *transaction)
             .await?;
         }
+        let Some(snapshot) = &write.snapshot else {
+            continue;
+        };
         let written = match write.expected_snapshot {
             None => sqlx::query(
                 "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence,
@@ -1029,7 +1126,7 @@ async fn commit_batch_sqlite(
             .bind(write.aggregate_type)
             .bind(&write.aggregate_id)
             .bind(write.last_sequence as i64)
-            .bind(&write.snapshot)
+            .bind(snapshot)
             .execute(&mut *transaction)
             .await?
             .rows_affected(),
@@ -1040,7 +1137,7 @@ async fn commit_batch_sqlite(
             .bind(write.aggregate_type)
             .bind(&write.aggregate_id)
             .bind(write.last_sequence as i64)
-            .bind(&write.snapshot)
+            .bind(snapshot)
             .bind(expected as i64)
             .execute(&mut *transaction)
             .await?

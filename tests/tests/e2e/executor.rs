@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use karvon_adapters::store::{CommandError, CommandExecutor};
+use karvon_adapters::store::{CommandError, CommandExecutor, SNAPSHOT_EVERY, commit_batch};
 use karvon_domain::stock::{StockCommand, StockError, StockItem};
 use karvon_domain::{Id, Money, Quantity};
 use karvon_tests::{Backend, TestDb, fetch_strings, system_metadata};
@@ -126,7 +126,57 @@ async fn a_hot_stream_queues_instead_of_failing(backend: Backend) {
     assert_eq!(on_hand(&executor).await, Decimal::from(64));
 }
 
+/// A stream written in batches keeps its snapshot only every
+/// `SNAPSHOT_EVERY` events: loading it cold applies the events stored
+/// after the snapshot, and a single command then continues the stream.
+async fn a_stream_loads_whole_from_a_snapshot_behind_it(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let store = db.db().await.expect("store");
+    store.migrate().await.expect("migrate");
+    let writer = CommandExecutor::<StockItem>::new(store.clone());
+    let metadata = system_metadata();
+    let receipts = SNAPSHOT_EVERY as i64 + 8;
+    for qty in 1..=receipts {
+        // Loaded from storage each time: a wrong replay would decide on a
+        // stale sequence and the commit would conflict.
+        let loaded = writer.load_many(&[STREAM.to_string()]).await.expect("load");
+        let write = loaded[0]
+            .handle(receive(qty))
+            .await
+            .expect("decide")
+            .expect("a receipt writes");
+        commit_batch(&store, &[write], &metadata)
+            .await
+            .expect("commit");
+    }
+    let snapshot = fetch_strings(&store, "SELECT CAST(last_sequence AS TEXT) FROM snapshots")
+        .await
+        .expect("snapshot");
+    assert_eq!(
+        snapshot,
+        vec![SNAPSHOT_EVERY.to_string()],
+        "the snapshot is behind"
+    );
+    let total = receipts * (receipts + 1) / 2;
+    let cold = CommandExecutor::<StockItem>::new(store.clone());
+    assert_eq!(on_hand(&cold).await, Decimal::from(total));
+
+    cold.execute(STREAM, receive(1), &metadata)
+        .await
+        .expect("a single command after the batches");
+    let fresh = CommandExecutor::<StockItem>::new(store.clone());
+    assert_eq!(on_hand(&fresh).await, Decimal::from(total + 1));
+    let events = fetch_strings(
+        &store,
+        "SELECT CAST(count(*) AS TEXT) || '/' || CAST(max(sequence) AS TEXT) FROM events",
+    )
+    .await
+    .expect("events");
+    assert_eq!(events, vec![format!("{n}/{n}", n = receipts + 1)]);
+}
+
 on_both_backends!(
     a_stale_warm_state_never_decides_a_command,
     a_hot_stream_queues_instead_of_failing,
+    a_stream_loads_whole_from_a_snapshot_behind_it,
 );
