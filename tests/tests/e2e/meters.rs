@@ -589,6 +589,17 @@ async fn a_webhook_between_mqtt_batches_is_neither_lost_nor_hidden(backend: Back
             .await
             .expect("publish");
     };
+    // "connected" over MQTT, then reading number `n`: both must show.
+    let (shown, connected_over_mqtt, client) = (&shown, &connected_over_mqtt, &client);
+    let reconnected_with = |what: &'static str, n: usize, register: &'static str| async move {
+        connected_over_mqtt().await;
+        publish(client, "S1", meter, reading(meter, n, register)).await;
+        eventually(what, Duration::from_secs(15), || async {
+            let meter = shown().await;
+            meter["status"] == "connected" && meter["readings"] == n
+        })
+        .await;
+    };
     connected_over_mqtt().await;
     eventually("connected over MQTT", Duration::from_secs(15), || async {
         shown().await["status"] == "connected"
@@ -607,17 +618,7 @@ async fn a_webhook_between_mqtt_batches_is_neither_lost_nor_hidden(backend: Back
     .await;
 
     // The listener last saw it connected; the store says disconnected.
-    connected_over_mqtt().await;
-    publish(&client, "S1", meter, reading(meter, 2, "101")).await;
-    eventually(
-        "connected again and the reading stored",
-        Duration::from_secs(15),
-        || async {
-            let meter = shown().await;
-            meter["status"] == "connected" && meter["readings"] == 2
-        },
-    )
-    .await;
+    reconnected_with("connected again and the reading stored", 2, "101").await;
 
     // Another instance disconnects it: this listener's remembered state
     // is stale, and the repeated "connected" must still be applied.
@@ -640,15 +641,10 @@ async fn a_webhook_between_mqtt_batches_is_neither_lost_nor_hidden(backend: Back
         || async { shown().await["status"] == "disconnected" },
     )
     .await;
-    connected_over_mqtt().await;
-    publish(&client, "S1", meter, reading(meter, 3, "102")).await;
-    eventually(
+    reconnected_with(
         "connected again over a stale memory, and the reading stored",
-        Duration::from_secs(15),
-        || async {
-            let meter = shown().await;
-            meter["status"] == "connected" && meter["readings"] == 3
-        },
+        3,
+        "102",
     )
     .await;
 }
