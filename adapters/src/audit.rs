@@ -50,17 +50,37 @@ pub async fn tenant_feed(
     after: Position,
     limit: i64,
 ) -> Result<Vec<FeedEvent>, StorageError> {
+    settled_events(db, Some(tenant), after, limit).await
+}
+
+/// Settled events of every tenant after `after`, in feed order, at most
+/// `limit`: what one reader per instance fans out to the live streams.
+pub async fn settled_feed(
+    db: &Db,
+    after: Position,
+    limit: i64,
+) -> Result<Vec<FeedEvent>, StorageError> {
+    settled_events(db, None, after, limit).await
+}
+
+async fn settled_events(
+    db: &Db,
+    tenant: Option<&str>,
+    after: Position,
+    limit: i64,
+) -> Result<Vec<FeedEvent>, StorageError> {
     let select = match db.backend() {
         Backend::Postgres => format!(
             "SELECT {COLUMNS_POSTGRES} FROM public.events
-              WHERE metadata ->> 'tenant_id' = $1
+              WHERE ($1::text IS NULL OR metadata ->> 'tenant_id' = $1)
                 AND (transaction_id, global_position) > ($2::text::xid8, $3)
                 AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
               ORDER BY transaction_id, global_position LIMIT $4"
         ),
         Backend::Sqlite => format!(
             "SELECT {COLUMNS_SQLITE} FROM events
-              WHERE json_extract(metadata, '$.tenant_id') = $1 AND global_position > $3
+              WHERE ($1 IS NULL OR json_extract(metadata, '$.tenant_id') = $1)
+                AND global_position > $3
                 AND $2 IS NOT NULL
               ORDER BY global_position LIMIT $4"
         ),

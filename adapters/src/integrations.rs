@@ -49,6 +49,8 @@ enum Expect {
     Text,
     /// A positive integer.
     Count,
+    /// A size in bytes, 1 KiB to 1 GiB.
+    Bytes,
     /// A list of IP addresses (`203.0.113.7`, `2001:db8::1`) or CIDR
     /// ranges (`203.0.113.0/24`).
     IpRanges,
@@ -60,6 +62,12 @@ enum Expect {
     TextMap,
     /// `true` or `false`.
     Flag,
+    /// An `http://` or `https://` URL with a host and no `user:password@`.
+    HttpUrl,
+    /// An `mqtt://` or `mqtts://` broker URL (see [`Broker::parse`]).
+    MqttUrl,
+    /// One or more plain MQTT topic levels (see [`check_topic_prefix`]).
+    TopicPrefix,
 }
 
 struct Field {
@@ -94,30 +102,32 @@ fn schema(kind: &str) -> Option<(Vec<Field>, Vec<Field>)> {
     Some(match kind {
         "1c_soap" => (
             vec![
-                required("url", Text),
+                required("url", HttpUrl),
                 required("namespace", Text),
                 optional("products_operation", Text, || "GetProductList".into()),
                 optional("clients_operation", Text, || "GetClientList".into()),
                 optional("chunk_size", Count, || 100.into()),
                 optional("price_type", Text, none),
                 optional("timeout_secs", Count, none),
+                optional("max_response_bytes", Bytes, none),
             ],
             vec![required("username", Text), required("password", Text)],
         ),
         "1c_odata" => (
             vec![
-                required("base_url", Text),
+                required("base_url", HttpUrl),
                 optional("products_entity", Text, || "Catalog_Номенклатура".into()),
                 optional("clients_entity", Text, || "Catalog_Контрагенты".into()),
                 optional("page_size", Count, || 100.into()),
                 optional("price_type", Text, none),
                 optional("timeout_secs", Count, none),
+                optional("max_response_bytes", Bytes, none),
             ],
             vec![required("username", Text), required("password", Text)],
         ),
         "regos" => (
             vec![
-                required("base_url", Text),
+                required("base_url", HttpUrl),
                 required("connected_integration_id", Text),
                 optional("sync_time", TimeOfDay, || "03:00".into()),
                 optional("branch_map", TextMap, none),
@@ -125,18 +135,23 @@ fn schema(kind: &str) -> Option<(Vec<Field>, Vec<Field>)> {
                 optional("requests_per_second", Count, none),
                 optional("sales_source", Text, || "cheques".into()),
                 optional("client_rate_limit", Flag, || true.into()),
+                optional("max_response_bytes", Bytes, none),
             ],
             vec![required("integration_key", Text)],
         ),
         "acrel" => (
             vec![
-                required("mqtt_url", Text),
-                optional("topic_prefix", Text, || "acrel".into()),
+                required("mqtt_url", MqttUrl),
+                optional("topic_prefix", TopicPrefix, || "acrel".into()),
                 optional("ip_allowlist", IpRanges, none),
                 optional("relay_timeout_secs", Count, || 120.into()),
                 optional("offline_after_secs", Count, || 3600.into()),
             ],
-            vec![required("signing_secrets", SigningSecrets)],
+            vec![
+                required("signing_secrets", SigningSecrets),
+                optional("mqtt_username", Text, none),
+                optional("mqtt_password", Text, none),
+            ],
         ),
         "webhook_source" => (
             vec![optional("ip_allowlist", IpRanges, none)],
@@ -224,6 +239,10 @@ fn check_value(expect: &Expect, value: &Value) -> Result<(), String> {
             Some(count) if (1..=1_000_000).contains(&count) => Ok(()),
             _ => Err("must be an integer from 1 to 1000000".into()),
         },
+        Expect::Bytes => match value.as_u64() {
+            Some(bytes) if (1024..=1 << 30).contains(&bytes) => Ok(()),
+            _ => Err("must be a number of bytes from 1024 to 1073741824".into()),
+        },
         Expect::IpRanges => match value.as_array() {
             Some(items) if items.len() <= 256 => {
                 for item in items {
@@ -240,6 +259,19 @@ fn check_value(expect: &Expect, value: &Value) -> Result<(), String> {
             Value::Bool(_) => Ok(()),
             _ => Err("must be true or false".into()),
         },
+        Expect::HttpUrl => {
+            let text = short_text(value)?;
+            let url = url::Url::parse(text).map_err(|error| format!("is not a URL ({error})"))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err("must be an http:// or https:// URL".into());
+            }
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err("names no host".into());
+            }
+            no_userinfo(&url)
+        }
+        Expect::MqttUrl => Broker::parse(short_text(value)?).map(|_| ()),
+        Expect::TopicPrefix => check_topic_prefix(short_text(value)?),
         Expect::TimeOfDay => match value.as_str() {
             Some(text) if chrono::NaiveTime::parse_from_str(text, "%H:%M").is_ok() => Ok(()),
             _ => Err("must be a local time of day as HH:MM".into()),
@@ -267,6 +299,127 @@ fn check_value(expect: &Expect, value: &Value) -> Result<(), String> {
             }
             _ => Err("must be a list of 1 to 10 `whsec_…` secrets".into()),
         },
+    }
+}
+
+fn short_text(value: &Value) -> Result<&str, String> {
+    match value.as_str() {
+        Some(text) if !text.trim().is_empty() && text.len() <= 2048 => Ok(text.trim()),
+        _ => Err("must be a non-empty string of at most 2048 bytes".into()),
+    }
+}
+
+/// URL settings carry no credentials: they are listed to every admin and
+/// would be sent instead of the sealed secrets.
+fn no_userinfo(url: &url::Url) -> Result<(), String> {
+    if url.username().is_empty() && url.password().is_none() {
+        Ok(())
+    } else {
+        Err("must not hold `user:password@` (credentials go in `secrets`)".into())
+    }
+}
+
+/// An MQTT broker as an `acrel` integration's `mqtt_url` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    /// The host, lower case (an IPv6 address without brackets).
+    pub host: String,
+    pub port: u16,
+    /// `mqtts://`: TLS (rustls, the system's roots).
+    pub tls: bool,
+}
+
+impl Broker {
+    /// `mqtt://host[:port]` (1883) or `mqtts://host[:port]` (8883); `tcp://`
+    /// and `ssl://` are accepted as their synonyms. No credentials, path or
+    /// query.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let url = url::Url::parse(text.trim())
+            .map_err(|error| format!("is not a broker URL such as mqtt://host:1883 ({error})"))?;
+        let tls = match url.scheme() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            other => {
+                return Err(format!(
+                    "has scheme {other:?}; use mqtt:// or mqtts:// (TLS)"
+                ));
+            }
+        };
+        no_userinfo(&url)?;
+        let host = match url.host() {
+            Some(url::Host::Domain(name)) if !name.is_empty() => name.to_ascii_lowercase(),
+            Some(url::Host::Ipv4(address)) => address.to_string(),
+            Some(url::Host::Ipv6(address)) => address.to_string(),
+            _ => return Err("names no host".into()),
+        };
+        if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+            return Err("must name only a broker (no path or query)".into());
+        }
+        let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
+        Ok(Broker { host, port, tls })
+    }
+
+    /// `host:port`, what two integrations share when they share a broker.
+    pub fn address(&self) -> String {
+        match self.host.contains(':') {
+            true => format!("[{}]:{}", self.host, self.port),
+            false => format!("{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// A topic prefix is one or more plain topic levels: no wildcard (`+`,
+/// `#`), no empty level (so no leading, trailing or double `/`), no NUL,
+/// and not a `$` system topic.
+pub fn check_topic_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.len() > 256 {
+        return Err("must be at most 256 bytes".into());
+    }
+    if prefix.starts_with('$') {
+        return Err("must not name a `$` system topic".into());
+    }
+    for level in prefix.split('/') {
+        if level.is_empty() {
+            return Err("must be plain topic levels without an empty level (no leading, trailing or double `/`)".into());
+        }
+        if level.contains(['+', '#', '\0']) {
+            return Err("must not hold the wildcards `+` or `#`".into());
+        }
+    }
+    Ok(())
+}
+
+/// Whether two topic prefixes share a topic: one's levels begin the other's.
+pub fn prefixes_overlap(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim_end_matches('/'), b.trim_end_matches('/'));
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    long == short
+        || long
+            .strip_prefix(short)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The broker and topic prefix an `acrel` integration's settings claim;
+/// `None` for settings that name no usable broker.
+pub fn mqtt_topics(settings: &Value) -> Option<(Broker, String)> {
+    let broker = Broker::parse(settings.get("mqtt_url")?.as_str()?).ok()?;
+    let prefix = settings
+        .get("topic_prefix")
+        .and_then(Value::as_str)
+        .unwrap_or("acrel")
+        .trim()
+        .trim_end_matches('/')
+        .to_string();
+    Some((broker, prefix))
+}
+
+/// Whether the topics of `a` and `b` (acrel settings) overlap on one broker.
+pub fn topics_collide(a: &Value, b: &Value) -> bool {
+    match (mqtt_topics(a), mqtt_topics(b)) {
+        (Some((broker_a, prefix_a)), Some((broker_b, prefix_b))) => {
+            broker_a.address() == broker_b.address() && prefixes_overlap(&prefix_a, &prefix_b)
+        }
+        _ => false,
     }
 }
 
@@ -573,34 +726,114 @@ pub struct NewIntegration<'a> {
     pub secrets: &'a Map<String, Value>,
 }
 
-pub async fn insert(db: &Db, integration: &NewIntegration<'_>) -> Result<(), StorageError> {
+/// Why a registration or replacement was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Another tenant's `acrel` integration listens on the same broker to
+    /// the same or an overlapping topic prefix.
+    #[error(
+        "topic prefix {prefix:?} on broker {broker} overlaps another tenant's integration; choose another prefix"
+    )]
+    TopicTaken { broker: String, prefix: String },
+}
+
+impl From<sqlx::Error> for RegistryError {
+    fn from(error: sqlx::Error) -> Self {
+        RegistryError::Storage(error.into())
+    }
+}
+
+/// Refuses `settings` of an `acrel` integration of `tenant_id` whose
+/// broker and prefix overlap another tenant's. Runs inside the writing
+/// transaction: on PostgreSQL under a transaction lock every claim takes,
+/// on SQLite on the one writer, so two tenants cannot both claim a topic.
+async fn check_mqtt_claim(
+    conn: &mut crate::db::Conn<'_>,
+    tenant_id: &str,
+    kind: &str,
+    settings: &Map<String, Value>,
+) -> Result<(), RegistryError> {
+    if kind != "acrel" {
+        return Ok(());
+    }
+    let mine = Value::Object(settings.clone());
+    let Some((broker, prefix)) = mqtt_topics(&mine) else {
+        return Ok(());
+    };
+    const OTHERS: &str =
+        "SELECT settings FROM integrations WHERE kind = 'acrel' AND tenant_id <> $1";
+    let others: Vec<Value> = crate::db::on_conn!(conn, c => {
+        sqlx::query(OTHERS)
+            .bind(tenant_id)
+            .fetch_all(&mut **c)
+            .await?
+            .iter()
+            .map(|row| row.json("settings"))
+            .collect::<Result<_, _>>()?
+    });
+    if others.iter().any(|other| topics_collide(&mine, other)) {
+        return Err(RegistryError::TopicTaken {
+            broker: broker.address(),
+            prefix,
+        });
+    }
+    Ok(())
+}
+
+/// Every claim serialises on this lock (PostgreSQL; SQLite has one writer).
+const CLAIM_LOCK: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended('karvon:integrations:mqtt', 0))";
+
+pub async fn insert(db: &Db, integration: &NewIntegration<'_>) -> Result<(), RegistryError> {
     const INSERT: &str = "INSERT INTO integrations
              (integration_id, tenant_id, kind, name, settings, secrets)
          VALUES ($1, $2, $3, $4, $5, $6)";
     let settings = Value::Object(integration.settings.clone());
     let secrets = Value::Object(integration.secrets.clone());
+    let (tenant, kind) = (integration.tenant_id, integration.kind);
     match db {
         Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(CLAIM_LOCK).execute(&mut *tx).await?;
+            check_mqtt_claim(
+                &mut crate::db::Conn::Postgres(&mut tx),
+                tenant,
+                kind,
+                integration.settings,
+            )
+            .await?;
             sqlx::query(INSERT)
                 .bind(integration.integration_id)
-                .bind(integration.tenant_id)
-                .bind(integration.kind)
+                .bind(tenant)
+                .bind(kind)
                 .bind(integration.name)
                 .bind(settings)
                 .bind(secrets)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?;
+            tx.commit().await?;
         }
         Db::Sqlite(sqlite) => {
+            let mut tx = sqlite.writer.begin().await?;
+            check_mqtt_claim(
+                &mut crate::db::Conn::Sqlite(&mut tx),
+                tenant,
+                kind,
+                integration.settings,
+            )
+            .await?;
             sqlx::query(INSERT)
                 .bind(integration.integration_id.to_string())
-                .bind(integration.tenant_id)
-                .bind(integration.kind)
+                .bind(tenant)
+                .bind(kind)
                 .bind(integration.name)
                 .bind(settings.to_string())
                 .bind(secrets.to_string())
-                .execute(&sqlite.writer)
+                .execute(&mut *tx)
                 .await?;
+            tx.commit().await?;
         }
     }
     Ok(())
@@ -671,14 +904,16 @@ fn view_row(row: &impl Portable) -> Result<IntegrationView, StorageError> {
 /// Replaces the name and settings of `tenant_id`'s integration, and its
 /// sealed secrets when `secrets` is given (otherwise they stay as stored).
 /// `false` when the tenant has no such integration.
+#[allow(clippy::too_many_arguments)]
 pub async fn update(
     db: &Db,
     tenant_id: &str,
     integration_id: Uuid,
+    kind: &str,
     name: &str,
     settings: &Map<String, Value>,
     secrets: Option<&Map<String, Value>>,
-) -> Result<bool, StorageError> {
+) -> Result<bool, RegistryError> {
     let backend = db.backend();
     let json = |param: &str| match backend {
         crate::db::Backend::Postgres => format!("{param}::text::jsonb"),
@@ -691,18 +926,54 @@ pub async fn update(
         json("$5"),
         backend.uuid_param("$1"),
     );
-    let settings = Value::Object(settings.clone()).to_string();
+    let settings_text = Value::Object(settings.clone()).to_string();
     let secrets = secrets.map(|secrets| Value::Object(secrets.clone()).to_string());
-    on_pool!(db, write, pool => Ok(sqlx::query(&statement)
-        .bind(integration_id.to_string())
-        .bind(tenant_id)
-        .bind(name)
-        .bind(settings)
-        .bind(secrets)
-        .execute(pool)
-        .await?
-        .rows_affected()
-        == 1))
+    let updated = match db {
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(CLAIM_LOCK).execute(&mut *tx).await?;
+            check_mqtt_claim(
+                &mut crate::db::Conn::Postgres(&mut tx),
+                tenant_id,
+                kind,
+                settings,
+            )
+            .await?;
+            let updated = sqlx::query(&statement)
+                .bind(integration_id.to_string())
+                .bind(tenant_id)
+                .bind(name)
+                .bind(settings_text)
+                .bind(secrets)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            updated
+        }
+        Db::Sqlite(sqlite) => {
+            let mut tx = sqlite.writer.begin().await?;
+            check_mqtt_claim(
+                &mut crate::db::Conn::Sqlite(&mut tx),
+                tenant_id,
+                kind,
+                settings,
+            )
+            .await?;
+            let updated = sqlx::query(&statement)
+                .bind(integration_id.to_string())
+                .bind(tenant_id)
+                .bind(name)
+                .bind(settings_text)
+                .bind(secrets)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            updated
+        }
+    };
+    Ok(updated == 1)
 }
 
 /// Removes `tenant_id`'s integration with its remembered webhook ids (the
@@ -768,15 +1039,16 @@ pub async fn get(db: &Db, integration_id: Uuid) -> Result<Option<StoredIntegrati
         .transpose())
 }
 
-/// Every integration of `kind` (all tenants), with its settings and
-/// when it was registered: what the schedulers go through.
+/// Every integration of `kind` (all tenants), oldest first, with its
+/// settings, sealed secrets and when it was registered: what the
+/// schedulers and listeners go through.
 pub async fn of_kind(
     db: &Db,
     kind: &str,
 ) -> Result<Vec<(StoredIntegration, chrono::DateTime<chrono::Utc>)>, StorageError> {
     on_pool!(db, read, pool => sqlx::query(
         "SELECT integration_id, tenant_id, kind, settings, secrets, created_at
-           FROM integrations WHERE kind = $1 ORDER BY created_at",
+           FROM integrations WHERE kind = $1 ORDER BY created_at, integration_id",
     )
     .bind(kind)
     .fetch_all(pool)
@@ -789,7 +1061,10 @@ pub async fn of_kind(
                 tenant_id: row.text("tenant_id")?,
                 kind: row.text("kind")?,
                 settings: row.json("settings")?,
-                sealed_secrets: Map::new(),
+                sealed_secrets: match row.json("secrets")? {
+                    Value::Object(map) => map,
+                    _ => return Err(StorageError::Corrupt("secrets is not an object".into())),
+                },
             },
             row.time("created_at")?,
         ))
@@ -1058,5 +1333,86 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn urls_carry_no_credentials_and_brokers_parse_with_url() {
+        let object = |value: Value| value.as_object().cloned().expect("object");
+        let creds = object(serde_json::json!({"username": "u", "password": "p"}));
+        for url in ["http://admin:pw@1c.local/ws", "https://admin@1c.local/ws"] {
+            let error = validate(
+                "1c_soap",
+                &object(serde_json::json!({"url": url, "namespace": "urn:x"})),
+                &creds,
+            )
+            .expect_err("userinfo refused");
+            assert!(error.contains("user:password@"), "{error}");
+        }
+        assert!(
+            validate(
+                "1c_odata",
+                &object(serde_json::json!({"base_url": "ftp://1c.local/odata"})),
+                &creds
+            )
+            .is_err()
+        );
+        assert_eq!(
+            Broker::parse("mqtt://Broker.Example:1884").expect("broker"),
+            Broker {
+                host: "broker.example".into(),
+                port: 1884,
+                tls: false
+            }
+        );
+        assert_eq!(
+            Broker::parse("mqtts://broker.example").expect("tls").port,
+            8883
+        );
+        assert_eq!(
+            Broker::parse("mqtt://[::1]").expect("v6").address(),
+            "[::1]:1883"
+        );
+        // The security review's URL: `user:pass@host` used to become the host.
+        assert!(
+            Broker::parse("mqtt://user:pass@broker.example:1883")
+                .expect_err("userinfo")
+                .contains("user:password@")
+        );
+        for bad in [
+            "broker.example:1883",
+            "http://broker",
+            "mqtt://broker/x",
+            "mqtt://:1883",
+        ] {
+            assert!(Broker::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn topic_prefixes_are_plain_levels_and_overlap_by_level() {
+        for good in ["acrel", "shop-1/meters", "a/b/c"] {
+            assert!(check_topic_prefix(good).is_ok(), "{good}");
+        }
+        for bad in ["", "a/", "/a", "a//b", "a/+", "#", "a/#/b", "$SYS", "a/b+c"] {
+            assert!(check_topic_prefix(bad).is_err(), "{bad:?}");
+        }
+        assert!(prefixes_overlap("shared1", "shared1"));
+        assert!(prefixes_overlap("shared1", "shared1/east"));
+        assert!(prefixes_overlap("shared1/east", "shared1"));
+        assert!(!prefixes_overlap("shared1", "shared10"));
+        assert!(!prefixes_overlap("a/b", "a/c"));
+        let a = serde_json::json!({"mqtt_url": "mqtt://broker:1883", "topic_prefix": "shared1"});
+        let same_broker =
+            serde_json::json!({"mqtt_url": "mqtts://BROKER:1883", "topic_prefix": "shared1/x"});
+        let other_port =
+            serde_json::json!({"mqtt_url": "mqtt://broker:1884", "topic_prefix": "shared1"});
+        let default_prefix = serde_json::json!({"mqtt_url": "mqtt://broker"});
+        assert!(topics_collide(&a, &same_broker));
+        assert!(!topics_collide(&a, &other_port));
+        assert!(!topics_collide(&a, &default_prefix));
+        assert!(topics_collide(
+            &default_prefix,
+            &serde_json::json!({"mqtt_url": "tcp://broker:1883/"})
+        ));
     }
 }

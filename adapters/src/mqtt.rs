@@ -52,15 +52,44 @@ const DISPATCH: Duration = Duration::from_millis(250);
 const REFRESH: Duration = Duration::from_secs(2);
 
 /// Runs a listener for every `acrel` integration until `shutdown`.
-pub async fn run(db: Db, meters: Arc<CommandExecutor<Meter>>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    db: Db,
+    meters: Arc<CommandExecutor<Meter>>,
+    secrets_key: Option<integrations::SecretsKey>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut running: HashMap<String, (String, watch::Sender<bool>)> = HashMap::new();
+    let mut refused: HashSet<String> = HashSet::new();
     loop {
         match integrations::of_kind(&db, "acrel").await {
             Ok(found) => {
                 let mut seen = Vec::new();
-                for (integration, _) in found {
+                for (at, (integration, _)) in found.iter().enumerate() {
                     let id = integration.id.to_string();
-                    let settings = integration.settings.to_string();
+                    // Registration refuses a topic another tenant claims;
+                    // integrations stored before that rule may still
+                    // overlap: the oldest keeps the topic, the others
+                    // never listen (a tenant never hears another's meters).
+                    if let Some((older, _)) = found[..at].iter().find(|(older, _)| {
+                        older.tenant_id != integration.tenant_id
+                            && integrations::topics_collide(&older.settings, &integration.settings)
+                    }) {
+                        if refused.insert(id.clone()) {
+                            tracing::error!(
+                                integration = id,
+                                tenant = integration.tenant_id,
+                                older = %older.id,
+                                "MQTT listener not started: its broker and topic prefix overlap an older integration of another tenant"
+                            );
+                        }
+                        continue;
+                    }
+                    refused.remove(&id);
+                    let settings = format!(
+                        "{}{}",
+                        integration.settings,
+                        Value::Object(integration.sealed_secrets.clone())
+                    );
                     seen.push(id.clone());
                     if running
                         .get(&id)
@@ -79,6 +108,7 @@ pub async fn run(db: Db, meters: Arc<CommandExecutor<Meter>>, mut shutdown: watc
                         integration: id.clone(),
                         tenant: integration.tenant_id.clone(),
                         settings: integration.settings.clone(),
+                        credentials: credentials(secrets_key.as_ref(), integration),
                     };
                     tokio::spawn(listener.run_locked(stopped));
                     running.insert(id, (settings, stop));
@@ -111,6 +141,56 @@ struct Listener {
     integration: String,
     tenant: String,
     settings: Value,
+    /// The broker login from the sealed secrets (`mqtt_username`,
+    /// `mqtt_password`); `Err` says why they could not be opened.
+    credentials: Result<Option<(String, String)>, String>,
+}
+
+/// The system's trusted roots as PEM, for rumqttc's TLS configuration
+/// (its own default loader panics when the store cannot be read; this
+/// answers why instead).
+fn system_roots_pem() -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    let roots = rustls_native_certs::load_native_certs()
+        .map_err(|error| format!("the system's TLS roots could not be read: {error}"))?;
+    if roots.is_empty() {
+        return Err("no trusted TLS roots found (set SSL_CERT_FILE)".to_string());
+    }
+    let mut pem = Vec::new();
+    for root in roots {
+        let text = base64::engine::general_purpose::STANDARD.encode(root.as_ref());
+        pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+        for line in text.as_bytes().chunks(64) {
+            pem.extend_from_slice(line);
+            pem.push(b'\n');
+        }
+        pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
+    }
+    Ok(pem)
+}
+
+/// The broker login of `integration`, opened from its sealed secrets.
+fn credentials(
+    key: Option<&integrations::SecretsKey>,
+    integration: &integrations::StoredIntegration,
+) -> Result<Option<(String, String)>, String> {
+    let sealed = &integration.sealed_secrets;
+    if !sealed.contains_key("mqtt_username") {
+        return Ok(None);
+    }
+    let key =
+        key.ok_or("its MQTT credentials are sealed but the server has no KARVON_SECRETS_KEY")?;
+    let secrets = key
+        .open(integration.id, sealed)
+        .map_err(|error| error.to_string())?;
+    let text = |name: &str| {
+        secrets
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    Ok(Some((text("mqtt_username"), text("mqtt_password"))))
 }
 
 /// A `data` message's payload (`fixtures/acrel/webhook-meter-reading.json`).
@@ -186,34 +266,34 @@ impl Listener {
         }
     }
 
+    /// The client's options: broker, TLS and login through rumqttc's own
+    /// settings (the URL parsed by `url`, never split by hand).
     fn options(&self) -> Result<(MqttOptions, String), String> {
         let url = self.settings["mqtt_url"].as_str().unwrap_or_default();
-        let address = url
-            .rsplit("://")
-            .next()
-            .unwrap_or_default()
-            .trim_end_matches('/');
-        let (host, port) = match address.rsplit_once(':') {
-            Some((host, port)) => (
-                host.to_string(),
-                port.parse::<u16>()
-                    .map_err(|_| format!("mqtt_url {url:?} has no valid port"))?,
-            ),
-            None => (address.to_string(), 1883),
-        };
-        if host.is_empty() {
-            return Err(format!("mqtt_url {url:?} names no host"));
-        }
-        let mut options = MqttOptions::new(format!("karvon-{}", self.integration), host, port);
+        let (broker, prefix) = integrations::mqtt_topics(&self.settings).ok_or_else(|| {
+            match integrations::Broker::parse(url) {
+                Err(why) => format!("mqtt_url {why}"),
+                Ok(_) => "unusable settings".to_string(),
+            }
+        })?;
+        integrations::check_topic_prefix(&prefix).map_err(|why| format!("topic_prefix {why}"))?;
+        let mut options = MqttOptions::new(
+            format!("karvon-{}", self.integration),
+            broker.host.clone(),
+            broker.port,
+        );
         options.set_keep_alive(Duration::from_secs(30));
         options.set_clean_session(false);
         options.set_manual_acks(true);
         options.set_max_packet_size(256 * 1024, 256 * 1024);
-        let prefix = self.settings["topic_prefix"]
-            .as_str()
-            .unwrap_or("acrel")
-            .trim_end_matches('/')
-            .to_string();
+        if broker.tls {
+            // rustls (rumqttc's own TLS) with the system's roots;
+            // SSL_CERT_FILE / SSL_CERT_DIR name others.
+            options.set_transport(rumqttc::Transport::tls(system_roots_pem()?, None, None));
+        }
+        if let Some((username, password)) = self.credentials.clone()? {
+            options.set_credentials(username, password);
+        }
         Ok((options, prefix))
     }
 

@@ -42,6 +42,8 @@ pub enum RegosError {
     Transport(String),
     #[error("REGOS sent an unreadable answer to {method}: {detail}")]
     Malformed { method: String, detail: String },
+    #[error("REGOS's answer to {method} is larger than {cap} bytes (settings.max_response_bytes)")]
+    TooLarge { method: String, cap: usize },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -57,6 +59,8 @@ pub struct Pace {
     /// Attempts per request when REGOS keeps answering 8213.
     pub attempts: u32,
     pub timeout: Duration,
+    /// The longest answer read (64 MiB by default).
+    pub max_response_bytes: usize,
 }
 
 impl Default for Pace {
@@ -67,6 +71,7 @@ impl Default for Pace {
             backoff: Duration::from_millis(250),
             attempts: 8,
             timeout: Duration::from_secs(30),
+            max_response_bytes: crate::onec::MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -127,10 +132,17 @@ impl Client {
             if !status.is_success() {
                 return Err(RegosError::Http(status.as_u16()));
             }
-            let answer: Value = response
-                .json()
+            let body = crate::onec::read_capped(response, self.pace.max_response_bytes)
                 .await
-                .map_err(|error| self.malformed(method, error.without_url().to_string()))?;
+                .map_err(|error| match error {
+                    crate::onec::CappedError::TooLarge(cap) => RegosError::TooLarge {
+                        method: method.to_string(),
+                        cap,
+                    },
+                    crate::onec::CappedError::Read(error) => self.transport(error),
+                })?;
+            let answer: Value = serde_json::from_slice(&body)
+                .map_err(|error| self.malformed(method, error.to_string()))?;
             // `Sale/Get` answers `{success, result, total_count}`.
             if answer["ok"] == Value::Bool(true) || answer["success"] == Value::Bool(true) {
                 let rows = match &answer["result"] {

@@ -49,6 +49,11 @@ pub const LOGIN_WINDOW_SECONDS: i64 = 15 * 60;
 /// wait up to [`ARGON2_WAIT`], then answer 429.
 const ARGON2_CONCURRENCY: usize = 4;
 const ARGON2_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Key lookups in flight at most, and how long a request waits for one.
+const LOOKUPS: usize = 8;
+const LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a user record read for a login token is trusted.
+const USER_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -95,6 +100,8 @@ pub struct Principal {
     /// `key:<id>` or `user:<name>`; goes into event metadata.
     pub actor: String,
     pub scopes: Vec<String>,
+    /// The credential's own limit, requests per minute.
+    pub rate_limit: i32,
 }
 
 impl Principal {
@@ -122,7 +129,13 @@ pub struct TokenKeys {
 struct Claims {
     sub: String,
     tenant: String,
+    /// The scopes at issue (informative: a request takes the scopes of
+    /// the user record, see [`Authenticator::authenticate`]).
     scopes: Vec<String>,
+    /// Fingerprint of the user's password hash at issue ([`user_version`]):
+    /// a re-created user or a new password (a new salt) ends the token.
+    #[serde(default)]
+    ver: String,
     iss: String,
     aud: String,
     iat: i64,
@@ -163,6 +176,7 @@ impl TokenKeys {
         username: &str,
         tenant: &str,
         scopes: &[String],
+        version: &str,
     ) -> Result<(String, DateTime<Utc>), AuthError> {
         let now = Utc::now();
         let expires_at = now + Duration::minutes(TOKEN_LIFETIME_MINUTES);
@@ -170,6 +184,7 @@ impl TokenKeys {
             sub: username.to_string(),
             tenant: tenant.to_string(),
             scopes: scopes.to_vec(),
+            ver: version.to_string(),
             iss: ISSUER.to_string(),
             aud: AUDIENCE.to_string(),
             iat: now.timestamp(),
@@ -505,10 +520,15 @@ impl RateLimiter {
             }
         }
         if windows.len() + charges.len() > Self::MAX_SUBJECTS {
+            // Stale windows first, then this minute's failed-attempt
+            // windows (peers, prefixes); a credential's window never goes,
+            // so nobody's failures can reset a key's count.
             windows.retain(|_, window| window.start == start);
             if windows.len() + charges.len() > Self::MAX_SUBJECTS {
-                tracing::warn!("rate-limit windows full: forgetting this minute's counts");
-                windows.clear();
+                tracing::warn!(
+                    "rate-limit windows full: forgetting this minute's failed-attempt counts"
+                );
+                windows.retain(|subject, _| !is_failure_subject(subject));
             }
         }
         let mut flush = false;
@@ -687,6 +707,12 @@ pub struct Authenticator {
     tenant_limit: i32,
     /// Bounds the Argon2 verifications in flight (memory and CPU).
     password_checks: tokio::sync::Semaphore,
+    /// Bounds the key lookups in flight.
+    lookups: tokio::sync::Semaphore,
+    /// Users recently read, by username (`None`: no such user).
+    users: std::sync::Mutex<
+        std::collections::HashMap<String, (Option<auth_store::StoredUser>, std::time::Instant)>,
+    >,
 }
 
 /// What a verified credential stands for: the principal, the subject its
@@ -709,6 +735,8 @@ impl Authenticator {
             limits,
             tenant_limit,
             password_checks: tokio::sync::Semaphore::new(ARGON2_CONCURRENCY),
+            lookups: tokio::sync::Semaphore::new(LOOKUPS),
+            users: std::sync::Mutex::default(),
         }
     }
 
@@ -745,16 +773,31 @@ impl Authenticator {
         let peer = peer_subject(peer);
         let verified = match bearer {
             Some(token) if token.matches('.').count() == 2 => self.verify_token(token).await?,
-            Some(token) => self.verify_key(token, &peer).await?,
+            Some(token) => self.verify_key(token).await?,
             None => None,
         };
         let Some((principal, subject, key_id, limit)) = verified else {
-            // Failed attempts are limited per peer address.
-            self.limits.admit(&[Charge {
+            // Failed attempts are limited per peer address and per key
+            // prefix; a correct credential was verified above whatever
+            // they count, so someone else's failures never refuse it.
+            let prefix = bearer
+                .and_then(|token| token.split_once('_'))
+                .map(|(prefix, _)| prefix)
+                .filter(|prefix| plausible_prefix(prefix))
+                .map(|prefix| format!("prefix:{prefix}"));
+            let mut charges = vec![Charge {
                 subject: &peer,
                 key_id: None,
                 limit: DEFAULT_RATE_LIMIT,
-            }])?;
+            }];
+            if let Some(prefix) = &prefix {
+                charges.push(Charge {
+                    subject: prefix,
+                    key_id: None,
+                    limit: DEFAULT_RATE_LIMIT,
+                });
+            }
+            self.limits.admit(&charges)?;
             return Err(AuthFailure::Unauthenticated);
         };
         let tenant = format!("tenant:{}", principal.tenant.as_str());
@@ -827,7 +870,12 @@ impl Authenticator {
         }
         let (token, expires_at) = self
             .tokens
-            .issue(&user.username, &user.tenant_id, &user.scopes)
+            .issue(
+                &user.username,
+                &user.tenant_id,
+                &user.scopes,
+                &user_version(&user.password_hash),
+            )
             .map_err(|error| AuthFailure::Internal(format!("could not sign a token: {error}")))?;
         Ok(IssuedToken { token, expires_at })
     }
@@ -843,7 +891,7 @@ impl Authenticator {
         Ok(revoked)
     }
 
-    async fn verify_key(&self, token: &str, peer: &str) -> Result<Verified, AuthFailure> {
+    async fn verify_key(&self, token: &str) -> Result<Verified, AuthFailure> {
         let Some((prefix, secret)) = token.split_once('_') else {
             return Ok(None);
         };
@@ -854,17 +902,25 @@ impl Authenticator {
             Cached::Key(stored) => stored,
             Cached::Unknown => return Ok(None),
             Cached::Missing => {
-                // A lookup is the one piece of database work a failed
-                // attempt can cost: not for a peer already at its limit.
-                if let Some(retry_after) = self.limits.over(peer, DEFAULT_RATE_LIMIT) {
-                    return Err(AuthFailure::RateLimited { retry_after });
-                }
-                let Some(stored) = auth_store::api_key_by_prefix(&self.db, prefix).await? else {
-                    self.keys.put_unknown(prefix);
-                    return Ok(None);
+                // The one piece of database work a failed attempt can
+                // cost: a point lookup, at most LOOKUPS at once (callers
+                // wait their turn; none is refused), and an unknown
+                // prefix is remembered so repeating it costs nothing.
+                let Ok(Ok(_turn)) = tokio::time::timeout(LOOKUP_WAIT, self.lookups.acquire()).await
+                else {
+                    return Err(AuthFailure::RateLimited { retry_after: 1 });
                 };
-                self.keys.put(prefix, stored.clone());
-                stored
+                if let Cached::Key(stored) = self.keys.get(prefix) {
+                    stored
+                } else {
+                    let Some(stored) = auth_store::api_key_by_prefix(&self.db, prefix).await?
+                    else {
+                        self.keys.put_unknown(prefix);
+                        return Ok(None);
+                    };
+                    self.keys.put(prefix, stored.clone());
+                    stored
+                }
             }
         };
         let matches: bool = secret_hash(secret).ct_eq(&stored.secret_hash).into();
@@ -877,6 +933,7 @@ impl Authenticator {
             &stored.time_zone,
             format!("key:{}", stored.key_id),
             stored.scopes,
+            stored.rate_limit_per_minute,
         )?;
         Ok(Some((
             principal,
@@ -886,11 +943,24 @@ impl Authenticator {
         )))
     }
 
+    /// A login token is good while its user exists as it was when the
+    /// token was issued (same tenant, same password hash); the scopes are
+    /// the user record's now. Users are read at most every
+    /// [`USER_TTL`] per instance, so a deleted or changed user's tokens
+    /// end within that.
     async fn verify_token(&self, token: &str) -> Result<Verified, AuthFailure> {
         let Some(claims) = self.tokens.verify(token) else {
             return Ok(None);
         };
-        let Some(tenant) = auth_store::tenant(&self.db, &claims.tenant).await? else {
+        let Some(user) = self.user(&claims.sub).await? else {
+            return Ok(None);
+        };
+        let version = user_version(&user.password_hash);
+        let same: bool = version.as_bytes().ct_eq(claims.ver.as_bytes()).into();
+        if !same || user.tenant_id != claims.tenant {
+            return Ok(None);
+        }
+        let Some(tenant) = auth_store::tenant(&self.db, &user.tenant_id).await? else {
             return Ok(None);
         };
         let subject = format!("user:{}", claims.sub);
@@ -898,10 +968,45 @@ impl Authenticator {
             &tenant.tenant_id,
             &tenant.time_zone,
             subject.clone(),
-            claims.scopes,
+            user.scopes,
+            DEFAULT_RATE_LIMIT,
         )?;
         Ok(Some((principal, subject, None, DEFAULT_RATE_LIMIT)))
     }
+
+    /// The user record, from memory when read less than [`USER_TTL`] ago.
+    async fn user(&self, username: &str) -> Result<Option<auth_store::StoredUser>, AuthFailure> {
+        if let Ok(users) = self.users.lock()
+            && let Some((user, _)) = users
+                .get(username)
+                .filter(|(_, at)| at.elapsed() < USER_TTL)
+        {
+            return Ok(user.clone());
+        }
+        let user = auth_store::user(&self.db, username).await?;
+        if let Ok(mut users) = self.users.lock() {
+            if users.len() >= 10_000 {
+                users.retain(|_, (_, at)| at.elapsed() < USER_TTL);
+                if users.len() >= 10_000 {
+                    users.clear();
+                }
+            }
+            users.insert(
+                username.to_string(),
+                (user.clone(), std::time::Instant::now()),
+            );
+        }
+        Ok(user)
+    }
+}
+
+/// A short fingerprint of a stored password hash (its salt is random, so
+/// every new password or re-created user gives another).
+fn user_version(password_hash: &str) -> String {
+    Sha256::digest(password_hash.as_bytes())[..12]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// The subject failed attempts from one peer address are counted under.
@@ -909,11 +1014,18 @@ fn peer_subject(peer: &str) -> String {
     format!("peer:{peer}")
 }
 
+/// Whether `subject` counts failed attempts (a peer, a key prefix) rather
+/// than a credential's or a tenant's requests.
+fn is_failure_subject(subject: &str) -> bool {
+    subject.starts_with("peer:") || subject.starts_with("prefix:")
+}
+
 fn principal(
     tenant: &str,
     time_zone: &str,
     actor: String,
     scopes: Vec<String>,
+    rate_limit: i32,
 ) -> Result<Principal, AuthFailure> {
     let tenant = TenantId::parse(tenant)
         .map_err(|error| AuthFailure::Internal(format!("stored tenant id {tenant:?}: {error}")))?;
@@ -923,6 +1035,7 @@ fn principal(
         time_zone,
         actor,
         scopes,
+        rate_limit,
     })
 }
 
@@ -950,7 +1063,7 @@ mod tests {
     fn tokens_round_trip_and_reject_tampering() {
         let keys = TokenKeys::new(Some("a-test-secret-that-is-long-enough"));
         let (token, _) = keys
-            .issue("ali", "default", &["read".to_string()])
+            .issue("ali", "default", &["read".to_string()], "v1")
             .expect("issue");
         assert_eq!(
             keys.verify(&token).map(|claims| claims.sub),

@@ -66,8 +66,17 @@ pub struct Config {
     /// else `karvon-uploads` in the system's temporary directory.
     pub uploads_dir: Option<String>,
     /// Largest CommerceML upload (both files), in bytes
-    /// (`KARVON_MAX_UPLOAD_BYTES`, default 1 GiB).
+    /// (`KARVON_MAX_UPLOAD_BYTES`, default 256 MiB).
     pub max_upload_bytes: usize,
+    /// Reverse proxies (CIDRs) whose `X-Forwarded-For` / `Forwarded`
+    /// client address is used for limits and IP allow-lists instead of
+    /// the socket's (`KARVON_TRUSTED_PROXIES`, comma-separated; default
+    /// none: every forwarded header is ignored).
+    pub trusted_proxies: Vec<String>,
+    /// How long one `GET /api/v1/stream` stays open before it ends and the
+    /// client resumes with `Last-Event-ID` (`KARVON_STREAM_LIFETIME_SECS`,
+    /// default 3600).
+    pub stream_lifetime_secs: u64,
 }
 
 impl Default for Config {
@@ -92,7 +101,9 @@ impl Default for Config {
             secrets_key: None,
             webhook_delivery_retention_hours: 720,
             uploads_dir: None,
-            max_upload_bytes: 1024 * 1024 * 1024,
+            max_upload_bytes: 256 * 1024 * 1024,
+            trusted_proxies: Vec::new(),
+            stream_lifetime_secs: 3600,
         }
     }
 }
@@ -123,6 +134,8 @@ impl fmt::Debug for Config {
             )
             .field("uploads_dir", &self.uploads_dir)
             .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("stream_lifetime_secs", &self.stream_lifetime_secs)
             .finish()
     }
 }
@@ -258,7 +271,35 @@ impl Config {
         if let Some(value) = var("KARVON_MAX_UPLOAD_BYTES") {
             self.max_upload_bytes = parsed("KARVON_MAX_UPLOAD_BYTES", value)?;
         }
+        if let Some(value) = var("KARVON_STREAM_LIFETIME_SECS") {
+            self.stream_lifetime_secs = parsed("KARVON_STREAM_LIFETIME_SECS", value)?;
+        }
+        if let Some(value) = var("KARVON_TRUSTED_PROXIES") {
+            self.trusted_proxies = value
+                .split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
         Ok(())
+    }
+
+    /// The trusted proxies as ranges (a plain address is its own range);
+    /// the error names the entry that is neither.
+    pub fn trusted_proxy_ranges(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.trusted_proxies
+            .iter()
+            .map(|text| {
+                text.parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "KARVON_TRUSTED_PROXIES: {text:?} is neither an address nor a CIDR range"
+                        )
+                    })
+            })
+            .collect()
     }
 }
 

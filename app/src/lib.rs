@@ -125,7 +125,18 @@ impl Application {
             secrets_key,
             registry,
             imports: imports.clone(),
-            uploads_dir: uploads_dir(&config),
+            uploads_dir: {
+                let dir = uploads_dir(&config);
+                private_dir(&dir)?;
+                dir
+            },
+            trusted_proxies: Arc::new(config.trusted_proxy_ranges()?),
+            // Streams hold their connection: at most half of them.
+            streams: http::StreamHub::start(
+                db.clone(),
+                config.max_connections.max(2) / 2,
+                Duration::from_secs(config.stream_lifetime_secs.max(1)),
+            ),
         };
         let settings = http::HttpSettings {
             max_upload_bytes: config.max_upload_bytes,
@@ -267,8 +278,21 @@ fn uploads_dir(config: &Config) -> std::path::PathBuf {
         .filter(|file| !file.is_empty() && !file.contains(":memory:"));
     match file {
         Some(file) => std::path::Path::new(file).with_file_name("uploads"),
-        None => std::env::temp_dir().join("karvon-uploads"),
+        None => std::path::Path::new("karvon-data").join("uploads"),
     }
+}
+
+/// Makes `dir` (and its parents) with `dir` itself private to the
+/// process's user (0700), also when it already existed wider.
+fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// What the listener allows one instance.

@@ -42,6 +42,7 @@ pub fn spawn(
     tasks.push(tokio::spawn(karvon_adapters::mqtt::run(
         db.clone(),
         Arc::new(karvon_adapters::store::CommandExecutor::new(db.clone())),
+        imports.secrets_key(),
         shutdown.clone(),
     )));
     let registry = Registry::new(config.nats_url.as_deref());

@@ -62,12 +62,15 @@ impl TestDb {
             .execute(&mut admin)
             .await?;
         admin.close().await?;
+        // Uploads wait in a directory of the test's own (removed with it).
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir)?;
         Ok(Self {
             url: format!("{}/{name}", server_url()),
             backend,
             name,
             role: None,
-            dir: None,
+            dir: Some(dir),
         })
     }
 
@@ -101,13 +104,21 @@ impl TestDb {
             .rsplit_once('@')
             .map(|(_, host)| host.to_string())
             .context("server url has no user")?;
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir)?;
         Ok(Self {
             url: format!("postgres://{role}@{host}/{name}"),
             backend: Backend::Postgres,
             name,
             role: Some(role),
-            dir: None,
+            dir: Some(dir),
         })
+    }
+
+    /// Where this database's server keeps uploads (a directory of the
+    /// test's own; on SQLite beside the database file).
+    pub fn uploads_dir(&self) -> Option<std::path::PathBuf> {
+        self.dir.as_ref().map(|dir| dir.join("uploads"))
     }
 
     /// A connection of the application's own kind (migrations applied by
@@ -129,6 +140,8 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
+        }
+        if self.backend == Backend::Sqlite {
             return;
         }
         let name = self.name.clone();
@@ -165,6 +178,9 @@ pub fn test_config(db: &TestDb) -> Config {
         listen: "127.0.0.1:0".to_string(),
         database_url: db.url.clone(),
         db_max_connections: 6,
+        uploads_dir: db
+            .uploads_dir()
+            .map(|dir| dir.to_string_lossy().into_owned()),
         ..Config::default()
     }
 }
@@ -876,6 +892,7 @@ impl KarvonProcess {
             .env("KARVON_DATABASE_URL", &db.url)
             .env("KARVON_LISTEN", format!("127.0.0.1:{port}"))
             .env("KARVON_LOG", "warn")
+            .envs(db.uploads_dir().map(|dir| ("KARVON_UPLOADS_DIR", dir)))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         for (key, value) in env {
@@ -941,20 +958,147 @@ pub struct MosquittoServer {
     child: Option<std::process::Child>,
 }
 
+/// What a test broker asks of its clients beyond the defaults.
+#[derive(Debug, Default, Clone)]
+pub struct BrokerOptions {
+    /// Only this username and password may connect.
+    pub login: Option<(String, String)>,
+    /// TLS only, with the certificate for 127.0.0.1 of this [`TestCa`]
+    /// directory.
+    pub tls: Option<std::path::PathBuf>,
+}
+
+/// A certificate authority of a test's own (openssl), with a server
+/// certificate for 127.0.0.1 and localhost; files in a temp directory.
+#[derive(Debug)]
+pub struct TestCa {
+    pub dir: std::path::PathBuf,
+}
+
+impl TestCa {
+    pub fn generate() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("karvon-ca-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir)?;
+        let run = |args: &[&str]| -> anyhow::Result<()> {
+            let status = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .context("running openssl")?;
+            anyhow::ensure!(status.success(), "openssl {args:?} failed");
+            Ok(())
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=karvon test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ])?;
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])?;
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )?;
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ])?;
+        Ok(Self { dir })
+    }
+
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.join("ca.pem")
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl MosquittoServer {
     pub async fn started() -> anyhow::Result<Self> {
+        Self::started_with(BrokerOptions::default()).await
+    }
+
+    pub async fn started_with(options: BrokerOptions) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let config =
             std::env::temp_dir().join(format!("karvon-mosquitto-{}.conf", uuid::Uuid::now_v7()));
-        std::fs::write(
-            &config,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_queued_messages 0\nmax_inflight_messages 0\nlog_type none\n"
-            ),
-        )?;
+        let mut text = format!(
+            "listener {port} 127.0.0.1\npersistence false\n\
+             max_queued_messages 0\nmax_inflight_messages 0\nlog_type none\n"
+        );
+        match &options.login {
+            Some((username, password)) => {
+                let file = config.with_extension("passwd");
+                let status = std::process::Command::new("mosquitto_passwd")
+                    .args(["-b", "-c"])
+                    .arg(&file)
+                    .args([username, password])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .context("running mosquitto_passwd")?;
+                anyhow::ensure!(status.success(), "mosquitto_passwd failed");
+                text.push_str(&format!(
+                    "allow_anonymous false\npassword_file {}\n",
+                    file.display()
+                ));
+            }
+            None => text.push_str("allow_anonymous true\n"),
+        }
+        if let Some(dir) = &options.tls {
+            text.push_str(&format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\n",
+                dir.join("ca.pem").display(),
+                dir.join("server.pem").display(),
+                dir.join("server.key").display()
+            ));
+        }
+        std::fs::write(&config, text)?;
         let binary = std::env::var("KARVON_TEST_MOSQUITTO")
             .unwrap_or_else(|_| "/usr/sbin/mosquitto".to_string());
         let child = std::process::Command::new(&binary)
@@ -995,6 +1139,7 @@ impl Drop for MosquittoServer {
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(&self.config);
+        let _ = std::fs::remove_file(self.config.with_extension("passwd"));
     }
 }
 

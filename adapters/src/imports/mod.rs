@@ -48,6 +48,8 @@ pub const ONE_C: &str = "1c";
 
 /// Jobs one instance runs at once.
 const PARALLEL_JOBS: usize = 2;
+/// How many runs of one job may end the process before it fails.
+const MAX_STARTS: i64 = 3;
 /// How long a job that stopped on a storage error waits before it runs again.
 const RETRY: Duration = Duration::from_secs(30);
 /// How often the worker looks for daily syncs that are due.
@@ -90,6 +92,34 @@ pub struct Imports {
     running: Mutex<HashSet<String>>,
     /// Jobs that stopped on a storage error, and when to try them again.
     retry_at: Mutex<HashMap<String, std::time::Instant>>,
+    /// Uploads being received per tenant (not yet queued).
+    receiving: Mutex<HashMap<String, usize>>,
+}
+
+/// Queued or running uploads a tenant may have at once.
+pub const MAX_UPLOADS_PER_TENANT: i64 = 2;
+
+/// An upload being received; its place is given back when dropped (by
+/// then it is queued, or it failed).
+pub struct UploadReservation {
+    imports: Arc<Imports>,
+    tenant: String,
+}
+
+impl Drop for UploadReservation {
+    fn drop(&mut self) {
+        let mut receiving = self
+            .imports
+            .receiving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = receiving.get_mut(&self.tenant) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                receiving.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 /// Everything a job needs to read its source.
@@ -158,7 +188,39 @@ impl Imports {
             wake: Notify::new(),
             running: Mutex::default(),
             retry_at: Mutex::default(),
+            receiving: Mutex::default(),
         }
+    }
+
+    /// The key that opens integration secrets, if the server has one.
+    pub fn secrets_key(&self) -> Option<SecretsKey> {
+        self.secrets.clone()
+    }
+
+    /// A place for one more upload of `tenant`, or `None` when it already
+    /// has [`MAX_UPLOADS_PER_TENANT`] queued, running or being received
+    /// (here; another instance's in-flight uploads are seen once queued).
+    pub async fn reserve_upload(
+        self: &Arc<Self>,
+        tenant: &str,
+    ) -> Result<Option<UploadReservation>, StorageError> {
+        let queued = queue::uploads_of(&self.db, tenant).await?;
+        let mut receiving = self
+            .receiving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = receiving.entry(tenant.to_string()).or_default();
+        if queued + *count as i64 >= MAX_UPLOADS_PER_TENANT {
+            if *count == 0 {
+                receiving.remove(tenant);
+            }
+            return Ok(None);
+        }
+        *count += 1;
+        Ok(Some(UploadReservation {
+            imports: self.clone(),
+            tenant: tenant.to_string(),
+        }))
     }
 
     /// Uses other timeouts and retries towards 1C.
@@ -335,13 +397,40 @@ impl Imports {
                 if !taken {
                     return Ok(());
                 }
-                let ran = self.run(&job, shutdown).await;
+                let ran = self.run_counted(&job, shutdown).await;
                 use sqlx::Connection;
                 let _ = lock.close().await;
                 ran
             }
-            Db::Sqlite(_) => self.run(&job, shutdown).await,
+            Db::Sqlite(_) => self.run_counted(&job, shutdown).await,
         }
+    }
+
+    /// Runs a job unless earlier runs of it ended the process
+    /// [`MAX_STARTS`] times: each start is counted in its queue row before
+    /// the run and uncounted when the run returns, so only runs that never
+    /// returned (the process died under them) stay counted. A job that
+    /// keeps killing the process fails instead of killing it at every start.
+    async fn run_counted(
+        &self,
+        job: &Queued,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), StorageError> {
+        let Some(starts) = queue::count_start(&self.db, &job.job_id).await? else {
+            return Ok(()); // finished meanwhile
+        };
+        if starts > MAX_STARTS {
+            let message = format!(
+                "the job was started {MAX_STARTS} times and the process ended during each run; not started again"
+            );
+            return match job_parts(job) {
+                Ok(parts) => self.fail(job, &parts.stream, message).await,
+                Err(_) => queue::dequeue(&self.db, &job.job_id).await,
+            };
+        }
+        let ran = self.run(job, shutdown).await;
+        queue::uncount_start(&self.db, &job.job_id).await?;
+        ran
     }
 
     /// Runs one job to its end (or until `shutdown`): reads the source,
@@ -473,13 +562,16 @@ impl Imports {
                 .unwrap_or_default()
                 .to_string()
         };
-        let transport = match config.settings.get("timeout_secs").and_then(Value::as_u64) {
+        let mut transport = match config.settings.get("timeout_secs").and_then(Value::as_u64) {
             Some(secs) => Transport {
                 timeout: Duration::from_secs(secs.max(1)),
                 ..self.transport.clone()
             },
             None => self.transport.clone(),
         };
+        if let Some(cap) = max_response_bytes(&config.settings) {
+            transport.max_response_bytes = cap;
+        }
         let failed = |error: SourceError| error.to_string();
         match source {
             ImportSource::OneCSoap => {
@@ -888,6 +980,9 @@ impl Imports {
         if config.settings.get("client_rate_limit") == Some(&Value::Bool(false)) {
             pace.rate = None;
         }
+        if let Some(cap) = max_response_bytes(&config.settings) {
+            pace.max_response_bytes = cap;
+        }
         regos::Client::new(
             self.db.clone(),
             id,
@@ -1052,6 +1147,14 @@ impl Imports {
 }
 
 /// `settings.branch_map`: REGOS stock id → Karvon branch id.
+/// `settings.max_response_bytes`, when set.
+fn max_response_bytes(settings: &Map<String, Value>) -> Option<usize> {
+    settings
+        .get("max_response_bytes")
+        .and_then(Value::as_u64)
+        .and_then(|cap| usize::try_from(cap).ok())
+}
+
 fn branch_map(settings: &Map<String, Value>) -> HashMap<i64, String> {
     settings
         .get("branch_map")

@@ -64,6 +64,17 @@ pub async fn enqueue(db: &Db, job: &Queued) -> Result<Option<String>, StorageErr
     ))
 }
 
+/// How many uploads (jobs reading an uploaded file) `tenant` has queued
+/// or running.
+pub async fn uploads_of(db: &Db, tenant: &str) -> Result<i64, StorageError> {
+    on_pool!(db, write, pool => Ok(sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM import_queue WHERE tenant_id = $1 AND upload_dir IS NOT NULL",
+    )
+    .bind(tenant)
+    .fetch_one(pool)
+    .await?))
+}
+
 /// Every queued job, oldest first.
 pub async fn queued(db: &Db) -> Result<Vec<Queued>, StorageError> {
     on_pool!(db, read, pool => sqlx::query(
@@ -86,6 +97,29 @@ pub async fn queued(db: &Db) -> Result<Vec<Queued>, StorageError> {
         })
     })
     .collect())
+}
+
+/// Counts one more start of `job_id`; answers the starts so far (this one
+/// included), `None` when the job is no longer queued.
+pub async fn count_start(db: &Db, job_id: &str) -> Result<Option<i64>, StorageError> {
+    on_pool!(db, write, pool => Ok(sqlx::query_scalar::<_, i64>(
+        "UPDATE import_queue SET starts = starts + 1 WHERE job_id = $1 RETURNING CAST(starts AS BIGINT)",
+    )
+    .bind(job_id)
+    .fetch_optional(pool)
+    .await?))
+}
+
+/// Takes back the start [`count_start`] counted: the run returned, so it
+/// did not end the process.
+pub async fn uncount_start(db: &Db, job_id: &str) -> Result<(), StorageError> {
+    on_pool!(db, write, pool => {
+        sqlx::query("UPDATE import_queue SET starts = starts - 1 WHERE job_id = $1 AND starts > 0")
+            .bind(job_id)
+            .execute(pool)
+            .await?;
+    });
+    Ok(())
 }
 
 /// Takes a finished job off the queue.

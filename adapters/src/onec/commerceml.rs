@@ -560,4 +560,68 @@ mod tests {
         );
         assert_eq!(c.products.len(), 5);
     }
+
+    /// `<Группа><Ид>g</Ид><Группы>` `depth` times inside a catalogue.
+    fn nested_groups(depth: usize) -> String {
+        format!(
+            "<КоммерческаяИнформация><Классификатор><Группы>{}{}</Группы></Классификатор></КоммерческаяИнформация>",
+            "<Группа><Ид>g</Ид><Группы>".repeat(depth),
+            "</Группы></Группа>".repeat(depth)
+        )
+    }
+
+    #[test]
+    fn nesting_past_the_cap_is_malformed_not_a_stack_overflow() {
+        // The security review's upload: 5,000 nested groups (~210 KB).
+        let deep = nested_groups(5_000);
+        match catalog(&deep, None, None) {
+            Err(SourceError::Malformed(why)) => {
+                assert!(why.contains("nested deeper than 64"), "{why}")
+            }
+            other => panic!("expected malformed, got {other:?}"),
+        }
+        // Half a million levels, unterminated: refused just the same.
+        let deeper = "<Группа><Группы>".repeat(500_000);
+        assert!(matches!(
+            catalog(&deeper, None, None),
+            Err(SourceError::Malformed(_))
+        ));
+        // Within the cap the groups are read, each the parent of the next.
+        let fine = catalog(&nested_groups(25), None, None).expect("25 levels parse");
+        assert_eq!(fine.folders.len(), 25);
+        assert_eq!(fine.folders[1].2.as_deref(), Some("g"));
+    }
+
+    proptest::proptest! {
+        /// Any mix of CommerceML elements, nested to any depth, with
+        /// random text: the reader answers (a catalogue or an error) and
+        /// never panics or overflows its stack.
+        #[test]
+        fn arbitrary_nesting_never_panics(
+            path in proptest::collection::vec(0usize..6, 0..400),
+            text in "[a-zA-Z0-9 <>&;#]{0,12}",
+            close in proptest::bool::ANY,
+        ) {
+            const NAMES: [&str; 6] = ["Группы", "Группа", "Ид", "Каталог", "Товары", "Товар"];
+            let mut xml = String::from("<КоммерческаяИнформация><Классификатор>");
+            for &i in &path {
+                xml.push('<');
+                xml.push_str(NAMES[i]);
+                xml.push('>');
+                xml.push_str(&text);
+            }
+            if close {
+                for &i in path.iter().rev() {
+                    xml.push_str("</");
+                    xml.push_str(NAMES[i]);
+                    xml.push('>');
+                }
+                xml.push_str("</Классификатор></КоммерческаяИнформация>");
+            }
+            let parsed = catalog(&xml, Some(&xml), None);
+            if path.len() + 2 > crate::onec::MAX_XML_DEPTH {
+                proptest::prop_assert!(parsed.is_err());
+            }
+        }
+    }
 }

@@ -76,6 +76,9 @@ pub enum SourceError {
     /// Not well-formed XML / JSON, truncated, or not the expected shape.
     #[error("1C sent a malformed answer: {0}")]
     Malformed(String),
+    /// An answer longer than the transport's cap (read no further).
+    #[error("1C's answer is larger than {0} bytes (settings.max_response_bytes)")]
+    TooLarge(usize),
 }
 
 /// How a client talks to 1C: timeouts and retries of transport errors.
@@ -86,7 +89,13 @@ pub struct Transport {
     pub attempts: u32,
     /// First back-off; doubles per attempt, with jitter.
     pub backoff: std::time::Duration,
+    /// The longest answer read; a longer one fails without being read
+    /// whole ([`SourceError::TooLarge`]).
+    pub max_response_bytes: usize,
 }
+
+/// The default cap of one remote answer: 64 MiB.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 impl Default for Transport {
     fn default() -> Self {
@@ -94,8 +103,45 @@ impl Default for Transport {
             timeout: std::time::Duration::from_secs(60),
             attempts: 4,
             backoff: std::time::Duration::from_millis(500),
+            max_response_bytes: MAX_RESPONSE_BYTES,
         }
     }
+}
+
+/// Reads `response`'s body, at most `cap` bytes: a longer one (by its
+/// `Content-Length`, or once more arrived) is refused without reading on.
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<Vec<u8>, CappedError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > cap as u64)
+    {
+        return Err(CappedError::TooLarge(cap));
+    }
+    // The chunks are kept as they came and joined once at the end: a
+    // growing buffer would hold about twice the cap in reallocations.
+    let (mut chunks, mut total) = (Vec::new(), 0usize);
+    while let Some(chunk) = response.chunk().await.map_err(CappedError::Read)? {
+        total += chunk.len();
+        if total > cap {
+            return Err(CappedError::TooLarge(cap));
+        }
+        chunks.push(chunk);
+    }
+    let mut body = Vec::with_capacity(total);
+    for chunk in chunks {
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Why [`read_capped`] gave up.
+#[derive(Debug)]
+pub enum CappedError {
+    TooLarge(usize),
+    Read(reqwest::Error),
 }
 
 // ---------------------------------------------------------------------------
@@ -311,6 +357,11 @@ enum Node<'a> {
 }
 
 /// A streaming XML reader that reports truncation and keeps one buffer.
+/// The deepest element nesting a 1C document may have; deeper is refused
+/// as malformed (readers recurse per level, so the cap also bounds the
+/// stack whatever the input).
+pub const MAX_XML_DEPTH: usize = 64;
+
 struct Xml<R> {
     reader: quick_xml::Reader<R>,
     buf: Vec<u8>,
@@ -346,6 +397,11 @@ impl<R: std::io::BufRead> Xml<R> {
         let bad = |e: &dyn std::fmt::Display| SourceError::Malformed(format!("{e} at byte {at}"));
         Ok(match event {
             Event::Start(ref e) | Event::Empty(ref e) => {
+                if self.depth >= MAX_XML_DEPTH {
+                    return Err(bad(&format!(
+                        "elements nested deeper than {MAX_XML_DEPTH} levels"
+                    )));
+                }
                 self.close_pending = matches!(event, Event::Empty(_));
                 self.depth += 1;
                 let name = std::str::from_utf8(e.local_name().into_inner()).map_err(|e| bad(&e))?;
@@ -471,31 +527,25 @@ async fn send(
         let error = match request().send().await {
             Ok(response) => {
                 let status = response.status();
-                match response.bytes().await {
-                    Ok(body) if status.is_success() => return Ok(body.to_vec()),
+                match read_capped(response, transport.max_response_bytes).await {
+                    Ok(body) if status.is_success() => return Ok(body),
                     Ok(body) => {
                         if let Some(fault) = fault(&body) {
                             return Err(fault);
                         }
-                        let detail: String = String::from_utf8_lossy(&body)
-                            .trim()
-                            .chars()
-                            .take(200)
-                            .collect();
-                        let detail = match detail.is_empty() {
-                            true => status.canonical_reason().unwrap_or_default().to_owned(),
-                            false => detail,
-                        };
+                        // The status names what failed; the body is the
+                        // remote's and is not echoed to callers.
                         let error = SourceError::Http {
                             status: status.as_u16(),
-                            detail,
+                            detail: status.canonical_reason().unwrap_or("error").to_owned(),
                         };
                         if !matches!(status.as_u16(), 500 | 502 | 503 | 504) {
                             return Err(error);
                         }
                         error
                     }
-                    Err(e) => request_error(e, transport),
+                    Err(CappedError::TooLarge(cap)) => return Err(SourceError::TooLarge(cap)),
+                    Err(CappedError::Read(e)) => request_error(e, transport),
                 }
             }
             Err(e) if e.is_builder() => return Err(request_error(e, transport)),

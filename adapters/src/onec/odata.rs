@@ -354,6 +354,7 @@ mod tests {
                 timeout: Duration::from_secs(5),
                 attempts: 3,
                 backoff: Duration::from_millis(1),
+                ..Transport::default()
             }
         }
 

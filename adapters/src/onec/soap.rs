@@ -489,6 +489,7 @@ mod tests {
                 timeout: Duration::from_millis(timeout_ms),
                 attempts: 3,
                 backoff: Duration::from_millis(1),
+                ..Transport::default()
             }
         }
 
@@ -600,6 +601,45 @@ mod tests {
                 panic!("{result:?}")
             };
             assert!(!message.contains("s3cret"));
+        }
+    }
+
+    #[test]
+    fn deep_nesting_in_an_answer_is_malformed() {
+        let deep = wrap(&format!(
+            "{}{}",
+            "<Product><Parent>".repeat(10_000),
+            "</Parent></Product>".repeat(10_000)
+        ));
+        assert!(matches!(
+            parse_products(deep.as_bytes()),
+            Err(SourceError::Malformed(why)) if why.contains("nested deeper")
+        ));
+        assert!(matches!(
+            parse_clients(deep.as_bytes()),
+            Err(SourceError::Malformed(_))
+        ));
+    }
+
+    proptest::proptest! {
+        /// Random element soup inside a SOAP answer, at any depth, never
+        /// panics either reader.
+        #[test]
+        fn arbitrary_answers_never_panic(
+            path in proptest::collection::vec(0usize..5, 0..300),
+            text in "[a-zA-Z0-9 \\[\\]{}\":,<>&;]{0,16}",
+        ) {
+            const NAMES: [&str; 5] = ["Product", "Client", "GUID", "return", "Price"];
+            let mut inner = String::new();
+            for &i in &path {
+                inner.push_str(&format!("<{}>{text}", NAMES[i]));
+            }
+            for &i in path.iter().rev() {
+                inner.push_str(&format!("</{}>", NAMES[i]));
+            }
+            let xml = wrap(&inner);
+            let _ = parse_products(xml.as_bytes());
+            let _ = parse_clients(xml.as_bytes());
         }
     }
 }

@@ -98,11 +98,25 @@ pub async fn create_key(
     if request.expires_at.is_some_and(|at| at <= Utc::now()) {
         return Err(ApiError::validation("expires_at: must be in the future"));
     }
+    // A minted key gets at most the limit of the credential minting it.
+    let rate_limit = request
+        .rate_limit
+        .unwrap_or(auth::DEFAULT_RATE_LIMIT)
+        .min(principal.rate_limit);
+    if request
+        .rate_limit
+        .is_some_and(|asked| asked > principal.rate_limit)
+    {
+        return Err(ApiError::validation(format!(
+            "rate_limit: at most {} (the limit of the credential creating the key)",
+            principal.rate_limit
+        )));
+    }
     let created = auth::create_api_key(
         &state.db,
         principal.tenant.as_str(),
         scopes,
-        request.rate_limit,
+        Some(rate_limit),
         request.expires_at,
         request.name.as_deref(),
     )

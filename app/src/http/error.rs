@@ -101,6 +101,18 @@ impl From<StorageError> for ApiError {
     }
 }
 
+impl From<karvon_adapters::integrations::RegistryError> for ApiError {
+    fn from(error: karvon_adapters::integrations::RegistryError) -> Self {
+        use karvon_adapters::integrations::RegistryError;
+        match error {
+            RegistryError::Storage(error) => error.into(),
+            taken @ RegistryError::TopicTaken { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "mqtt_topic_taken", taken.to_string())
+            }
+        }
+    }
+}
+
 impl From<ProductError> for ApiError {
     fn from(error: ProductError) -> Self {
         let message = error.to_string();

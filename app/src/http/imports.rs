@@ -288,6 +288,7 @@ pub struct UploadParams {
         (status = 202, description = "Stored and started", body = inline(Envelope<TaskStarted>)),
         (status = 400, description = "No `import` part, or an unknown part", body = ErrorBody),
         (status = 404, description = "No such integration", body = ErrorBody),
+        (status = 429, description = "The tenant has 2 uploads queued or running", body = ErrorBody),
         CommandErrors),
     security(("bearer" = [])))]
 pub async fn upload_commerceml(
@@ -299,6 +300,22 @@ pub async fn upload_commerceml(
     let integration = match &params.integration {
         Some(id) => Some(one_c_integration(&state, &principal, id).await?.0),
         None => None,
+    };
+    let Some(_reservation) = state
+        .imports
+        .reserve_upload(principal.tenant.as_str())
+        .await?
+    else {
+        let mut busy = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "this tenant has {} uploads queued or running; retry when one has finished",
+                karvon_adapters::imports::MAX_UPLOADS_PER_TENANT
+            ),
+        );
+        busy.retry_after = Some(30);
+        return Err(busy);
     };
     let mut job = queued(
         &principal,

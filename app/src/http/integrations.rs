@@ -73,7 +73,7 @@ pub struct IntegrationList {
     request_body = CreateIntegration,
     responses(
         (status = 201, description = "Registered", body = inline(Envelope<IntegrationCreated>)),
-        (status = 409, description = "Secrets given but the server has no KARVON_SECRETS_KEY", body = ErrorBody),
+        (status = 409, description = "Secrets given but the server has no KARVON_SECRETS_KEY (`secrets_key_missing`), or the MQTT broker and topic prefix overlap another tenant's (`mqtt_topic_taken`)", body = ErrorBody),
         CommandErrors),
     security(("bearer" = [])))]
 pub async fn create_integration(
@@ -195,7 +195,7 @@ impl fmt::Debug for UpdateIntegration {
     responses(
         (status = 200, description = "Replaced; the integration as listed (secret names only)", body = inline(Envelope<IntegrationView>)),
         (status = 404, description = "No such integration of the caller's tenant", body = ErrorBody),
-        (status = 409, description = "Secrets given but the server has no KARVON_SECRETS_KEY", body = ErrorBody),
+        (status = 409, description = "Secrets given but the server has no KARVON_SECRETS_KEY (`secrets_key_missing`), or the MQTT broker and topic prefix overlap another tenant's (`mqtt_topic_taken`)", body = ErrorBody),
         CommandErrors),
     security(("bearer" = [])))]
 pub async fn update_integration(
@@ -231,7 +231,17 @@ pub async fn update_integration(
             None,
         ),
     };
-    if !store::update(&state.db, tenant, id, name, &settings, sealed.as_ref()).await? {
+    if !store::update(
+        &state.db,
+        tenant,
+        id,
+        &current.kind,
+        name,
+        &settings,
+        sealed.as_ref(),
+    )
+    .await?
+    {
         return Err(no_such());
     }
     tracing::info!(integration = %id, kind = %current.kind, tenant, secrets_replaced = sealed.is_some(), "integration replaced");

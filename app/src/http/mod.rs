@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, StatusCode, header};
+use axum::http::{HeaderName, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use karvon_adapters::db::Db;
@@ -69,6 +69,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
+pub use stream::StreamHub;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -107,6 +108,10 @@ pub struct AppState {
     pub imports: Arc<karvon_adapters::imports::Imports>,
     /// Where uploaded files wait for their import job.
     pub uploads_dir: std::path::PathBuf,
+    /// `KARVON_TRUSTED_PROXIES`: peers whose forwarded client address counts.
+    pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+    /// The live event streams' one feed reader and their bounds.
+    pub streams: Arc<stream::StreamHub>,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +162,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
             settings.request_timeout,
         ))
         .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn(refuse_unknown_methods))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
                 let matched = request
@@ -220,16 +226,60 @@ async fn envelope_for_bare_errors(request: Request, next: Next) -> Response {
     replaced
 }
 
+/// The methods the API knows; anything else a client invents is answered
+/// 405 before a metric, a span or a route sees it.
+const KNOWN_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
+async fn refuse_unknown_methods(request: Request, next: Next) -> Response {
+    if KNOWN_METHODS.contains(request.method()) {
+        return next.run(request).await;
+    }
+    let mut refused = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed",
+    )
+    .into_response();
+    refused.headers_mut().insert(
+        header::ALLOW,
+        header::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+    );
+    refused
+}
+
+/// The `method` label: one of [`KNOWN_METHODS`] or `other` (a fixed set,
+/// whatever clients send).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 async fn record_metrics(request: Request, next: Next) -> Response {
     let path = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::histogram!("karvon_http_request_duration_seconds", "method" => method.clone(), "path" => path.clone(), "status" => status.clone())
+    let status = response.status().as_str().to_string();
+    metrics::histogram!("karvon_http_request_duration_seconds", "method" => method, "path" => path.clone(), "status" => status.clone())
         .record(started.elapsed().as_secs_f64());
     metrics::counter!("karvon_http_requests_total", "method" => method, "path" => path, "status" => status).increment(1);
     response

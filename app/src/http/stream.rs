@@ -5,10 +5,23 @@
 //! token>`; a client that reconnects with `Last-Event-ID` resumes after
 //! it. Driven by the settled feed, so it works with any number of API
 //! instances; a comment heartbeat goes out every 15 s.
+//!
+//! One reader per instance ([`StreamHub`]) follows the settled feed of
+//! every tenant and fans each batch out over a broadcast channel; a stream
+//! reads the feed itself only to catch up (from `Last-Event-ID`, or after
+//! falling behind the channel), then takes its tenant's events from the
+//! channel. Streams are bounded: [`PER_KEY`] per credential, [`PER_TENANT`]
+//! per tenant, together at most half of the connection limit (so health
+//! checks and ordinary requests are always served; more answer 429), and
+//! each ends after its lifetime (clients resume with `Last-Event-ID`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use karvon_adapters::db::Db;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -35,8 +48,156 @@ pub fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
 
 /// How often the feed is looked at for new events.
 const POLL: Duration = Duration::from_millis(200);
+/// How often an idle hub (no stream open) notes where the feed stands.
+const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Events read per look.
 const BATCH: i64 = 500;
+/// Open streams per credential (API key or user) at most.
+pub const PER_KEY: usize = 4;
+/// Open streams per tenant at most.
+pub const PER_TENANT: usize = 16;
+/// Events the broadcast channel holds for a slow stream before it has to
+/// catch up from the store.
+const CHANNEL: usize = 4096;
+
+/// The instance's one feed reader for every live stream, with the counts
+/// that bound them.
+pub struct StreamHub {
+    events: broadcast::Sender<Arc<FeedEvent>>,
+    /// Stream slots: half of the connection limit.
+    slots: Arc<Semaphore>,
+    /// Open streams per `key:<actor>` and per `tenant:<id>`.
+    open: Mutex<HashMap<String, usize>>,
+    /// How long one stream stays open.
+    pub lifetime: Duration,
+}
+
+impl StreamHub {
+    /// A hub whose streams use at most `slots` connections; starts its
+    /// reader on the current runtime (it stops when the hub is dropped).
+    pub fn start(db: Db, slots: usize, lifetime: Duration) -> Arc<Self> {
+        let (events, _) = broadcast::channel(CHANNEL);
+        let hub = Arc::new(Self {
+            events,
+            slots: Arc::new(Semaphore::new(slots.max(1))),
+            open: Mutex::default(),
+            lifetime,
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(read_feed(db, Arc::downgrade(&hub)));
+        }
+        hub
+    }
+
+    /// A place for one more stream of `actor` in `tenant`, or 429.
+    fn admit(self: &Arc<Self>, actor: &str, tenant: &str) -> Result<Admitted, ApiError> {
+        let busy = |why: &str| {
+            let mut error = ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("{why}; close one or retry later"),
+            );
+            error.retry_after = Some(5);
+            error
+        };
+        let (key, tenant) = (format!("key:{actor}"), format!("tenant:{tenant}"));
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if open.get(&key).copied().unwrap_or(0) >= PER_KEY {
+            return Err(busy(&format!("this credential has {PER_KEY} streams open")));
+        }
+        if open.get(&tenant).copied().unwrap_or(0) >= PER_TENANT {
+            return Err(busy(&format!("this tenant has {PER_TENANT} streams open")));
+        }
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return Err(busy("the server has as many streams open as it serves"));
+        };
+        *open.entry(key.clone()).or_default() += 1;
+        *open.entry(tenant.clone()).or_default() += 1;
+        Ok(Admitted {
+            hub: self.clone(),
+            subjects: [key, tenant],
+            _slot: slot,
+        })
+    }
+}
+
+/// A stream's place; gives it back when the stream ends.
+struct Admitted {
+    hub: Arc<StreamHub>,
+    subjects: [String; 2],
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self
+            .hub
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for subject in &self.subjects {
+            if let Some(count) = open.get_mut(subject) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(subject);
+                }
+            }
+        }
+    }
+}
+
+/// The hub's reader: while streams are open, sends every settled event
+/// (all tenants, feed order) to the channel; while none is, only notes
+/// where the feed stands — read before looking for streams, so a stream
+/// that opens meanwhile catches up past it by itself.
+async fn read_feed(db: Db, hub: std::sync::Weak<StreamHub>) {
+    let mut after = loop {
+        match audit::head(&db).await {
+            Ok(head) => break head,
+            Err(error) => {
+                tracing::warn!(%error, "the stream hub could not read the feed's head");
+                tokio::time::sleep(POLL * 5).await;
+            }
+        }
+    };
+    loop {
+        let Some(events) = hub.upgrade().map(|hub| hub.events.clone()) else {
+            return;
+        };
+        if events.receiver_count() == 0 {
+            match audit::head(&db).await {
+                Ok(head) if events.receiver_count() == 0 => after = head,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "the stream hub could not read the feed's head")
+                }
+            }
+            drop(events);
+            tokio::time::sleep(IDLE_POLL).await;
+            continue;
+        }
+        match audit::settled_feed(&db, after, BATCH).await {
+            Ok(batch) if !batch.is_empty() => {
+                for event in batch {
+                    after = event.position;
+                    let _ = events.send(Arc::new(event));
+                }
+            }
+            Ok(_) => {
+                drop(events);
+                tokio::time::sleep(POLL).await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the stream hub could not read the feed");
+                drop(events);
+                tokio::time::sleep(POLL * 5).await;
+            }
+        }
+    }
+}
 
 #[utoipa::path(get, path = "/api/v1/stream", tag = "stream",
     summary = "Server-Sent Events: alerts, meter readings and events of the caller's tenant",
@@ -63,14 +224,25 @@ pub async fn stream(
         },
         None => audit::head(&state.db).await?,
     };
+    let admitted = state
+        .streams
+        .admit(&principal.actor, principal.tenant.as_str())?;
+    let deadline = tokio::time::Instant::now() + state.streams.lifetime;
     let follower = Follower {
+        live: state.streams.events.subscribe(),
+        catching_up: true,
         state,
         tenant: principal.tenant.to_string(),
         after,
         ready: VecDeque::new(),
+        _admitted: admitted,
     };
-    let events = futures::stream::unfold(follower, |mut follower| async move {
-        let event = follower.next().await;
+    let events = futures::stream::unfold(follower, move |mut follower| async move {
+        // The stream ends at its deadline; the client resumes with
+        // Last-Event-ID.
+        let event = tokio::time::timeout_at(deadline, follower.next())
+            .await
+            .ok()?;
         Some((Ok(event), follower))
     });
     Ok(Sse::new(events).keep_alive(
@@ -83,8 +255,16 @@ pub async fn stream(
 struct Follower {
     state: AppState,
     tenant: String,
+    /// The last event sent (or the start).
     after: Position,
     ready: VecDeque<Event>,
+    /// The hub's channel, subscribed before the first catch-up read, so
+    /// every event is either read while catching up or received here.
+    live: broadcast::Receiver<Arc<FeedEvent>>,
+    /// Reading the store until it has nothing newer (at the start, and
+    /// after falling behind the channel).
+    catching_up: bool,
+    _admitted: Admitted,
 }
 
 impl Follower {
@@ -94,18 +274,37 @@ impl Follower {
             if let Some(event) = self.ready.pop_front() {
                 return event;
             }
-            match audit::tenant_feed(&self.state.db, &self.tenant, self.after, BATCH).await {
-                Ok(events) if !events.is_empty() => {
-                    for event in events {
+            if self.catching_up {
+                match audit::tenant_feed(&self.state.db, &self.tenant, self.after, BATCH).await {
+                    Ok(events) if !events.is_empty() => {
+                        for event in events {
+                            self.after = event.position;
+                            let sse = self.render(&event).await;
+                            self.ready.push_back(sse);
+                        }
+                    }
+                    Ok(_) => self.catching_up = false,
+                    Err(error) => {
+                        tracing::warn!(%error, "the event stream could not read the feed");
+                        tokio::time::sleep(POLL * 5).await;
+                    }
+                }
+                continue;
+            }
+            match self.live.recv().await {
+                Ok(event) => {
+                    // Feed order: what catching up already sent is skipped.
+                    if event.position > self.after && event.metadata.tenant_id == self.tenant {
                         self.after = event.position;
                         let sse = self.render(&event).await;
                         self.ready.push_back(sse);
                     }
                 }
-                Ok(_) => tokio::time::sleep(POLL).await,
-                Err(error) => {
-                    tracing::warn!(%error, "the event stream could not read the feed");
-                    tokio::time::sleep(POLL * 5).await;
+                Err(broadcast::error::RecvError::Lagged(_)) => self.catching_up = true,
+                Err(broadcast::error::RecvError::Closed) => {
+                    // The hub is gone (shutting down): read the store.
+                    self.catching_up = true;
+                    tokio::time::sleep(POLL).await;
                 }
             }
         }

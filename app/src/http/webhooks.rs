@@ -267,6 +267,7 @@ pub(super) fn webhook_context<'a>(
             time_zone: chrono_tz::UTC,
             actor: format!("integration:{}", integration.id),
             scopes: Vec::new(),
+            rate_limit: crate::auth::DEFAULT_RATE_LIMIT,
         };
         let mut command_headers = HeaderMap::new();
         let key = format!("webhook:{}:{webhook_id}", integration.id);

@@ -355,7 +355,21 @@ async fn login_tokens_work_and_forged_or_stale_ones_do_not(backend: Backend) {
     );
 
     let now = chrono::Utc::now().timestamp();
-    let claims = |iss: &str, aud: &str, exp: i64| json!({"sub": "dilnoza", "tenant": "default", "scopes": ["admin"], "iss": iss, "aud": aud, "iat": now, "exp": exp});
+    // A real token's user version (it ties a token to the user's current
+    // password): forged claims carry it, so only what is forged differs.
+    let issued: Value = {
+        use base64::Engine;
+        let payload = token.split('.').nth(1).expect("payload");
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .expect("base64"),
+        )
+        .expect("claims")
+    };
+    let ver = issued["ver"].clone();
+    assert!(ver.as_str().is_some_and(|ver| !ver.is_empty()), "{issued}");
+    let claims = |iss: &str, aud: &str, exp: i64| json!({"sub": "dilnoza", "tenant": "default", "scopes": ["admin"], "ver": ver, "iss": iss, "aud": aud, "iat": now, "exp": exp});
     let forged = [
         (
             "alg none",
@@ -411,6 +425,18 @@ async fn login_tokens_work_and_forged_or_stale_ones_do_not(backend: Backend) {
         call(plain.get(&url).bearer_auth(&control)).await.0,
         StatusCode::OK,
         "the forging itself is broken"
+    );
+    // The scopes come from the user record, not from the token's claims.
+    assert_refused(
+        &call(
+            plain
+                .post(app.url("/api/v1/stock/receipts"))
+                .bearer_auth(&control)
+                .json(&receipt),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
     );
     app.stop().await.expect("stop");
 }

@@ -640,3 +640,259 @@ async fn kill_9_mid_import_finishes_with_the_same_state(backend: Backend) {
     assert_eq!(distinct, n);
     store.close().await;
 }
+
+// ---------------------------------------------------------------------------
+// Bounds: no upload or answer of one tenant stops the process or fills
+// its memory (security review, 2026-12-07)
+
+/// `<Группа><Ид>g</Ид><Группы>` nested `depth` times: the review's upload
+/// that overflowed the stack and aborted the process.
+fn nested_catalogue(depth: usize) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><КоммерческаяИнформация><Классификатор><Группы>{}{}</Группы></Классификатор></КоммерческаяИнформация>",
+        "<Группа><Ид>g</Ид><Группы>".repeat(depth),
+        "</Группы></Группа>".repeat(depth)
+    )
+}
+
+fn upload_form(import: String) -> reqwest::multipart::Form {
+    reqwest::multipart::Form::new().part(
+        "import",
+        reqwest::multipart::Part::bytes(import.into_bytes()).file_name("import.xml"),
+    )
+}
+
+async fn a_deeply_nested_upload_fails_its_job_and_the_server_stays_up(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let mut server = KarvonProcess::start(&db, &secret_env(backend)).await;
+    let nested = nested_catalogue(5_000);
+    assert!(nested.len() > 200_000, "the review's ~210 KB upload");
+    let response = server
+        .client
+        .post(format!(
+            "{}/api/v1/integration/import/commerceml",
+            server.address
+        ))
+        .multipart(upload_form(nested))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body: Value = response.json().await.expect("json");
+    let task = body["data"]["task_id"].as_str().expect("task").to_string();
+    let done = finished(&server.client, &server.address, &task).await;
+    assert_eq!(done["status"], "error", "{done}");
+    let message = done["message"].as_str().unwrap_or_default();
+    assert!(message.contains("nested deeper than 64"), "{done}");
+    // Still serving, and still serving after a restart: nothing queued
+    // takes it down again.
+    let health = server
+        .client
+        .get(format!("{}/health", server.address))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), StatusCode::OK);
+    server.kill();
+    let server = KarvonProcess::start(&db, &secret_env(backend)).await;
+    let again = finished(&server.client, &server.address, &task).await;
+    assert_eq!(again["status"], "error", "{again}");
+    let products = server
+        .client
+        .get(format!("{}/api/v1/products", server.address))
+        .send()
+        .await
+        .expect("products");
+    assert_eq!(products.status(), StatusCode::OK);
+}
+
+/// Queues an upload on an API-only instance (no worker takes it).
+async fn queued_upload(db: &TestDb, import: &str) -> String {
+    let api = spawn_app_with(test_config(db), karvon_app::Role::Api)
+        .await
+        .expect("api");
+    let (status, body) = api
+        .send(
+            api.client
+                .post(api.url("/api/v1/integration/import/commerceml"))
+                .multipart(upload_form(import.to_string())),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    api.stop().await.expect("stop");
+    body["data"]["task_id"].as_str().expect("task").to_string()
+}
+
+async fn a_job_whose_runs_ended_the_process_three_times_fails(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let doomed = queued_upload(&db, IMPORT_XML).await;
+    let store = db.db().await.expect("store");
+    // As if three runs had each ended the process: counted, never taken back.
+    karvon_tests::execute(
+        &store,
+        &format!("UPDATE import_queue SET starts = 3 WHERE job_id = '{doomed}'"),
+    )
+    .await
+    .expect("count the starts");
+    let app = spawn_app_with(test_config(&db), karvon_app::Role::All)
+        .await
+        .expect("app");
+    let done = job_done(&app, &doomed).await;
+    assert_eq!(done["status"], "error", "{done}");
+    assert!(
+        done["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("started 3 times")),
+        "{done}"
+    );
+    assert_eq!(product_events(&store).await, 0, "the job never ran again");
+    app.stop().await.expect("stop");
+    // Two such runs leave it a third: it runs and completes.
+    let survivor = queued_upload(&db, IMPORT_XML).await;
+    karvon_tests::execute(
+        &store,
+        &format!("UPDATE import_queue SET starts = 2 WHERE job_id = '{survivor}'"),
+    )
+    .await
+    .expect("count the starts");
+    let app = spawn_app_with(test_config(&db), karvon_app::Role::All)
+        .await
+        .expect("app");
+    let done = job_done(&app, &survivor).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    app.stop().await.expect("stop");
+}
+
+async fn uploads_are_limited_per_tenant_and_kept_private(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    // API only: nothing runs the jobs, so the uploads stay queued.
+    let api = spawn_app_with(test_config(&db), karvon_app::Role::Api)
+        .await
+        .expect("api");
+    let upload = |client: &reqwest::Client| {
+        client
+            .post(api.url("/api/v1/integration/import/commerceml"))
+            .multipart(upload_form(IMPORT_XML.to_string()))
+    };
+    for n in 1..=2 {
+        let (status, body) = api.send(upload(&api.client)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "upload {n}: {body}");
+    }
+    let refused = upload(&api.client).send().await.expect("third");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(body["error"], "rate_limited", "{body}");
+    // Another tenant is not held up by this one's uploads.
+    karvon_adapters::auth_store::create_tenant(&api.db, "other", "UTC")
+        .await
+        .expect("tenant");
+    let other = karvon_tests::authorized_client(
+        &karvon_app::auth::create_api_key(&api.db, "other", vec!["write".into()], None, None, None)
+            .await
+            .expect("key")
+            .key,
+    )
+    .expect("client");
+    let (status, body) = api.send(upload(&other)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // Waiting uploads are readable by Karvon's user only.
+    let dir = db.uploads_dir().expect("uploads dir");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&dir)
+        .expect("uploads dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+    api.stop().await.expect("stop");
+}
+
+/// The peak resident memory of process `pid` (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .expect("VmHWM")
+        * 1024
+}
+
+async fn a_300_mb_answer_fails_its_job_without_being_read_whole(backend: Backend) {
+    // A 1C that answers 300 MB of one SOAP envelope, streamed (no length).
+    async fn huge() -> Response {
+        let chunk = axum::body::Bytes::from(vec![b'x'; 1 << 20]);
+        let head = axum::body::Bytes::from_static(
+            b"<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body><m:R xmlns:m=\"urn:x\"><m:return>",
+        );
+        let body = futures::stream::iter(
+            std::iter::once(head)
+                .chain(std::iter::repeat_n(chunk, 300))
+                .map(Ok::<_, std::io::Error>),
+        );
+        (
+            [("content-type", "text/xml; charset=utf-8")],
+            axum::body::Body::from_stream(body),
+        )
+            .into_response()
+    }
+    let fake = Router::new().route("/trade/ws/exchange.1cws", post(huge));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}/trade", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, fake).await });
+
+    let db = TestDb::create_on(backend).await.expect("db");
+    let server = KarvonProcess::start(&db, &secret_env(backend)).await;
+    let (status, body) = server
+        .post(
+            "/api/v1/integrations",
+            json!({"kind": "1c_soap", "name": "1C", "settings": soap_settings(&base, json!({})),
+                   "secrets": {"username": "u", "password": "p"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["data"]["id"].as_str().expect("id").to_string();
+    let before = peak_rss(server.child.id());
+    let (status, body) = server
+        .post(
+            &format!("/api/v1/integration/sync/nomenklatura/{id}/"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let task = body["data"]["task_id"].as_str().expect("task").to_string();
+    let done = finished(&server.client, &server.address, &task).await;
+    let after = peak_rss(server.child.id());
+    println!(
+        "300 MB answer: peak RSS {} MB before, {} MB after",
+        before >> 20,
+        after >> 20
+    );
+    assert_eq!(done["status"], "error", "{done}");
+    assert!(
+        done["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("larger than 67108864 bytes")),
+        "{done}"
+    );
+    assert!(
+        after.saturating_sub(before) < 100 << 20,
+        "peak RSS grew {} MB",
+        (after - before) >> 20
+    );
+}
+
+on_both_backends!(
+    a_deeply_nested_upload_fails_its_job_and_the_server_stays_up,
+    a_job_whose_runs_ended_the_process_three_times_fails,
+    uploads_are_limited_per_tenant_and_kept_private,
+    a_300_mb_answer_fails_its_job_without_being_read_whole,
+);
