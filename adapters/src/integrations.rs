@@ -635,7 +635,9 @@ pub fn verify_signature(
         .trim()
         .parse()
         .map_err(|_| SignatureError::BadTimestamp)?;
-    if (now - at).abs() > TIMESTAMP_TOLERANCE_SECS {
+    // Checked: a timestamp near i64::MIN or MAX must not wrap into "fresh".
+    let off = now.checked_sub(at).and_then(i64::checked_abs);
+    if off.is_none_or(|off| off > TIMESTAMP_TOLERANCE_SECS) {
         return Err(SignatureError::Stale);
     }
     let given: Vec<Vec<u8>> = signatures
@@ -1212,8 +1214,33 @@ mod tests {
             Err(SignatureError::Stale)
         );
         assert_eq!(
-            verify_signature(&[secret], id, "soon", signature, body, now),
+            verify_signature(
+                std::slice::from_ref(&secret),
+                id,
+                "soon",
+                signature,
+                body,
+                now
+            ),
             Err(SignatureError::BadTimestamp)
+        );
+        // Extreme timestamps are stale, not wrapped around into fresh.
+        for extreme in [i64::MIN.to_string(), i64::MAX.to_string()] {
+            assert_eq!(
+                verify_signature(
+                    std::slice::from_ref(&secret),
+                    id,
+                    &extreme,
+                    signature,
+                    body,
+                    now
+                ),
+                Err(SignatureError::Stale)
+            );
+        }
+        assert_eq!(
+            verify_signature(&[secret], id, "1", signature, body, i64::MIN),
+            Err(SignatureError::Stale)
         );
     }
 

@@ -817,6 +817,25 @@ impl Authenticator {
         Ok(principal)
     }
 
+    /// Refuses a peer already over its limit of failed attempts (for a
+    /// check that costs work, such as a webhook's shared secret).
+    pub fn refuse_failing_peer(&self, peer: &str) -> Result<(), AuthFailure> {
+        match self.limits.over(&peer_subject(peer), DEFAULT_RATE_LIMIT) {
+            Some(retry_after) => Err(AuthFailure::RateLimited { retry_after }),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a failed attempt of `peer` (a wrong shared secret); refused
+    /// 429 when that takes it over its limit.
+    pub fn count_failed_attempt(&self, peer: &str) -> Result<(), AuthFailure> {
+        self.limits.admit(&[Charge {
+            subject: &peer_subject(peer),
+            key_id: None,
+            limit: DEFAULT_RATE_LIMIT,
+        }])
+    }
+
     /// Exchanges a username and password for a login token. Every attempt
     /// is counted against `peer` first; a username with
     /// [`LOGIN_FAILURES`] failed logins in its window answers 429 until the

@@ -61,6 +61,8 @@ pub struct Application {
     wakeup_stop: watch::Sender<bool>,
     /// Import jobs: started by the API, run by the workers.
     imports: Arc<Imports>,
+    /// The live event streams (ended at shutdown).
+    streams: Arc<http::StreamHub>,
 }
 
 impl Application {
@@ -96,6 +98,12 @@ impl Application {
             sales.clone(),
             secrets_key.clone(),
         ));
+        // Streams hold their connection: at most half of them.
+        let streams = http::StreamHub::start(
+            db.clone(),
+            config.max_connections.max(2) / 2,
+            Duration::from_secs(config.stream_lifetime_secs.max(1)),
+        );
         let state = http::AppState {
             db: db.clone(),
             wakeup: wakeup.clone(),
@@ -131,12 +139,7 @@ impl Application {
                 dir
             },
             trusted_proxies: Arc::new(config.trusted_proxy_ranges()?),
-            // Streams hold their connection: at most half of them.
-            streams: http::StreamHub::start(
-                db.clone(),
-                config.max_connections.max(2) / 2,
-                Duration::from_secs(config.stream_lifetime_secs.max(1)),
-            ),
+            streams: streams.clone(),
         };
         let settings = http::HttpSettings {
             max_upload_bytes: config.max_upload_bytes,
@@ -161,6 +164,7 @@ impl Application {
             wakeup,
             wakeup_stop,
             imports,
+            streams,
         })
     }
 
@@ -222,6 +226,9 @@ impl Application {
         shutdown.await;
         tracing::info!("shutting down: finishing requests and batches in hand");
         let _ = stop_tx.send(true);
+        // Event streams never finish by themselves: end them, so the
+        // graceful shutdown does not wait for their lifetime.
+        self.streams.close();
         for worker in workers {
             let _ = worker.await;
         }

@@ -1042,6 +1042,12 @@ impl TestCa {
             "-extfile",
             "server.ext",
         ])?;
+        // Mosquitto started as root reads its files as user `mosquitto`.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )?;
         Ok(Self { dir })
     }
 

@@ -94,7 +94,19 @@ pub struct Imports {
     retry_at: Mutex<HashMap<String, std::time::Instant>>,
     /// Uploads being received per tenant (not yet queued).
     receiving: Mutex<HashMap<String, usize>>,
+    /// Webhook cheque fetches per integration: its slots and the cheques
+    /// waiting or in flight.
+    cheques: Mutex<HashMap<String, ChequeFetches>>,
 }
+
+/// One integration's webhook cheque fetches: its slots, and the cheques
+/// waiting or in flight.
+type ChequeFetches = (Arc<Semaphore>, HashSet<String>);
+
+/// Webhook cheque fetches running at once per REGOS integration.
+const CHEQUE_FETCHES: usize = 2;
+/// Webhook cheques waiting per REGOS integration at most.
+const CHEQUES_WAITING: usize = 1_000;
 
 /// Queued or running uploads a tenant may have at once.
 pub const MAX_UPLOADS_PER_TENANT: i64 = 2;
@@ -189,6 +201,7 @@ impl Imports {
             running: Mutex::default(),
             retry_at: Mutex::default(),
             receiving: Mutex::default(),
+            cheques: Mutex::default(),
         }
     }
 
@@ -991,6 +1004,64 @@ impl Imports {
             pace,
         )
         .map_err(|error| error.to_string())
+    }
+
+    /// Fetches and records cheque `uuid` in the background: once per
+    /// cheque in flight, at most [`CHEQUE_FETCHES`] at a time per
+    /// integration, at most [`CHEQUES_WAITING`] waiting (beyond, the daily
+    /// sync records it).
+    pub fn fetch_cheque_later(self: &Arc<Self>, tenant_id: &str, integration_id: &str, uuid: &str) {
+        let slots = {
+            let mut fetching = self
+                .cheques
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (slots, waiting) = fetching
+                .entry(integration_id.to_string())
+                .or_insert_with(|| (Arc::new(Semaphore::new(CHEQUE_FETCHES)), HashSet::new()));
+            if waiting.contains(uuid) {
+                return;
+            }
+            if waiting.len() >= CHEQUES_WAITING {
+                tracing::warn!(
+                    integration = integration_id,
+                    uuid,
+                    "too many cheques waiting; the daily sync records this one"
+                );
+                return;
+            }
+            waiting.insert(uuid.to_string());
+            slots.clone()
+        };
+        let (imports, tenant, integration, uuid) = (
+            self.clone(),
+            tenant_id.to_string(),
+            integration_id.to_string(),
+            uuid.to_string(),
+        );
+        tokio::spawn(async move {
+            if let Ok(_slot) = slots.acquire().await {
+                if let Err(why) = imports.sync_cheque(&tenant, &integration, &uuid).await {
+                    // The daily sync picks the cheque up later.
+                    tracing::warn!(
+                        integration,
+                        uuid,
+                        why,
+                        "recording a webhook's cheque failed"
+                    );
+                }
+            }
+            let mut fetching = imports
+                .cheques
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((_, waiting)) = fetching.get_mut(&integration) {
+                waiting.remove(&uuid);
+                if waiting.is_empty() {
+                    fetching.remove(&integration);
+                }
+            }
+        });
     }
 
     /// Fetches one cheque (a `DocChequeClosed` webhook) and records its

@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::AppState;
-use super::access::WriteAccess;
+use super::access::{Peer, WriteAccess};
 use super::envelope::{Envelope, ok};
 use super::error::{ApiError, CommandErrors, ErrorBody};
 use super::imports::{Accepted, queued, start};
@@ -108,12 +108,17 @@ pub struct WebhookAck {
         (status = 200, description = "Acknowledged (the cheque is fetched in the background)", body = inline(Envelope<WebhookAck>)),
         (status = 400, description = "Not a HandleWebhook envelope", body = ErrorBody),
         (status = 401, description = "Wrong connected_integration_id", body = ErrorBody),
-        (status = 404, description = "No such REGOS integration", body = ErrorBody)))]
+        (status = 404, description = "No such REGOS integration", body = ErrorBody),
+        (status = 429, description = "Too many wrong connected_integration_id from this address", body = ErrorBody)))]
 pub async fn regos_webhook(
     State(state): State<AppState>,
+    Peer(peer): Peer,
     Path(integration_id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Envelope<WebhookAck>>, ApiError> {
+    // A peer guessing connected_integration_id is throttled like failed
+    // logins: over its limit it is refused before anything is read.
+    state.auth.refuse_failing_peer(&peer)?;
     let missing = || ApiError::not_found(format!("no REGOS integration {integration_id}"));
     let id = Uuid::parse_str(&integration_id).map_err(|_| missing())?;
     let integration = registry::get(&state.db, id)
@@ -129,6 +134,7 @@ pub async fn regos_webhook(
         .as_str()
         .unwrap_or_default();
     if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(given.as_bytes())) {
+        state.auth.count_failed_attempt(&peer)?;
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -154,20 +160,11 @@ pub async fn regos_webhook(
     };
     registry::record_delivery(&state.db, id, event_id).await?;
     if let Some(uuid) = cheque {
-        let imports = state.imports.clone();
-        let tenant = integration.tenant_id.clone();
-        let integration = id.to_string();
-        tokio::spawn(async move {
-            if let Err(why) = imports.sync_cheque(&tenant, &integration, &uuid).await {
-                // The daily sync picks the cheque up later.
-                tracing::warn!(
-                    integration,
-                    uuid,
-                    why,
-                    "recording a webhook's cheque failed"
-                );
-            }
-        });
+        // De-duplicated per cheque, at most 2 at a time per integration;
+        // one dropped is picked up by the daily sync.
+        state
+            .imports
+            .fetch_cheque_later(&integration.tenant_id, &id.to_string(), &uuid);
     }
     Ok(ok(WebhookAck { duplicate: false }))
 }

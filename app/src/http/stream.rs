@@ -70,6 +70,8 @@ pub struct StreamHub {
     open: Mutex<HashMap<String, usize>>,
     /// How long one stream stays open.
     pub lifetime: Duration,
+    /// Set when the server shuts down: every stream ends.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl StreamHub {
@@ -82,11 +84,17 @@ impl StreamHub {
             slots: Arc::new(Semaphore::new(slots.max(1))),
             open: Mutex::default(),
             lifetime,
+            closed: tokio::sync::watch::channel(false).0,
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(read_feed(db, Arc::downgrade(&hub)));
         }
         hub
+    }
+
+    /// Ends every open stream (and refuses new ones): the server stops.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// A place for one more stream of `actor` in `tenant`, or 429.
@@ -100,6 +108,9 @@ impl StreamHub {
             error.retry_after = Some(5);
             error
         };
+        if *self.closed.borrow() {
+            return Err(busy("the server is shutting down"));
+        }
         let (key, tenant) = (format!("key:{actor}"), format!("tenant:{tenant}"));
         let mut open = self
             .open
@@ -228,6 +239,7 @@ pub async fn stream(
         .streams
         .admit(&principal.actor, principal.tenant.as_str())?;
     let deadline = tokio::time::Instant::now() + state.streams.lifetime;
+    let closed = state.streams.closed.subscribe();
     let follower = Follower {
         live: state.streams.events.subscribe(),
         catching_up: true,
@@ -237,19 +249,28 @@ pub async fn stream(
         ready: VecDeque::new(),
         _admitted: admitted,
     };
-    let events = futures::stream::unfold(follower, move |mut follower| async move {
-        // The stream ends at its deadline; the client resumes with
-        // Last-Event-ID.
-        let event = tokio::time::timeout_at(deadline, follower.next())
-            .await
-            .ok()?;
-        Some((Ok(event), follower))
-    });
-    Ok(Sse::new(events).keep_alive(
-        KeepAlive::new()
-            .interval(Duration::from_secs(15))
-            .text("heartbeat"),
-    ))
+    let events = futures::stream::unfold(
+        (follower, closed),
+        move |(mut follower, mut closed)| async move {
+            // The stream ends at its deadline or at shutdown; the client
+            // resumes with Last-Event-ID.
+            let event = tokio::select! {
+                event = tokio::time::timeout_at(deadline, follower.next()) => event.ok()?,
+                _ = closed.wait_for(|closed| *closed) => return None,
+            };
+            Some((Ok(event), (follower, closed)))
+        },
+    );
+    // A first comment sends the headers at once: the client knows the
+    // stream is open before the first event.
+    let opened = futures::stream::once(async { Ok(Event::default().comment("open")) });
+    Ok(
+        Sse::new(futures::StreamExt::chain(opened, events)).keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(15))
+                .text("heartbeat"),
+        ),
+    )
 }
 
 struct Follower {

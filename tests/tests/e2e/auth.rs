@@ -1,7 +1,7 @@
 //! Credentials, scopes, tenant isolation and rate limits, as an outside
 //! client meets them.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -721,7 +721,9 @@ async fn inside_one_window(seconds_needed: i64) {
 /// A peer repeating a bad key is refused from memory once over its limit:
 /// no counter write per request (SQLite keeps the windows in memory;
 /// PostgreSQL gets batched increments of admitted hits only) and no key
-/// lookup, while a key this instance already knows still works.
+/// lookup for a prefix already found unknown, while a valid key — known
+/// to this instance or never used before — still works: someone else's
+/// failures behind the same address (a proxy, a NAT) never refuse it.
 async fn a_flood_of_bad_keys_costs_no_write_per_request(backend: Backend) {
     let db = TestDb::create_on(backend).await.expect("db");
     let app = spawn_app(&db).await.expect("app");
@@ -744,11 +746,16 @@ async fn a_flood_of_bad_keys_costs_no_write_per_request(backend: Backend) {
         }
     }
     assert_eq!((unauthorized, limited), (60, 140));
-    // A prefix never seen would need a lookup: the peer is over its limit.
+    // Another wrong key from that peer: looked up, wrong, refused 429.
     let fresh = call(plain.get(&url).bearer_auth("kvfedcba987654_0000")).await;
     assert_refused(&fresh, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
     // The admin key, known to this instance, still gets through.
     assert_eq!(app.get("/api/v1/products").await.0, StatusCode::OK);
+    // So does a valid key this instance has never seen (the review's
+    // "good key behind 62 bad ones": it answered 429).
+    let unseen = key(&app, "default", &["read"], None).await;
+    let answer = call(plain.get(&url).bearer_auth(&unseen)).await;
+    assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
 
     tokio::time::sleep(Duration::from_millis(600)).await;
     let counted = fetch_strings(
@@ -938,3 +945,129 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
     assert_eq!(status, StatusCode::OK);
     app.stop().await.expect("stop");
 }
+
+/// A login token lives only as long as its user does as it was: deleted,
+/// re-created or given a new password (and scopes), its tokens end within
+/// the 5 s a user record is trusted; the scopes are the record's.
+async fn login_tokens_end_when_their_user_changes(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let mut config = test_config(&db);
+    config.jwt_secret = Some(JWT_SECRET.to_string());
+    let app = spawn_app_with(config, Role::Api).await.expect("app");
+    let plain = reqwest::Client::new();
+    let login = |password: &'static str| {
+        plain
+            .post(app.url("/api/auth/login"))
+            .json(&json!({"username": "dilnoza", "password": password}))
+    };
+    let create = |password: &'static str, scopes: &[&str]| {
+        let scopes = scopes.iter().map(|scope| scope.to_string()).collect();
+        karvon_app::auth::create_user(&app.db, "default", "dilnoza", password, scopes)
+    };
+    let token_of = |answer: (StatusCode, Value, reqwest::header::HeaderMap)| {
+        assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
+        answer.1["data"]["token"]
+            .as_str()
+            .expect("token")
+            .to_string()
+    };
+    let products = app.url("/api/v1/products");
+    let until_refused = |token: String| {
+        let (plain, products) = (plain.clone(), products.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let status = call(plain.get(&products).bearer_auth(&token)).await.0;
+                if status == StatusCode::UNAUTHORIZED {
+                    return;
+                }
+                assert_eq!(status, StatusCode::OK);
+                assert!(Instant::now() < deadline, "the old token still works");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+
+    create("first password", &["read"]).await.expect("user");
+    let first = token_of(call(login("first password")).await);
+    assert_eq!(
+        call(plain.get(&products).bearer_auth(&first)).await.0,
+        StatusCode::OK
+    );
+    // Re-created with a new password and more scopes: the old token ends.
+    create("second password", &["read", "write"])
+        .await
+        .expect("user");
+    until_refused(first).await;
+    let second = token_of(call(login("second password")).await);
+    let receipt = json!({"warehouse_id": "W1", "product_id": "P1", "qty": "1"});
+    let answer = call(
+        plain
+            .post(app.url("/api/v1/stock/receipts"))
+            .bearer_auth(&second)
+            .json(&receipt),
+    )
+    .await;
+    assert_ne!(
+        answer.0,
+        StatusCode::FORBIDDEN,
+        "write is the user's now: {}",
+        answer.1
+    );
+    // Deleted: its token ends too.
+    karvon_tests::execute(&app.db, "DELETE FROM users WHERE username = 'dilnoza'")
+        .await
+        .expect("delete");
+    until_refused(second).await;
+    app.stop().await.expect("stop");
+}
+
+/// A key minted over HTTP gets at most the limit of the key minting it.
+async fn a_minted_key_gets_at_most_its_minters_limit(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let app = spawn_app_with(test_config(&db), Role::Api)
+        .await
+        .expect("app");
+    let minter =
+        authorized_client(&key(&app, "default", &["admin"], Some(100)).await).expect("client");
+    let mint = |body: Value| minter.post(app.url("/api/v1/api-keys")).json(&body);
+    let (status, body, _) = call(mint(json!({"scopes": ["read"], "rate_limit": 1000}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("at most 100")),
+        "{body}"
+    );
+    let (status, body, _) = call(mint(json!({"scopes": ["read"], "rate_limit": 100}))).await;
+    assert_eq!(
+        (status, &body["data"]["rate_limit"]),
+        (StatusCode::CREATED, &json!(100)),
+        "{body}"
+    );
+    let (status, body, _) = call(mint(json!({"scopes": ["read"]}))).await;
+    assert_eq!(
+        (status, &body["data"]["rate_limit"]),
+        (StatusCode::CREATED, &json!(60)),
+        "{body}"
+    );
+    let small =
+        authorized_client(&key(&app, "default", &["admin"], Some(30)).await).expect("client");
+    let (status, body, _) = call(
+        small
+            .post(app.url("/api/v1/api-keys"))
+            .json(&json!({"scopes": ["read"]})),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["data"]["rate_limit"]),
+        (StatusCode::CREATED, &json!(30)),
+        "{body}"
+    );
+    app.stop().await.expect("stop");
+}
+
+on_both_backends!(
+    login_tokens_end_when_their_user_changes,
+    a_minted_key_gets_at_most_its_minters_limit,
+);

@@ -3,11 +3,12 @@
 //! cross tenants, weak secrets, usernames moved between tenants, unbounded
 //! pages, request ids used for log injection, a world-readable store.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use karvon_adapters::auth_store;
 use karvon_tests::{
-    Backend, TestApp, TestDb, authorized_client, event_count, product, spawn_app, test_config,
+    Backend, TestApp, TestDb, authorized_client, event_count, product, spawn_app, spawn_app_with,
+    test_config,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -288,3 +289,255 @@ async fn the_sqlite_store_is_readable_by_its_owner_only() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!((file_mode, dir_mode), (0o600, 0o700));
 }
+
+/// Resident memory of process `pid` now (VmRSS), in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .expect("VmRSS")
+        * 1024
+}
+
+async fn metrics_text(server: &karvon_tests::KarvonProcess) -> String {
+    reqwest::get(format!("{}/metrics", server.address))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// Sends `count` requests with invented methods on one keep-alive
+/// connection; answers how many were 405.
+async fn invented_methods(address: &str, from: usize, count: usize) -> usize {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let mut stream = BufReader::new(stream);
+    let mut refused = 0;
+    for n in from..from + count {
+        stream
+            .get_mut()
+            .write_all(format!("ZZTOP{n} / HTTP/1.1\r\nHost: karvon\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut status = String::new();
+        stream.read_line(&mut status).await.expect("status line");
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            stream.read_line(&mut line).await.expect("header");
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().expect("length");
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await.expect("body");
+        if status.starts_with("HTTP/1.1 405") {
+            refused += 1;
+        }
+    }
+    refused
+}
+
+/// The review's flood: 20,000 requests, each with a method of its own.
+/// Each is answered 405 before any metric is kept, so `/metrics` and the
+/// process's memory stay where they were (it grew 32 → 190 MB, and
+/// `/metrics` to 22 MB, never freed).
+async fn invented_methods_leave_metrics_and_memory_where_they_were(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let server = karvon_tests::KarvonProcess::start(&db, &[]).await;
+    let address = server.address.trim_start_matches("http://").to_string();
+    // Warm up the label sets every later scrape has anyway.
+    let _ = metrics_text(&server).await;
+    let before = metrics_text(&server).await;
+    let rss_before = rss(server.child.id());
+    let mut senders = Vec::new();
+    for part in 0..4 {
+        let address = address.clone();
+        senders.push(tokio::spawn(async move {
+            invented_methods(&address, part * 5_000, 5_000).await
+        }));
+    }
+    let mut refused = 0;
+    for sender in senders {
+        refused += sender.await.expect("sender");
+    }
+    assert_eq!(refused, 20_000, "every invented method answered 405");
+    let after = metrics_text(&server).await;
+    let rss_after = rss(server.child.id());
+    println!(
+        "20,000 invented methods: /metrics {} -> {} bytes, RSS {} -> {} MB",
+        before.len(),
+        after.len(),
+        rss_before >> 20,
+        rss_after >> 20
+    );
+    assert!(
+        !after.contains("ZZTOP"),
+        "an invented method became a label"
+    );
+    assert!(
+        after.len() < before.len() + 4_096,
+        "/metrics grew from {} to {} bytes",
+        before.len(),
+        after.len()
+    );
+    assert!(
+        rss_after < rss_before + (64 << 20),
+        "RSS grew from {} to {} MB",
+        rss_before >> 20,
+        rss_after >> 20
+    );
+}
+
+async fn open_stream(app: &TestApp, token: &str) -> reqwest::Response {
+    // A client of its own per stream: each holds its connection.
+    authorized_client(token)
+        .expect("client")
+        .get(app.url("/api/v1/stream"))
+        .send()
+        .await
+        .expect("stream")
+}
+
+/// Answers within 2 s (or fails the test).
+async fn promptly(request: reqwest::RequestBuilder) -> StatusCode {
+    tokio::time::timeout(Duration::from_secs(2), request.send())
+        .await
+        .expect("answered within 2 s")
+        .expect("answer")
+        .status()
+}
+
+/// Event streams are bounded per key (4), per tenant (16) and together
+/// to half of the connection limit, so `/health` and ordinary requests
+/// are served however many streams are held open.
+async fn streams_are_capped_and_everything_else_still_served(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let mut config = test_config(&db);
+    config.max_connections = 24;
+    let app = spawn_app_with(config, karvon_app::Role::Api)
+        .await
+        .expect("app");
+    let reader = key(&app, "default", &["read"]).await;
+    let mut held = Vec::new();
+    for n in 1..=4 {
+        let stream = open_stream(&app, &reader).await;
+        assert_eq!(stream.status(), StatusCode::OK, "stream {n}");
+        held.push(stream);
+    }
+    let fifth = open_stream(&app, &reader).await;
+    assert_eq!(fifth.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(fifth.headers().contains_key("retry-after"));
+    drop(fifth);
+    let plain = reqwest::Client::new();
+    assert_eq!(
+        promptly(plain.get(app.url("/health"))).await,
+        StatusCode::OK
+    );
+    let other = authorized_client(&key(&app, "default", &["read"]).await).expect("client");
+    assert_eq!(
+        promptly(other.get(app.url("/api/v1/products"))).await,
+        StatusCode::OK
+    );
+    // Two more keys fill the streams' half of the 24 connections.
+    for _ in 0..2 {
+        let token = key(&app, "default", &["read"]).await;
+        for _ in 0..4 {
+            let stream = open_stream(&app, &token).await;
+            assert_eq!(stream.status(), StatusCode::OK);
+            held.push(stream);
+        }
+    }
+    auth_store::create_tenant(&app.db, "other", "UTC")
+        .await
+        .expect("tenant");
+    let outsider = key(&app, "other", &["read"]).await;
+    let refused = open_stream(&app, &outsider).await;
+    assert_eq!(
+        refused.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "past half of the connections"
+    );
+    drop(refused);
+    assert_eq!(
+        promptly(plain.get(app.url("/health"))).await,
+        StatusCode::OK
+    );
+    assert_eq!(promptly(plain.get(app.url("/ready"))).await, StatusCode::OK);
+    assert_eq!(
+        promptly(other.get(app.url("/api/v1/products"))).await,
+        StatusCode::OK
+    );
+    // A stream that closes gives its place back.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stream = open_stream(&app, &outsider).await;
+        if stream.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Stopping ends the streams still open (else the graceful shutdown
+    // waited out their lifetime).
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("stopped with streams open")
+        .expect("stop");
+}
+
+async fn a_tenant_holds_at_most_sixteen_streams_and_each_ends(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let mut config = test_config(&db);
+    config.max_connections = 100;
+    config.stream_lifetime_secs = 2;
+    let app = spawn_app_with(config, karvon_app::Role::Api)
+        .await
+        .expect("app");
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let token = key(&app, "default", &["read"]).await;
+        for _ in 0..4 {
+            let stream = open_stream(&app, &token).await;
+            assert_eq!(stream.status(), StatusCode::OK);
+            held.push(stream);
+        }
+    }
+    let seventeenth = open_stream(&app, &key(&app, "default", &["read"]).await).await;
+    assert_eq!(seventeenth.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Each ends after its lifetime (the client resumes with Last-Event-ID).
+    let mut first = held.remove(0);
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while first.chunk().await.expect("chunk").is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its lifetime");
+    app.stop().await.expect("stop");
+}
+
+on_both_backends!(
+    invented_methods_leave_metrics_and_memory_where_they_were,
+    streams_are_capped_and_everything_else_still_served,
+    a_tenant_holds_at_most_sixteen_streams_and_each_ends,
+);

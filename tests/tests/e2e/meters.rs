@@ -1045,7 +1045,214 @@ async fn an_unusual_consumption_is_flagged_and_raises_an_anomaly_alert(backend: 
     assert_eq!(alert["subject"], "meter:ACR-A", "{alert}");
 }
 
+// ---------------------------------------------------------------------------
+// Tenancy on a shared broker, broker logins and TLS (security review)
+
+fn acrel_on(url: &str, prefix: &str) -> Value {
+    json!({"kind": "acrel", "name": "meters",
+           "settings": {"mqtt_url": url, "topic_prefix": prefix},
+           "secrets": {"signing_secrets": [SECRET]}})
+}
+
+async fn publish_on(client: &AsyncClient, topic: String, payload: Vec<u8>) {
+    client
+        .publish(topic, QoS::AtLeastOnce, false, payload)
+        .await
+        .expect("publish");
+}
+
+/// Readings recorded for tenant `tenant` (events of its meters).
+async fn readings_of(db: &Db, tenant: &str) -> i64 {
+    count(
+        db,
+        &format!(
+            "SELECT CAST(count(*) AS TEXT) FROM events
+              WHERE event_type = 'MeterReadingRecorded' AND aggregate_id LIKE '{tenant}/%'"
+        ),
+    )
+    .await
+}
+
+async fn tenants_on_one_broker_never_hear_or_command_each_other(backend: Backend) {
+    let broker = MosquittoServer::started().await.expect("mosquitto");
+    let db = TestDb::create_on(backend).await.expect("db");
+    let app = spawn_app_with(config(&db, backend), karvon_app::Role::All)
+        .await
+        .expect("app");
+    let (status, body) = app
+        .post("/api/v1/integrations", &acrel_on(&broker.url(), "shared1"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    karvon_adapters::auth_store::create_tenant(&app.db, "b", "UTC")
+        .await
+        .expect("tenant b");
+    let b =
+        karvon_tests::authorized_client(&karvon_tests::admin_key(&app.db, "b").await.expect("key"))
+            .expect("client");
+    let register = |body: Value| b.post(app.url("/api/v1/integrations")).json(&body);
+    // The same broker and prefix, or a prefix inside it, are A's.
+    for prefix in ["shared1", "shared1/east"] {
+        let (status, body) = app.send(register(acrel_on(&broker.url(), prefix))).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{prefix}: {body}");
+        assert_eq!(body["error"], "mqtt_topic_taken", "{body}");
+    }
+    // The same broker spelled otherwise is still the same broker.
+    let spelled = format!("tcp://127.0.0.1:{}/", broker.port);
+    let (status, body) = app.send(register(acrel_on(&spelled, "shared1"))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // Credentials in the URL and wildcard prefixes are refused outright.
+    let userinfo = format!("mqtt://user:pass@127.0.0.1:{}", broker.port);
+    for (url, prefix) in [
+        (userinfo.as_str(), "b1"),
+        (broker.url().as_str(), "b/+"),
+        (broker.url().as_str(), "b/"),
+    ] {
+        let (status, body) = app.send(register(acrel_on(url, prefix))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url} {prefix}: {body}");
+    }
+    let (status, body) = app.send(register(acrel_on(&broker.url(), "shared2"))).await;
+    assert_eq!(status, StatusCode::CREATED, "a prefix of its own: {body}");
+
+    // A's meter reports; only A hears it.
+    let client = publisher(&broker).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readings_of(&app.db, "default").await == 0 {
+        publish_on(
+            &client,
+            "shared1/S1/meter/M1/data".into(),
+            reading("M1", 0, "10"),
+        )
+        .await;
+        assert!(Instant::now() < deadline, "A's listener never subscribed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (status, _) = app.get("/api/v1/meters/M1").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = app.send(b.get(app.url("/api/v1/meters/M1"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = app
+        .send(
+            b.post(app.url("/api/v1/meters/M1/commands"))
+                .json(&json!({"command": "relay_off"})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "B cannot cut A's supply: {body}"
+    );
+
+    // An overlap stored before the rule (written past the API): the older
+    // integration keeps the topic, the other never listens.
+    let (json_settings, id) = (
+        json!({"mqtt_url": broker.url(), "topic_prefix": "shared1"}).to_string(),
+        uuid::Uuid::now_v7(),
+    );
+    karvon_tests::execute(
+        &app.db,
+        &format!(
+            "INSERT INTO integrations (integration_id, tenant_id, kind, name, settings, secrets)
+             VALUES ('{id}', 'b', 'acrel', 'legacy', '{json_settings}', '{{}}')"
+        ),
+    )
+    .await
+    .expect("legacy row");
+    // Past the registry's refresh, A's next reading is A's alone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    publish_on(
+        &client,
+        "shared1/S1/meter/M2/data".into(),
+        reading("M2", 1, "20"),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readings_of(&app.db, "default").await < 2 {
+        assert!(Instant::now() < deadline, "A's second reading never landed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        readings_of(&app.db, "b").await,
+        0,
+        "B heard none of A's meters"
+    );
+    app.stop().await.expect("stop");
+}
+
+async fn a_broker_that_wants_a_login_gets_the_sealed_credentials(backend: Backend) {
+    let broker = MosquittoServer::started_with(karvon_tests::BrokerOptions {
+        login: Some(("karvon".into(), "broker-pw".into())),
+        tls: None,
+    })
+    .await
+    .expect("mosquitto");
+    let db = TestDb::create_on(backend).await.expect("db");
+    let app = spawn_app_with(config(&db, backend), karvon_app::Role::All)
+        .await
+        .expect("app");
+    let mut body = acrel_on(&broker.url(), "acrel");
+    body["secrets"]["mqtt_username"] = json!("karvon");
+    body["secrets"]["mqtt_password"] = json!("broker-pw");
+    let (status, created) = app.post("/api/v1/integrations", &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (_, list) = app.get("/api/v1/integrations").await;
+    assert!(!list.to_string().contains("broker-pw"), "{list}");
+    let mut options = MqttOptions::new("test-publisher", "127.0.0.1", broker.port);
+    options.set_credentials("karvon", "broker-pw");
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    tokio::spawn(async move {
+        loop {
+            if eventloop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    until_subscribed(&app.db, &client, "S1", "M1", reading("M1", 0, "1")).await;
+    app.stop().await.expect("stop");
+}
+
+async fn mqtts_brokers_are_reached_over_tls(backend: Backend) {
+    let ca = karvon_tests::TestCa::generate().expect("test CA");
+    let broker = MosquittoServer::started_with(karvon_tests::BrokerOptions {
+        login: None,
+        tls: Some(ca.dir.clone()),
+    })
+    .await
+    .expect("mosquitto");
+    let db = TestDb::create_on(backend).await.expect("db");
+    let store = db.db().await.expect("store");
+    let mut env = secret_env(backend);
+    // Karvon trusts the system's roots; the test's CA is named the
+    // standard way.
+    env.push(("SSL_CERT_FILE", ca.ca_file().to_string_lossy().into_owned()));
+    let server = KarvonProcess::start(&db, &env).await;
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let (status, body) = server
+        .post("/api/v1/integrations", acrel_on(&url, "acrel"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut options = MqttOptions::new("test-publisher", "127.0.0.1", broker.port);
+    options.set_transport(rumqttc::Transport::tls(
+        std::fs::read(ca.ca_file()).expect("ca"),
+        None,
+        None,
+    ));
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    tokio::spawn(async move {
+        loop {
+            if eventloop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    until_subscribed(&store, &client, "S1", "M1", reading("M1", 0, "1")).await;
+    store.close().await;
+}
+
 on_both_backends!(
+    tenants_on_one_broker_never_hear_or_command_each_other,
+    a_broker_that_wants_a_login_gets_the_sealed_credentials,
+    mqtts_brokers_are_reached_over_tls,
     a_webhook_between_mqtt_batches_is_neither_lost_nor_hidden,
     a_silent_meter_raises_meter_offline_until_it_reports_again,
     an_unusual_consumption_is_flagged_and_raises_an_anomaly_alert,

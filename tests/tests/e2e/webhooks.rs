@@ -676,7 +676,106 @@ async fn integrations_are_replaced_and_removed_within_their_tenant(backend: Back
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
 
+/// Behind a proxy listed in `KARVON_TRUSTED_PROXIES` the allow-list and
+/// the failed-attempt limit see the client the proxy names; from any other
+/// peer a forwarded header is only a claim and changes nothing.
+async fn forwarded_addresses_count_only_behind_trusted_proxies(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let mut config = test_config(&db);
+    if backend == Backend::Postgres {
+        config.secrets_key = Some("11".repeat(32));
+    }
+    let untrusting = spawn_app_with(config.clone(), karvon_app::Role::Api)
+        .await
+        .expect("app");
+    config.trusted_proxies = vec!["127.0.0.1/32".to_string()];
+    let behind_proxy = spawn_app_with(config, karvon_app::Role::Api)
+        .await
+        .expect("app");
+    let (status, body) = behind_proxy
+        .post(
+            "/api/v1/integrations",
+            &json!({"kind": "webhook_source", "name": "shop",
+                    "settings": {"ip_allowlist": ["203.0.113.7"]},
+                    "secrets": {"signing_secrets": [SECRET_NEW]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let integration = body["data"]["id"].as_str().expect("id").to_string();
+    let key = karvon_app::auth::create_api_key(
+        &behind_proxy.db,
+        "default",
+        vec!["webhooks".to_string()],
+        Some(1000),
+        None,
+        None,
+    )
+    .await
+    .expect("key")
+    .key;
+    let event = |product_id: &str| {
+        json!({"event_type": "product_created", "payload": product(product_id, "dairy", None)})
+            .to_string()
+    };
+    let deliver_from = |app: &'static str, client: &'static str, webhook_id: &'static str| {
+        let app = if app == "proxy" {
+            &behind_proxy
+        } else {
+            &untrusting
+        };
+        let (integration, key, body) = (integration.clone(), key.clone(), event(webhook_id));
+        async move {
+            send(
+                app,
+                &integration,
+                &[("webhook-id", webhook_id), ("x-forwarded-for", client)],
+                &body,
+                Some(&key),
+            )
+            .await
+        }
+    };
+    // The listed client, through the trusted proxy: applied.
+    let (status, body) = deliver_from("proxy", "198.51.100.9, 203.0.113.7", "fw1").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Another client through it: refused.
+    let (status, body) = deliver_from("proxy", "198.51.100.9", "fw2").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // The same claim from a peer that is no trusted proxy: refused.
+    let (status, body) = deliver_from("direct", "203.0.113.7", "fw3").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    // Failed attempts are counted per client behind the proxy: one client
+    // over its limit does not make another's bad key a 429.
+    // (Each with a key prefix of its own: failures are counted per prefix
+    // too.)
+    let bad = |client: &'static str, key: &'static str| {
+        reqwest::Client::new()
+            .get(behind_proxy.url("/api/v1/products"))
+            .bearer_auth(key)
+            .header("x-forwarded-for", client)
+    };
+    let mut last = StatusCode::OK;
+    for _ in 0..61 {
+        last = bad("203.0.113.50", "kv0123456789ab_0000")
+            .send()
+            .await
+            .expect("send")
+            .status();
+    }
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+    let other = bad("203.0.113.51", "kv0123456789ac_0000")
+        .send()
+        .await
+        .expect("send")
+        .status();
+    assert_eq!(other, StatusCode::UNAUTHORIZED);
+    untrusting.stop().await.expect("stop");
+    behind_proxy.stop().await.expect("stop");
+}
+
 on_both_backends!(
+    forwarded_addresses_count_only_behind_trusted_proxies,
     registry_keeps_secrets_and_tenants_apart,
     signed_webhooks_apply_once_and_forgeries_write_nothing,
     ip_allowlists_refuse_other_senders,
