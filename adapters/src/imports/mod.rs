@@ -140,8 +140,18 @@ struct Source {
     secrets: Map<String, Value>,
 }
 
-/// A source read whole.
+/// A source read whole (or, for an upload, counted: its records are read
+/// again chunk by chunk, see [`UploadReader`]).
 enum Fetched {
+    /// An uploaded CommerceML catalogue: its folders and how many records
+    /// it holds.
+    Upload {
+        folders: HashMap<String, String>,
+        total: usize,
+        dir: PathBuf,
+        price_type: Option<String>,
+        chunk_size: usize,
+    },
     Products {
         /// Folder GUID → name (the category of products under it).
         folders: HashMap<String, String>,
@@ -165,6 +175,7 @@ enum Fetched {
 impl Fetched {
     fn len(&self) -> usize {
         match self {
+            Fetched::Upload { total, .. } => *total,
             Fetched::Products { records, .. } => records.len(),
             Fetched::Clients { records, .. } => records.len(),
             Fetched::Sales { cheques, .. } => cheques.len(),
@@ -173,7 +184,8 @@ impl Fetched {
 
     fn chunk_size(&self) -> usize {
         match self {
-            Fetched::Products { chunk_size, .. }
+            Fetched::Upload { chunk_size, .. }
+            | Fetched::Products { chunk_size, .. }
             | Fetched::Clients { chunk_size, .. }
             | Fetched::Sales { chunk_size, .. } => (*chunk_size).max(1),
         }
@@ -481,12 +493,37 @@ impl Imports {
         .await?;
         let chunks = total.div_ceil(chunk_size.max(1));
         let mut chunk = self.jobs.load(stream).await?.next_chunk() as usize;
+        let mut upload: Option<UploadReader> = None;
         while chunk < chunks {
             if *shutdown.borrow() {
                 return Ok(());
             }
             let range = chunk * chunk_size..((chunk + 1) * chunk_size).min(total);
-            match self.commit_chunk(job, &parts, &fetched, chunk, range).await {
+            // An upload is read again as a stream, one chunk at a time.
+            let streamed = match &fetched {
+                Fetched::Upload {
+                    dir, price_type, ..
+                } => {
+                    let reader = match &mut upload {
+                        Some(reader) if reader.next == range.start => reader,
+                        _ => upload.insert(UploadReader::start(
+                            dir.clone(),
+                            price_type.clone(),
+                            range.start,
+                            chunk_size,
+                        )),
+                    };
+                    match reader.take(range.len()).await {
+                        Ok(records) => Some(records),
+                        Err(message) => return self.fail(job, stream, message).await,
+                    }
+                }
+                _ => None,
+            };
+            match self
+                .commit_chunk(job, &parts, &fetched, streamed.as_deref(), chunk, range)
+                .await
+            {
                 Ok(()) => chunk += 1,
                 Err(ChunkError::OutOfTurn) => {
                     // Another runner committed it (a lock lost and taken over).
@@ -661,7 +698,7 @@ impl Imports {
                     .and_then(Value::as_str)
                     .map(str::to_string);
                 let chunk_size = chunk_size("chunk_size");
-                blocking(move || read_commerceml(&dir, price_type.as_deref(), chunk_size)).await?
+                blocking(move || count_commerceml(dir, price_type, chunk_size)).await?
             }
         }
     }
@@ -704,6 +741,7 @@ impl Imports {
         job: &Queued,
         parts: &Parts,
         fetched: &Fetched,
+        streamed: Option<&[Parsed<ProductRecord>]>,
         chunk: usize,
         range: std::ops::Range<usize>,
     ) -> Result<(), ChunkError> {
@@ -712,6 +750,10 @@ impl Imports {
         let mut attempt = 0u64;
         loop {
             let (mut writes, outcome, touched) = match fetched {
+                Fetched::Upload { folders, .. } => {
+                    self.product_writes(tenant, folders, streamed.unwrap_or_default())
+                        .await?
+                }
                 Fetched::Products {
                     folders, records, ..
                 } => {
@@ -759,7 +801,9 @@ impl Imports {
             match commit_batch(&self.db, &writes, &metadata).await {
                 Ok(()) => {
                     match fetched {
-                        Fetched::Products { .. } => self.products.forget(&touched),
+                        Fetched::Upload { .. } | Fetched::Products { .. } => {
+                            self.products.forget(&touched)
+                        }
                         Fetched::Clients { .. } => self.customers.forget(&touched),
                         Fetched::Sales { .. } => self.sales.forget(&touched),
                     }
@@ -1496,29 +1540,101 @@ fn products(records: Vec<Parsed<ProductRecord>>, chunk_size: usize) -> Fetched {
     }
 }
 
-/// An uploaded `import.xml` (+ `offers.xml`), streamed from disk.
-fn read_commerceml(
+/// Streams an uploaded `import.xml` (+ `offers.xml`) from disk, calling
+/// `emit` for each folder and record ([`onec::commerceml::stream`]).
+fn stream_commerceml(
     dir: &Path,
     price_type: Option<&str>,
-    chunk_size: usize,
-) -> Result<Fetched, String> {
+    emit: impl FnMut(onec::commerceml::Item) -> Result<(), SourceError>,
+) -> Result<(), String> {
     use std::io::BufReader;
     let open = |name: &str| std::fs::File::open(dir.join(name)).map(BufReader::new);
     let import =
         open("import.xml").map_err(|error| format!("the uploaded import.xml is gone: {error}"))?;
     let offers = open("offers.xml").ok();
-    let catalog =
-        onec::commerceml::parse(import, offers, price_type).map_err(|error| error.to_string())?;
-    let folders = catalog
-        .folders
-        .into_iter()
-        .map(|(guid, name, _)| (guid, name))
-        .collect();
-    Ok(Fetched::Products {
+    onec::commerceml::stream(import, offers, price_type, emit).map_err(|error| error.to_string())
+}
+
+/// The first pass over an upload: it reads as a whole (a malformed file
+/// fails here, before any chunk is written), its folders, and how many
+/// records it holds. The records are read again chunk by chunk.
+fn count_commerceml(
+    dir: PathBuf,
+    price_type: Option<String>,
+    chunk_size: usize,
+) -> Result<Fetched, String> {
+    let (mut folders, mut total) = (HashMap::new(), 0usize);
+    stream_commerceml(&dir, price_type.as_deref(), |item| {
+        match item {
+            onec::commerceml::Item::Folder((guid, name, _)) => {
+                folders.insert(guid, name);
+            }
+            onec::commerceml::Item::Product(_) => total += 1,
+        }
+        Ok(())
+    })?;
+    Ok(Fetched::Upload {
         folders,
-        records: catalog.products,
+        total,
+        dir,
+        price_type,
         chunk_size,
     })
+}
+
+/// An upload's records from `next` on, read by a blocking thread into a
+/// channel of about one chunk: memory holds a chunk, not the file.
+struct UploadReader {
+    records: tokio::sync::mpsc::Receiver<Result<Parsed<ProductRecord>, String>>,
+    /// The index of the next record [`Self::take`] answers.
+    next: usize,
+}
+
+impl UploadReader {
+    fn start(dir: PathBuf, price_type: Option<String>, from: usize, buffer: usize) -> Self {
+        let (sender, records) = tokio::sync::mpsc::channel(buffer.max(1));
+        tokio::task::spawn_blocking(move || {
+            let mut seen = 0usize;
+            let read = stream_commerceml(&dir, price_type.as_deref(), |item| {
+                let onec::commerceml::Item::Product(record) = item else {
+                    return Ok(());
+                };
+                seen += 1;
+                if seen <= from {
+                    return Ok(());
+                }
+                // The job stopped reading: stop too.
+                sender
+                    .blocking_send(Ok(record))
+                    .map_err(|_| SourceError::Malformed("no longer read".into()))
+            });
+            if let Err(message) = read {
+                let _ = sender.blocking_send(Err(message));
+            }
+        });
+        Self {
+            records,
+            next: from,
+        }
+    }
+
+    /// The next `count` records.
+    async fn take(&mut self, count: usize) -> Result<Vec<Parsed<ProductRecord>>, String> {
+        let mut taken = Vec::with_capacity(count);
+        while taken.len() < count {
+            match self.records.recv().await {
+                Some(Ok(record)) => taken.push(record),
+                Some(Err(message)) => return Err(message),
+                None => {
+                    return Err(
+                        "the upload holds fewer records than counted (changed on disk?)".into(),
+                    );
+                }
+            }
+        }
+        self.next += count;
+        Ok(taken)
+    }
 }
 
 /// Runs CPU-heavy parsing off the async threads.

@@ -23,33 +23,238 @@ pub struct Catalog {
 /// Reads `import` and, if given, joins `offers` to it: a plain offer `a`
 /// sets the price (and barcode) of product `a`; an offer `a#b` is a variant
 /// `b` of `a`. The price is that of the type named `price_type`, else
-/// [`DEFAULT_PRICE_TYPE`], else the first type listed.
+/// [`DEFAULT_PRICE_TYPE`], else the first type listed. The whole catalogue
+/// in memory: [`stream`] reads it record by record.
 pub fn parse<R1: BufRead, R2: BufRead>(
     import: R1,
     offers: Option<R2>,
     price_type: Option<&str>,
 ) -> Result<Catalog, SourceError> {
-    let mut import = read_import(import)?;
-    let Some(offers) = offers else {
-        return Ok(Catalog {
-            folders: import.folders,
-            products: import.products,
-        });
-    };
-    let offers = read_offers(offers, &mut import.price_types)?;
-    let retail = retail_type(&import.price_types, price_type)?;
-    Ok(Catalog {
-        folders: import.folders,
-        products: join(import.products, offers, retail),
-    })
+    let mut catalog = Catalog::default();
+    stream(import, offers, price_type, |item| {
+        match item {
+            Item::Folder(folder) => catalog.folders.push(folder),
+            Item::Product(product) => catalog.products.push(product),
+        }
+        Ok(())
+    })?;
+    Ok(catalog)
 }
 
-#[derive(Default)]
-struct Import {
-    folders: Vec<(String, String, Option<String>)>,
-    products: Vec<Parsed<ProductRecord>>,
-    /// `(Ид, Наименование)`; CommerceML 2.07+ may list them in `import.xml`.
-    price_types: Vec<(String, String)>,
+/// One thing [`stream`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// `(guid, name, parent guid)` of a `Группа`, parents before children.
+    Folder((String, String, Option<String>)),
+    Product(Parsed<ProductRecord>),
+}
+
+/// What [`parse`] answers, one item at a time and in the same order, with
+/// memory that does not grow with `import.xml`: folders as their
+/// `Группы` ends, then each product as it is read, its variants right
+/// after it, and finally the offers of unknown products. `offers.xml` is
+/// indexed in memory first (an offer is its id, name, barcode and prices).
+/// `emit` may stop the reading by answering an error.
+pub fn stream<R1: BufRead, R2: BufRead>(
+    import: R1,
+    offers: Option<R2>,
+    price_type: Option<&str>,
+    mut emit: impl FnMut(Item) -> Result<(), SourceError>,
+) -> Result<(), SourceError> {
+    let mut joiner = match offers {
+        Some(offers) => {
+            let mut offer_types = Vec::new();
+            let offers = read_offers(offers, &mut offer_types)?;
+            Some(Joiner::new(offers, offer_types))
+        }
+        None => None,
+    };
+    let mut import_types = Vec::new();
+    let mut count = 0usize;
+    document(import, |x, name| match name {
+        "Классификатор" => x.children(|x, name| match name {
+            "Группы" => {
+                let mut folders = Vec::new();
+                read_groups(x, &mut folders)?;
+                folders
+                    .into_iter()
+                    .try_for_each(|folder| emit(Item::Folder(folder)))
+            }
+            "ТипыЦен" => read_price_types(x, &mut import_types),
+            _ => Ok(()),
+        }),
+        "Каталог" => x.children(|x, name| match name {
+            "Товары" => x.children(|x, name| {
+                if name != "Товар" {
+                    return Ok(());
+                }
+                count += 1;
+                let product = read_product(x, count)?;
+                match &mut joiner {
+                    None => emit(Item::Product(product)),
+                    Some(joiner) => joiner
+                        .join(product, &import_types, price_type)?
+                        .into_iter()
+                        .try_for_each(|record| emit(Item::Product(record))),
+                }
+            }),
+            _ => Ok(()),
+        }),
+        _ => Ok(()),
+    })?;
+    if let Some(mut joiner) = joiner {
+        joiner.retail(&import_types, price_type)?;
+        joiner
+            .unknown()
+            .into_iter()
+            .try_for_each(|record| emit(Item::Product(record)))?;
+    }
+    Ok(())
+}
+
+/// Joins each product of `import.xml`, as it is read, with its offers.
+struct Joiner {
+    /// Offers by the product they are about, each with its place in
+    /// `offers.xml`.
+    offers: HashMap<String, Vec<(usize, Offer)>>,
+    offer_types: Vec<(String, String)>,
+    /// The retail price type's `Ид` once decided (at the first product:
+    /// `import.xml` lists its types before its products).
+    retail: Option<Option<String>>,
+}
+
+impl Joiner {
+    fn new(offers: Vec<Offer>, offer_types: Vec<(String, String)>) -> Self {
+        let mut index: HashMap<String, Vec<(usize, Offer)>> = HashMap::new();
+        for (at, offer) in offers.into_iter().enumerate() {
+            let product = offer
+                .id
+                .split_once('#')
+                .map_or(offer.id.as_str(), |(a, _)| a);
+            index
+                .entry(product.to_owned())
+                .or_default()
+                .push((at, offer));
+        }
+        Self {
+            offers: index,
+            offer_types,
+            retail: None,
+        }
+    }
+
+    fn retail(
+        &mut self,
+        import_types: &[(String, String)],
+        wanted: Option<&str>,
+    ) -> Result<Option<String>, SourceError> {
+        if let Some(retail) = &self.retail {
+            return Ok(retail.clone());
+        }
+        let types: Vec<(String, String)> = import_types
+            .iter()
+            .chain(&self.offer_types)
+            .cloned()
+            .collect();
+        let retail = retail_type(&types, wanted)?.map(str::to_owned);
+        self.retail = Some(retail.clone());
+        Ok(retail)
+    }
+
+    /// `product` with its offers applied, then its variants.
+    fn join(
+        &mut self,
+        mut product: Parsed<ProductRecord>,
+        import_types: &[(String, String)],
+        wanted: Option<&str>,
+    ) -> Result<Vec<Parsed<ProductRecord>>, SourceError> {
+        let retail = self.retail(import_types, wanted)?;
+        let key = match &product {
+            Parsed::Ok(p) => p.guid.as_str(),
+            Parsed::Rejected { reference, .. } => reference.as_str(),
+        };
+        let offers = self.offers.remove(key).unwrap_or_default();
+        let mut variants = Vec::new();
+        for (_, offer) in offers {
+            let (product_id, variant) = match offer.id.split_once('#') {
+                Some((a, b)) if !b.is_empty() => (a, Some(b)),
+                Some((a, _)) => (a, None),
+                None => (offer.id.as_str(), None),
+            };
+            let price = match retail.as_deref() {
+                Some(retail) => offer.prices.iter().find(|p| p.0 == retail),
+                None => offer.prices.first(),
+            }
+            .map(|p| p.1.as_str())
+            .filter(|p| !p.is_empty());
+            let price = price
+                .map(|p| parse_decimal(p).ok_or_else(|| format!("Price {p:?} is not a number")))
+                .transpose();
+            let Parsed::Ok(parent) = &mut product else {
+                if variant.is_some() {
+                    variants.push(Parsed::Rejected {
+                        reference: offer.id.clone(),
+                        reason: format!("its product {product_id} is rejected"),
+                    });
+                }
+                continue;
+            };
+            let Some(variant) = variant else {
+                match price {
+                    Ok(price) => {
+                        parent.price = price.or(parent.price);
+                        parent.barcode = non_empty(offer.barcode).or(parent.barcode.take());
+                    }
+                    Err(reason) => {
+                        product = Parsed::Rejected {
+                            reference: offer.id,
+                            reason,
+                        }
+                    }
+                }
+                continue;
+            };
+            variants.push(match price {
+                Ok(price) => Parsed::Ok(ProductRecord {
+                    guid: variant.to_owned(),
+                    code: String::new(),
+                    name: non_empty(offer.name.clone()).unwrap_or_else(|| parent.name.clone()),
+                    article: parent.article.clone(),
+                    unit: parent.unit.clone(),
+                    barcode: non_empty(offer.barcode.clone()),
+                    price,
+                    parent: parent.parent.clone(),
+                    is_folder: false,
+                    deletion_mark: parent.deletion_mark,
+                    variant_of: Some(product_id.to_owned()),
+                }),
+                Err(reason) => Parsed::Rejected {
+                    reference: offer.id.clone(),
+                    reason,
+                },
+            });
+        }
+        variants.insert(0, product);
+        Ok(variants)
+    }
+
+    /// The offers no product of `import.xml` claimed, in `offers.xml` order.
+    fn unknown(self) -> Vec<Parsed<ProductRecord>> {
+        let mut left: Vec<(usize, Offer)> = self.offers.into_values().flatten().collect();
+        left.sort_by_key(|(at, _)| *at);
+        left.into_iter()
+            .map(|(_, offer)| {
+                let product = offer
+                    .id
+                    .split_once('#')
+                    .map_or(offer.id.as_str(), |(a, _)| a);
+                Parsed::Rejected {
+                    reason: format!("offer for product {product} which import.xml does not have"),
+                    reference: offer.id.clone(),
+                }
+            })
+            .collect()
+    }
 }
 
 #[derive(Default)]
@@ -80,29 +285,6 @@ fn document<R: BufRead>(
         true => Ok(()),
         false => Err(SourceError::Malformed("no <КоммерческаяИнформация>".into())),
     }
-}
-
-fn read_import<R: BufRead>(source: R) -> Result<Import, SourceError> {
-    let mut import = Import::default();
-    document(source, |x, name| match name {
-        "Классификатор" => x.children(|x, name| match name {
-            "Группы" => read_groups(x, &mut import.folders),
-            "ТипыЦен" => read_price_types(x, &mut import.price_types),
-            _ => Ok(()),
-        }),
-        "Каталог" => x.children(|x, name| match name {
-            "Товары" => x.children(|x, name| {
-                if name == "Товар" {
-                    let product = read_product(x, import.products.len() + 1)?;
-                    import.products.push(product);
-                }
-                Ok(())
-            }),
-            _ => Ok(()),
-        }),
-        _ => Ok(()),
-    })?;
-    Ok(import)
 }
 
 /// Reads `Группы`: each `Группа`, then its subgroups (whose parent it is).
@@ -292,97 +474,6 @@ fn retail_type<'t>(
         }),
         None => Ok(named(DEFAULT_PRICE_TYPE).or_else(|| types.first().map(|t| t.0.as_str()))),
     }
-}
-
-fn join(
-    mut products: Vec<Parsed<ProductRecord>>,
-    offers: Vec<Offer>,
-    retail: Option<&str>,
-) -> Vec<Parsed<ProductRecord>> {
-    let index: HashMap<String, usize> = products
-        .iter()
-        .enumerate()
-        .map(|(i, p)| match p {
-            Parsed::Ok(p) => (p.guid.clone(), i),
-            Parsed::Rejected { reference, .. } => (reference.clone(), i),
-        })
-        .collect();
-    let mut variants: Vec<Vec<Parsed<ProductRecord>>> = vec![Vec::new(); products.len()];
-    let mut unknown = Vec::new();
-    for offer in offers {
-        let (product, variant) = match offer.id.split_once('#') {
-            Some((a, b)) if !b.is_empty() => (a, Some(b)),
-            Some((a, _)) => (a, None),
-            None => (offer.id.as_str(), None),
-        };
-        let Some(&i) = index.get(product) else {
-            let reason = format!("offer for product {product} which import.xml does not have");
-            unknown.push(Parsed::Rejected {
-                reference: offer.id.clone(),
-                reason,
-            });
-            continue;
-        };
-        let price = match retail {
-            Some(retail) => offer.prices.iter().find(|p| p.0 == retail),
-            None => offer.prices.first(),
-        }
-        .map(|p| p.1.as_str())
-        .filter(|p| !p.is_empty());
-        let price = price
-            .map(|p| parse_decimal(p).ok_or_else(|| format!("Price {p:?} is not a number")))
-            .transpose();
-        let Parsed::Ok(parent) = &mut products[i] else {
-            if variant.is_some() {
-                let reason = format!("its product {product} is rejected");
-                variants[i].push(Parsed::Rejected {
-                    reference: offer.id.clone(),
-                    reason,
-                });
-            }
-            continue;
-        };
-        let Some(variant) = variant else {
-            match price {
-                Ok(price) => {
-                    parent.price = price.or(parent.price);
-                    parent.barcode = non_empty(offer.barcode).or(parent.barcode.take());
-                }
-                Err(reason) => {
-                    products[i] = Parsed::Rejected {
-                        reference: offer.id,
-                        reason,
-                    }
-                }
-            }
-            continue;
-        };
-        variants[i].push(match price {
-            Ok(price) => Parsed::Ok(ProductRecord {
-                guid: variant.to_owned(),
-                code: String::new(),
-                name: non_empty(offer.name.clone()).unwrap_or_else(|| parent.name.clone()),
-                article: parent.article.clone(),
-                unit: parent.unit.clone(),
-                barcode: non_empty(offer.barcode.clone()),
-                price,
-                parent: parent.parent.clone(),
-                is_folder: false,
-                deletion_mark: parent.deletion_mark,
-                variant_of: Some(product.to_owned()),
-            }),
-            Err(reason) => Parsed::Rejected {
-                reference: offer.id.clone(),
-                reason,
-            },
-        });
-    }
-    products
-        .into_iter()
-        .zip(variants)
-        .flat_map(|(product, variants)| std::iter::once(product).chain(variants))
-        .chain(unknown)
-        .collect()
 }
 
 #[cfg(test)]
