@@ -319,6 +319,18 @@ fn no_userinfo(url: &url::Url) -> Result<(), String> {
     }
 }
 
+/// `text` with any `user:password@` of a URL replaced by `***@`.
+pub fn without_userinfo(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+            let _ = url.set_password(None);
+            let _ = url.set_username("***");
+            url.to_string()
+        }
+        _ => text.to_string(),
+    }
+}
+
 /// An MQTT broker as an `acrel` integration's `mqtt_url` names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broker {
@@ -890,11 +902,21 @@ pub async fn view(
 
 fn view_row(row: &impl Portable) -> Result<IntegrationView, StorageError> {
     let secrets = row.json("secrets")?;
+    let mut settings = row.json("settings")?;
+    // Rows stored before URL credentials were refused may hold them: they
+    // are never listed.
+    if let Some(settings) = settings.as_object_mut() {
+        for key in ["url", "base_url", "mqtt_url"] {
+            if let Some(Value::String(text)) = settings.get_mut(key) {
+                *text = without_userinfo(text);
+            }
+        }
+    }
     Ok(IntegrationView {
         id: row.uuid("integration_id")?,
         kind: row.text("kind")?,
         name: row.text("name")?,
-        settings: row.json("settings")?,
+        settings,
         secret_names: secrets
             .as_object()
             .map(|secrets| secrets.keys().cloned().collect())
@@ -1413,6 +1435,23 @@ mod tests {
         ] {
             assert!(Broker::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn listed_urls_never_show_credentials() {
+        assert_eq!(
+            without_userinfo("http://admin:s3cret@1c.local/ws"),
+            "http://***@1c.local/ws"
+        );
+        assert_eq!(
+            without_userinfo("mqtt://u:p@broker:1883"),
+            "mqtt://***@broker:1883"
+        );
+        assert_eq!(
+            without_userinfo("https://1c.local/ws"),
+            "https://1c.local/ws"
+        );
+        assert_eq!(without_userinfo("not a url"), "not a url");
     }
 
     #[test]

@@ -1093,6 +1093,43 @@ mod tests {
     }
 
     #[test]
+    fn a_full_limiter_forgets_failed_attempts_never_a_keys_count() {
+        // Stay inside one one-minute window.
+        if epoch_seconds().rem_euclid(60) >= 57 {
+            std::thread::sleep(std::time::Duration::from_secs(4));
+        }
+        let limiter = RateLimiter::new();
+        let key = Uuid::now_v7();
+        let subject = format!("key:{key}");
+        let as_key = [Charge {
+            subject: &subject,
+            key_id: Some(key),
+            limit: 5,
+        }];
+        // A key at 3 of its 5 requests this minute.
+        for _ in 0..3 {
+            limiter.admit(&as_key).expect("admitted");
+        }
+        // An attacker fills the limiter with failed attempts of invented peers.
+        for n in 0..RateLimiter::MAX_SUBJECTS + 10 {
+            let peer = format!("peer:10.{n}");
+            let _ = limiter.admit(&[Charge {
+                subject: &peer,
+                key_id: None,
+                limit: 60,
+            }]);
+        }
+        // The key's count survived: two more, then refused.
+        for _ in 0..2 {
+            assert!(limiter.admit(&as_key).is_ok());
+        }
+        assert!(matches!(
+            limiter.admit(&as_key),
+            Err(AuthFailure::RateLimited { .. })
+        ));
+    }
+
+    #[test]
     fn passwords_hash_with_argon2id() {
         let hash = hash_password("correct horse").expect("hash");
         assert!(hash.starts_with("$argon2id$"));

@@ -603,6 +603,43 @@ async fn webhooks_check_the_connected_id_and_record_each_event_once(backend: Bac
     );
     caught_up(&app).await;
     assert_report(&sales_report(&app.client, &app.address).await, &all[..1]);
+
+    // Guessing the connected id is throttled like failed logins: past 60
+    // wrong guesses a minute the peer is answered 429, even with the
+    // right id, until its window ends.
+    let second = chrono::Utc::now().timestamp() % 60;
+    if second > 45 {
+        // Stay inside one one-minute window.
+        tokio::time::sleep(Duration::from_secs((61 - second) as u64)).await;
+    }
+    let mut statuses = Vec::new();
+    for n in 0..61 {
+        let guess = envelope(&format!("guess-{n}"), &format!("g-{n}"));
+        statuses.push(
+            plain
+                .post(&url)
+                .json(&guess)
+                .send()
+                .await
+                .expect("send")
+                .status(),
+        );
+    }
+    assert!(
+        statuses[..59]
+            .iter()
+            .all(|status| *status == StatusCode::UNAUTHORIZED),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[60], StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+    let response = plain
+        .post(&url)
+        .json(&envelope(CONNECTED, "e-3"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
 }
 
 async fn kill_9_mid_sync_counts_each_cheque_once(backend: Backend) {
