@@ -1,4 +1,6 @@
-//! The event store: postgres-es underneath, plus what cqrs-es leaves out.
+//! The event store: cqrs-es aggregates over our own appends (the same
+//! tables and encoding as postgres-es / sqlite-es), plus what cqrs-es
+//! leaves out.
 //!
 //! [`CommandExecutor`] runs a command against an aggregate loaded from
 //! postgres-es and commits the events it emits, adding:
@@ -14,11 +16,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
-use cqrs_es::{Aggregate, AggregateError, EventStore};
+use cqrs_es::persist::EventStoreAggregateContext;
 use karvon_projections::{EventMetadata, Position, PositionToken};
-use sqlite_es::SqliteEventRepository;
 
 use crate::StorageError;
 use crate::db::{Db, Portable, on_pool};
@@ -50,7 +51,6 @@ pub enum CommandError<E: std::error::Error> {
 }
 
 pub struct CommandExecutor<A: Aggregate> {
-    store: Option<SqliteStore<A>>,
     db: Db,
     /// The last state this executor committed per stream: a command on a
     /// warm stream skips the snapshot load. Trusted only as far as the
@@ -82,29 +82,20 @@ const WARM_LIMIT: usize = 100_000;
 /// readings) is then not rewritten whole for every few events it gains.
 pub const SNAPSHOT_EVERY: usize = 32;
 
-/// On SQLite a single command's append goes through sqlite-es (on
-/// PostgreSQL it is one statement of ours, [`append_postgres`]); loading is
-/// ours on both ([`CommandExecutor::load_many`]).
-type SqliteStore<A> = PersistedEventStore<SqliteEventRepository, A>;
-
+// A single command's append is ours on both backends ([`append_postgres`]:
+// one statement; [`append_sqlite`]: one transaction), and so is loading
+// ([`CommandExecutor::load_many`]).
 impl<A> CommandExecutor<A>
 where
     A: Aggregate<Services = ()> + Clone,
     A::Command: Clone,
 {
     pub fn new(db: Db) -> Self {
-        // The aggregate store keeps a snapshot of every stream, updated in
-        // the same transaction as each append: loading is one indexed row
-        // however long the stream. Events stay the source of truth for
-        // projections; snapshots only serve command handling.
-        let store = match &db {
-            Db::Postgres(_) => None,
-            Db::Sqlite(sqlite) => Some(PersistedEventStore::new_aggregate_store(
-                SqliteEventRepository::new(sqlite.writer.clone()),
-            )),
-        };
+        // Every stream has a snapshot, updated in the same transaction as
+        // each append (batch writes: every SNAPSHOT_EVERY events): loading
+        // is one indexed row plus the events after it. Events stay the
+        // source of truth for projections; snapshots only serve commands.
         Self {
-            store,
             db,
             warm: Default::default(),
             warm_limit: WARM_LIMIT,
@@ -312,18 +303,21 @@ where
         next: &Warm<A>,
         metadata: HashMap<String, String>,
     ) -> Result<(), Appended> {
-        match (&self.db, &self.store) {
-            (Db::Postgres(pool), _) => {
+        match &self.db {
+            Db::Postgres(pool) => {
                 append_postgres(pool, aggregate_id, &events, &context, next, &metadata).await
             }
-            (Db::Sqlite(_), Some(store)) => match store.commit(events, context, metadata).await {
-                Ok(_) => Ok(()),
-                Err(error) if is_conflict(&error) => Err(Appended::Conflict),
-                Err(error) => Err(Appended::Failed(storage_error(error))),
-            },
-            (Db::Sqlite(_), None) => Err(Appended::Failed(StorageError::Config(
-                "a SQLite database without its event store".to_string(),
-            ))),
+            Db::Sqlite(sqlite) => {
+                append_sqlite(
+                    &sqlite.writer,
+                    aggregate_id,
+                    &events,
+                    &context,
+                    next,
+                    &metadata,
+                )
+                .await
+            }
         }
     }
 
@@ -497,6 +491,99 @@ async fn append_postgres<A: Aggregate>(
     }
 }
 
+/// The SQLite append: the events and the stream's snapshot in one write
+/// transaction, the snapshot's optimistic check made before the commit.
+/// (sqlite-es checked it after committing, so a load that read the
+/// snapshot before a concurrent commit and the events after it committed
+/// its events and then reported a conflict: the command ran again and its
+/// events were stored twice.) A taken sequence (primary key), a twin's
+/// idempotency key (the key trigger) or a moved snapshot is a
+/// [`Appended::Conflict`] with nothing written.
+async fn append_sqlite<A: Aggregate>(
+    writer: &sqlx::SqlitePool,
+    aggregate_id: &str,
+    events: &[A::Event],
+    context: &EventStoreAggregateContext<A>,
+    next: &Warm<A>,
+    metadata: &HashMap<String, String>,
+) -> Result<(), Appended> {
+    use cqrs_es::DomainEvent;
+    let encode =
+        |error: serde_json::Error| Appended::Failed(StorageError::EventStore(error.to_string()));
+    let failed = |error: sqlx::Error| {
+        let conflict = error.as_database_error().is_some_and(|error| {
+            match error.code().as_deref() {
+                // The events' primary key, or a unique index.
+                Some("1555" | "2067") => true,
+                // A trigger's RAISE: only the idempotency-key trigger's is a conflict.
+                Some("1811") => error.message().contains("idempotency key"),
+                _ => false,
+            }
+        });
+        match conflict {
+            true => Appended::Conflict,
+            false => Appended::Failed(error.into()),
+        }
+    };
+    let metadata = serde_json::to_value(metadata).map_err(encode)?;
+    let snapshot = serde_json::to_value(&next.aggregate).map_err(encode)?;
+    let mut transaction = writer.begin().await.map_err(failed)?;
+    for (offset, event) in events.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .bind((context.current_sequence + offset + 1) as i64)
+        .bind(event.event_type())
+        .bind(event.event_version())
+        .bind(serde_json::to_value(event).map_err(encode)?)
+        .bind(&metadata)
+        .execute(&mut *transaction)
+        .await
+        .map_err(failed)?;
+    }
+    let written = match context.current_snapshot {
+        None => sqlx::query(
+            "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence,
+                                    current_snapshot, payload)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .bind(next.sequence as i64)
+        .bind(next.snapshot.unwrap_or(1) as i64)
+        .bind(&snapshot)
+        .execute(&mut *transaction)
+        .await
+        .map_err(failed)?
+        .rows_affected(),
+        Some(previous) => sqlx::query(
+            "UPDATE snapshots SET last_sequence = $3, payload = $4, current_snapshot = $5
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $6",
+        )
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .bind(next.sequence as i64)
+        .bind(&snapshot)
+        .bind(next.snapshot.unwrap_or(1) as i64)
+        .bind(previous as i64)
+        .execute(&mut *transaction)
+        .await
+        .map_err(failed)?
+        .rows_affected(),
+    };
+    if written != 1 {
+        // The snapshot moved: nothing of this attempt is kept.
+        transaction.rollback().await.map_err(failed)?;
+        return Err(Appended::Conflict);
+    }
+    transaction.commit().await.map_err(failed)?;
+    Ok(())
+}
+
 /// An earlier answer from a `command_log` row, and that request's hash.
 fn logged(row: &impl Portable) -> Result<(Executed, Option<String>), StorageError> {
     let sequence = row.int("last_sequence")?;
@@ -519,26 +606,6 @@ fn logged(row: &impl Portable) -> Result<(Executed, Option<String>), StorageErro
     ))
 }
 
-/// A concurrent writer got there first: the stream moved on, or the key
-/// trigger saw a twin's commit of the same idempotency key. postgres-es
-/// reports both as a conflict; sqlite-es only a primary-key clash, so the
-/// SQLite unique (2067) and trigger (1811) violations are recognised here.
-fn is_conflict<E: std::error::Error>(error: &AggregateError<E>) -> bool {
-    match error {
-        AggregateError::AggregateConflict => true,
-        AggregateError::UnexpectedError(error) => error
-            .downcast_ref::<sqlx::Error>()
-            .and_then(sqlx::Error::as_database_error)
-            .is_some_and(|error| match error.code().as_deref() {
-                Some("2067") => true,
-                // A trigger's RAISE: only the idempotency-key trigger's is a conflict.
-                Some("1811") => error.message().contains("idempotency key"),
-                _ => false,
-            }),
-        _ => false,
-    }
-}
-
 fn stream_token<A: Aggregate>(aggregate_id: &str, sequence: usize) -> PositionToken {
     PositionToken::Stream {
         aggregate_type: A::TYPE.to_string(),
@@ -558,10 +625,6 @@ pub(crate) fn row_position(row: &impl Portable, column: &str) -> Result<Position
 pub(crate) fn parse_txid(text: &str) -> Result<u64, StorageError> {
     text.parse()
         .map_err(|_| StorageError::Corrupt(format!("transaction id {text:?}")))
-}
-
-fn storage_error<E: std::error::Error>(error: AggregateError<E>) -> StorageError {
-    StorageError::EventStore(error.to_string())
 }
 
 /// A little jitter so retrying writers do not collide in lockstep.

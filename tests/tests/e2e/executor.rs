@@ -175,7 +175,79 @@ async fn a_stream_loads_whole_from_a_snapshot_behind_it(backend: Backend) {
     assert_eq!(events, vec![format!("{n}/{n}", n = receipts + 1)]);
 }
 
+/// Several instances (executors) writing one stream at once, without
+/// idempotency keys: each command answered is stored exactly once. A load
+/// that read the snapshot before a concurrent commit and the events after
+/// it used to commit on SQLite and then report a conflict (sqlite-es
+/// checks the snapshot update after its commit), so the command ran twice.
+async fn concurrent_writers_store_each_answered_command_once(backend: Backend) {
+    const WRITERS: usize = 4;
+    const TASKS: usize = 4;
+    const COMMANDS: usize = 60;
+    let db = TestDb::create_on(backend).await.expect("db");
+    let store = db.db().await.expect("store");
+    store.migrate().await.expect("migrate");
+    let writers: Vec<Arc<CommandExecutor<StockItem>>> = (0..WRITERS)
+        .map(|_| Arc::new(CommandExecutor::new(store.clone())))
+        .collect();
+    let mut tasks = Vec::new();
+    for writer in &writers {
+        for _ in 0..TASKS {
+            let writer = writer.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut answered = 0u64;
+                for _ in 0..COMMANDS {
+                    let mut metadata = system_metadata();
+                    metadata.response_id = Some(uuid::Uuid::new_v4().to_string());
+                    match writer.execute(STREAM, receive(1), &metadata).await {
+                        Ok(_) => answered += 1,
+                        Err(CommandError::Contended) => {}
+                        Err(other) => panic!("{other}"),
+                    }
+                }
+                answered
+            }));
+        }
+    }
+    let mut answered = 0;
+    for task in tasks {
+        answered += task.await.expect("task");
+    }
+    let stored: Vec<String> = fetch_strings(
+        &store,
+        "SELECT CAST(count(*) AS TEXT) FROM events WHERE aggregate_type = 'StockItem'",
+    )
+    .await
+    .expect("count");
+    assert_eq!(
+        stored[0],
+        answered.to_string(),
+        "events = answered commands"
+    );
+    let response_id = match backend {
+        Backend::Postgres => "metadata ->> 'response_id'",
+        Backend::Sqlite => "json_extract(metadata, '$.response_id')",
+    };
+    let doubled: Vec<String> = fetch_strings(
+        &store,
+        &format!(
+            "SELECT CAST(count(*) AS TEXT) FROM (
+               SELECT {response_id} FROM events GROUP BY 1 HAVING count(*) > 1) AS twice"
+        ),
+    )
+    .await
+    .expect("doubles");
+    assert_eq!(doubled[0], "0", "a response id stored twice");
+    assert_eq!(
+        on_hand(&writers[0]).await,
+        Decimal::from(answered),
+        "on hand = answered receipts"
+    );
+    assert!(answered > 0);
+}
+
 on_both_backends!(
+    concurrent_writers_store_each_answered_command_once,
     a_stale_warm_state_never_decides_a_command,
     a_hot_stream_queues_instead_of_failing,
     a_stream_loads_whole_from_a_snapshot_behind_it,
