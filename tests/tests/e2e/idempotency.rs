@@ -351,7 +351,123 @@ async fn an_event_without_a_tenant_is_refused_at_append(backend: Backend) {
     assert_eq!(event_count(&store).await.expect("count"), 0);
 }
 
+/// The whole-system load that stored receipts twice on SQLite: every
+/// worker on, 8 clients sending receipts (no `Idempotency-Key`) and 3-line
+/// sales over 8 products, with reads in between. Every request answered
+/// 201 is stored exactly once: one event per receipt answer id, one sale
+/// per sale, and the stock read model equals a replay.
+async fn under_mixed_load_each_answered_command_is_stored_once(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let app = spawn_app(&db).await.expect("app");
+    for n in 0..8 {
+        let (status, body) = app
+            .post(
+                "/api/v1/products",
+                &product(&format!("P{n}"), "dairy", Some("5")),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut clients = Vec::new();
+    for client in 0..8usize {
+        let (http, base) = (app.client.clone(), app.address.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut receipts, mut sales) = (Vec::new(), 0usize);
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                n += 1;
+                let product = format!("P{}", (client + n) % 8);
+                let lines: Vec<serde_json::Value> = (0..3)
+                    .map(|line| {
+                        json!({"product_id": format!("P{}", (client + n + line) % 8),
+                               "qty": "1", "unit_price": "1000"})
+                    })
+                    .collect();
+                let request = match n % 4 {
+                    0 => http.post(format!("{base}/api/v1/sales")).json(&json!({
+                        "sale_id": format!("S{client}-{n}"), "branch_id": "W1",
+                        "cashier": "dilnoza", "sale_type": "retail", "payment_type": "cash",
+                        "occurred_at": chrono::Utc::now().to_rfc3339(), "lines": lines})),
+                    1 => http.get(format!("{base}/api/integrations/inventory-levels")),
+                    _ => http
+                        .post(format!("{base}/api/v1/stock/receipts"))
+                        .json(&json!({"warehouse_id": "W1", "product_id": product, "qty": "3"})),
+                };
+                let response = request.send().await.expect("send");
+                let status = response.status();
+                let body: serde_json::Value = response.json().await.expect("json");
+                match n % 4 {
+                    0 => {
+                        assert_eq!(status, StatusCode::CREATED, "{body}");
+                        sales += 1;
+                    }
+                    1 => assert_eq!(status, StatusCode::OK, "{body}"),
+                    _ => {
+                        assert_eq!(status, StatusCode::CREATED, "{body}");
+                        receipts.push(body["data"]["id"].as_str().expect("id").to_string());
+                    }
+                }
+            }
+            (receipts, sales)
+        }));
+    }
+    let (mut receipts, mut sales) = (Vec::new(), 0usize);
+    for client in clients {
+        let (mine, sold) = client.await.expect("client");
+        receipts.extend(mine);
+        sales += sold;
+    }
+    let response_id = match backend {
+        Backend::Postgres => "metadata ->> 'response_id'",
+        Backend::Sqlite => "json_extract(metadata, '$.response_id')",
+    };
+    let stored = fetch_strings(
+        &app.db,
+        &format!(
+            "SELECT {response_id} FROM events
+              WHERE aggregate_type = 'StockItem' AND event_type = 'StockReceived'"
+        ),
+    )
+    .await
+    .expect("receipts");
+    let mut stored_sorted = stored.clone();
+    stored_sorted.sort();
+    receipts.sort();
+    assert_eq!(
+        stored.len(),
+        receipts.len(),
+        "receipt events = answered receipts"
+    );
+    assert_eq!(stored_sorted, receipts, "each answered receipt stored once");
+    let sale_events = fetch_strings(
+        &app.db,
+        "SELECT CAST(count(*) AS TEXT) FROM events WHERE aggregate_type = 'Sale'",
+    )
+    .await
+    .expect("sales");
+    assert_eq!(
+        sale_events[0],
+        sales.to_string(),
+        "sale events = answered sales"
+    );
+    // The sales' stock issues first (a reactor), then the stock read model.
+    wait_caught_up(&app.db, &[names::SALES_STOCK], Duration::from_secs(60))
+        .await
+        .expect("sales stock catches up");
+    wait_caught_up(&app.db, &[names::STOCK], Duration::from_secs(60))
+        .await
+        .expect("stock catches up");
+    let (projected, _) = projected_stock(&app.db).await.expect("projected");
+    let (replayed, _) = karvon_tests::replayed_stock(&app.db)
+        .await
+        .expect("replayed");
+    assert_eq!(projected, replayed, "the stock read model equals a replay");
+    app.stop().await.expect("stop");
+}
+
 on_both_backends!(
+    under_mixed_load_each_answered_command_is_stored_once,
     a_key_whose_command_changed_nothing_is_still_taken,
     an_event_without_a_tenant_is_refused_at_append,
     the_same_key_twice_appends_once_and_answers_identically,
