@@ -1149,6 +1149,24 @@ impl Drop for MosquittoServer {
     }
 }
 
+/// A figure of process `pid` from `/proc/<pid>/status` in bytes: `VmRSS`
+/// (resident now) or `VmHWM` (the peak so far).
+pub fn process_memory(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        * 1024
+}
+
 /// Polls an import job's status (`/api/v1/integration/sync/status/…`)
 /// until it completed or failed (at most 4 minutes); its last status.
 pub async fn finished_job(client: &reqwest::Client, base: &str, task: &str) -> Value {

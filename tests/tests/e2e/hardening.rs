@@ -290,21 +290,9 @@ async fn the_sqlite_store_is_readable_by_its_owner_only() {
     assert_eq!((file_mode, dir_mode), (0o600, 0o700));
 }
 
-/// Resident memory of process `pid` now (VmRSS), in bytes.
+/// Resident memory of process `pid` now, in bytes.
 fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .expect("VmRSS")
-        * 1024
+    karvon_tests::process_memory(pid, "VmRSS")
 }
 
 async fn metrics_text(server: &karvon_tests::KarvonProcess) -> String {

@@ -591,16 +591,7 @@ async fn kill_9_mid_import_finishes_with_the_same_state(backend: Backend) {
     // Wait until some chunks are in, then kill -9.
     let deadline = Instant::now() + Duration::from_secs(120);
     let processed_at_kill = loop {
-        let response = server
-            .client
-            .get(format!(
-                "{}/api/v1/integration/sync/status/{task}/",
-                server.address
-            ))
-            .send()
-            .await
-            .expect("status");
-        let body: Value = response.json().await.expect("json");
+        let body = job_status(&server, &task).await;
         let processed = body["data"]["processed"].as_i64().unwrap_or(0);
         if processed >= 1_000 {
             server.kill();
@@ -807,21 +798,59 @@ async fn uploads_are_limited_per_tenant_and_kept_private(backend: Backend) {
     api.stop().await.expect("stop");
 }
 
-/// The peak resident memory of process `pid` (VmHWM), in bytes.
+/// The peak resident memory of process `pid` so far, in bytes.
 fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .expect("VmHWM")
-        * 1024
+    karvon_tests::process_memory(pid, "VmHWM")
+}
+
+/// A job's status as `GET …/sync/status/{task}/` answers it.
+async fn job_status(server: &KarvonProcess, task: &str) -> Value {
+    server
+        .client
+        .get(format!(
+            "{}/api/v1/integration/sync/status/{task}/",
+            server.address
+        ))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// Uploads `import` through `server` for `integration` (none: a plain
+/// upload); the task id.
+async fn upload_to(server: &KarvonProcess, integration: Option<&str>, import: String) -> String {
+    let query = integration.map_or(String::new(), |id| format!("?integration={id}"));
+    let response = server
+        .client
+        .post(format!(
+            "{}/api/v1/integration/import/commerceml{query}",
+            server.address
+        ))
+        .multipart(upload_form(import))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body: Value = response.json().await.expect("json");
+    body["data"]["task_id"].as_str().expect("task").to_string()
+}
+
+/// Registers a `1c_soap` integration (its endpoint is never called) whose
+/// chunks hold `chunk_size` records; its id.
+async fn chunked_integration(server: &KarvonProcess, chunk_size: usize) -> String {
+    let (status, body) = server
+        .post(
+            "/api/v1/integrations",
+            json!({"kind": "1c_soap", "name": "1C",
+                   "settings": soap_settings("http://127.0.0.1:9", json!({"chunk_size": chunk_size})),
+                   "secrets": {"username": "u", "password": "p"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["data"]["id"].as_str().expect("id").to_string()
 }
 
 async fn a_300_mb_answer_fails_its_job_without_being_read_whole(backend: Backend) {
@@ -925,16 +954,7 @@ async fn a_large_upload_is_imported_without_holding_the_file(backend: Backend) {
     let mut env = secret_env(backend);
     env.push(("KARVON_PROJECTION_BATCH_SIZE", "50".to_string()));
     let server = KarvonProcess::start(&db, &env).await;
-    let (status, body) = server
-        .post(
-            "/api/v1/integrations",
-            json!({"kind": "1c_soap", "name": "1C",
-                   "settings": soap_settings("http://127.0.0.1:9", json!({"chunk_size": 200})),
-                   "secrets": {"username": "u", "password": "p"}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let id = body["data"]["id"].as_str().expect("id").to_string();
+    let id = chunked_integration(&server, 200).await;
     let mut peaks = Vec::new();
     let mut sizes = Vec::new();
     let mut counted = Vec::new();
@@ -942,19 +962,7 @@ async fn a_large_upload_is_imported_without_holding_the_file(backend: Backend) {
         counted.push(products);
         let import = big_catalogue(prefix, products, 190);
         sizes.push(import.len() as u64);
-        let response = server
-            .client
-            .post(format!(
-                "{}/api/v1/integration/import/commerceml?integration={id}",
-                server.address
-            ))
-            .multipart(upload_form(import))
-            .send()
-            .await
-            .expect("upload");
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
-        let body: Value = response.json().await.expect("json");
-        let task = body["data"]["task_id"].as_str().expect("task").to_string();
+        let task = upload_to(&server, Some(&id), import).await;
         let done = finished(&server.client, &server.address, &task).await;
         let n = products as i64;
         assert_eq!(done["status"], "completed", "{done}");
@@ -986,43 +994,11 @@ async fn kill_9_mid_upload_resumes_at_its_next_chunk(backend: Backend) {
     const COUNT: usize = 3_000;
     let db = TestDb::create_on(backend).await.expect("db");
     let mut server = KarvonProcess::start(&db, &secret_env(backend)).await;
-    let (status, body) = server
-        .post(
-            "/api/v1/integrations",
-            json!({"kind": "1c_soap", "name": "1C",
-                   "settings": soap_settings("http://127.0.0.1:9", json!({"chunk_size": 20})),
-                   "secrets": {"username": "u", "password": "p"}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let id = body["data"]["id"].as_str().expect("id").to_string();
-    let response = server
-        .client
-        .post(format!(
-            "{}/api/v1/integration/import/commerceml?integration={id}",
-            server.address
-        ))
-        .multipart(upload_form(big_catalogue("resume", COUNT, 20)))
-        .send()
-        .await
-        .expect("upload");
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let body: Value = response.json().await.expect("json");
-    let task = body["data"]["task_id"].as_str().expect("task").to_string();
+    let id = chunked_integration(&server, 20).await;
+    let task = upload_to(&server, Some(&id), big_catalogue("resume", COUNT, 20)).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let processed_at_kill = loop {
-        let body: Value = server
-            .client
-            .get(format!(
-                "{}/api/v1/integration/sync/status/{task}/",
-                server.address
-            ))
-            .send()
-            .await
-            .expect("status")
-            .json()
-            .await
-            .expect("json");
+        let body = job_status(&server, &task).await;
         let processed = body["data"]["processed"].as_i64().unwrap_or(0);
         if processed >= 500 {
             server.kill();
