@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::BufRead;
 
-use super::{Field, Parsed, ProductRecord, SourceError, Xml, flag, non_empty, parse_decimal};
+use super::{Field, Node, Parsed, ProductRecord, SourceError, Xml, flag, non_empty, parse_decimal};
 
 /// The price type used when none is configured (else the first one listed).
 pub const DEFAULT_PRICE_TYPE: &str = "Розница";
@@ -287,44 +287,92 @@ fn document<R: BufRead>(
     }
 }
 
-/// Reads `Группы`: each `Группа`, then its subgroups (whose parent it is).
-fn read_groups<R: BufRead>(
-    x: &mut Xml<R>,
-    folders: &mut Vec<(String, String, Option<String>)>,
-) -> Result<(), SourceError> {
-    x.children(|x, name| {
-        if name != "Группа" {
+/// `(guid, name, parent guid)` of a `Группа`.
+type Folder = (String, String, Option<String>);
+
+/// A `Группа` being read: itself, and its subgroups read so far.
+struct OpenGroup {
+    folder: Folder,
+    subgroups: Vec<Folder>,
+}
+
+/// Reads `Группы`: each `Группа`, then its subgroups (whose parent it is;
+/// a group without `Ид` is left out and its subgroups get its parent).
+/// Nested groups are kept on a stack of this function's own, not on the
+/// call stack, so the input's depth costs heap, bounded by the depth cap.
+fn read_groups<R: BufRead>(x: &mut Xml<R>, folders: &mut Vec<Folder>) -> Result<(), SourceError> {
+    // Each level: the `Группы` element's groups done so far, and the group
+    // open inside it (if any).
+    let mut levels: Vec<(Vec<Folder>, Option<OpenGroup>)> = vec![(Vec::new(), None)];
+    loop {
+        let Some((done, open)) = levels.last_mut() else {
             return Ok(());
-        }
-        let at = folders.len();
-        folders.push((String::new(), String::new(), None));
-        let mut subgroups = Vec::new();
-        x.children(|x, name| {
-            match name {
-                "Ид" => folders[at].0 = x.read_text()?.trim().to_owned(),
-                "Наименование" => folders[at].1 = x.read_text()?.trim().to_owned(),
-                // Subgroups are read once the group's Ид is known.
-                "Группы" => {
-                    let mut nested = Vec::new();
-                    read_groups(x, &mut nested)?;
-                    subgroups.push(nested);
+        };
+        match (x.next()?, open.is_some()) {
+            (Node::Open(name), false) => {
+                if name == "Группа" {
+                    *open = Some(OpenGroup {
+                        folder: (String::new(), String::new(), None),
+                        subgroups: Vec::new(),
+                    });
+                } else {
+                    x.skip()?;
                 }
-                _ => {}
             }
-            Ok(())
-        })?;
-        let id = non_empty(folders[at].0.clone());
-        for mut nested in subgroups {
-            for folder in nested.iter_mut().filter(|f| f.2.is_none()) {
-                folder.2.clone_from(&id);
+            (Node::Open(name), true) => match name {
+                "Ид" | "Наименование" => {
+                    let is_id = name == "Ид";
+                    let text = x.read_text()?.trim().to_owned();
+                    if let Some(group) = open {
+                        match is_id {
+                            true => group.folder.0 = text,
+                            false => group.folder.1 = text,
+                        }
+                    }
+                }
+                "Группы" => levels.push((Vec::new(), None)),
+                _ => x.skip()?,
+            },
+            // A `Группа` ends: it, then its subgroups, join its level.
+            (Node::Close, true) => {
+                if let Some(group) = open.take() {
+                    let id = non_empty(group.folder.0.clone());
+                    if id.is_some() {
+                        done.push(group.folder);
+                    }
+                    for mut folder in group.subgroups {
+                        if folder.2.is_none() {
+                            folder.2.clone_from(&id);
+                        }
+                        done.push(folder);
+                    }
+                }
             }
-            folders.append(&mut nested);
+            // A `Группы` ends: its groups are the enclosing group's
+            // subgroups, or, at the outermost level, the answer.
+            (Node::Close | Node::Eof, false) => {
+                let Some((finished, _)) = levels.pop() else {
+                    return Ok(());
+                };
+                match levels.last_mut() {
+                    Some((_, Some(parent))) => parent.subgroups.extend(finished),
+                    Some((_, None)) => {
+                        return Err(SourceError::Malformed("unbalanced <Группы>".into()));
+                    }
+                    None => {
+                        folders.extend(finished);
+                        return Ok(());
+                    }
+                }
+            }
+            (Node::Eof, true) => {
+                return Err(SourceError::Malformed(
+                    "the document ends inside a <Группа>".into(),
+                ));
+            }
+            (Node::Text(_) | Node::Other, _) => {}
         }
-        if id.is_none() {
-            folders.remove(at);
-        }
-        Ok(())
-    })
+    }
 }
 
 fn read_price_types<R: BufRead>(
@@ -681,6 +729,29 @@ mod tests {
         let fine = catalog(&nested_groups(25), None, None).expect("25 levels parse");
         assert_eq!(fine.folders.len(), 25);
         assert_eq!(fine.folders[1].2.as_deref(), Some("g"));
+    }
+
+    #[test]
+    fn groups_nest_parent_first_and_a_group_without_id_hands_its_parent_down() {
+        let xml = "<КоммерческаяИнформация><Классификатор><Группы>\
+            <Группа><Группы><Группа><Наименование>noid</Наименование><Группы>\
+                <Группа><Ид>C</Ид><Наименование>c</Наименование></Группа></Группы></Группа>\
+              <Группа><Ид>B</Ид><Наименование>b</Наименование><Описание><x/></Описание></Группа>\
+            </Группы><Ид>A</Ид><Наименование>a</Наименование></Группа>\
+            <Группа><Ид>D</Ид><Наименование>d</Наименование></Группа>\
+            </Группы></Классификатор></КоммерческаяИнформация>";
+        let folder = |id: &str, name: &str, parent: Option<&str>| {
+            (id.to_owned(), name.to_owned(), parent.map(str::to_owned))
+        };
+        assert_eq!(
+            catalog(xml, None, None).expect("parses").folders,
+            vec![
+                folder("A", "a", None),
+                folder("C", "c", Some("A")),
+                folder("B", "b", Some("A")),
+                folder("D", "d", None),
+            ]
+        );
     }
 
     proptest::proptest! {

@@ -356,12 +356,12 @@ enum Node<'a> {
     Eof,
 }
 
-/// A streaming XML reader that reports truncation and keeps one buffer.
 /// The deepest element nesting a 1C document may have; deeper is refused
-/// as malformed (readers recurse per level, so the cap also bounds the
-/// stack whatever the input).
+/// as malformed. (No reader recurses on the input's depth: the nested
+/// `Группы` of CommerceML are read with a stack of their own.)
 pub const MAX_XML_DEPTH: usize = 64;
 
+/// A streaming XML reader that reports truncation and keeps one buffer.
 struct Xml<R> {
     reader: quick_xml::Reader<R>,
     buf: Vec<u8>,
