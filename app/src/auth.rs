@@ -836,8 +836,10 @@ impl Authenticator {
         }])
     }
 
-    /// Exchanges a username and password for a login token. Every attempt
-    /// is counted against `peer` first; a username with
+    /// Exchanges a username and password for a login token. A correct
+    /// password is always verified and answered, whatever others behind
+    /// the same address failed; a failed attempt counts against `peer`
+    /// (past its limit, failures answer 429). A username with
     /// [`LOGIN_FAILURES`] failed logins in its window answers 429 until the
     /// window ends, whoever asks (the failures are in the store, so every
     /// instance sees them; known and unknown usernames alike). At most
@@ -849,13 +851,9 @@ impl Authenticator {
         password: String,
         peer: &str,
     ) -> Result<IssuedToken, AuthFailure> {
-        self.limits.admit(&[Charge {
-            subject: &peer_subject(peer),
-            key_id: None,
-            limit: DEFAULT_RATE_LIMIT,
-        }])?;
         if username.is_empty() || username.len() > 128 {
             // No such user can exist (see `create_user`).
+            self.count_failed_attempt(peer)?;
             return Err(AuthFailure::WrongPassword);
         }
         let now = epoch_seconds();
@@ -882,6 +880,7 @@ impl Authenticator {
         drop(permit);
         let Some(user) = user.filter(|_| verified) else {
             auth_store::record_login_failure(&self.db, username, now, LOGIN_WINDOW_SECONDS).await?;
+            self.count_failed_attempt(peer)?;
             return Err(AuthFailure::WrongPassword);
         };
         if failed_before.is_some() {

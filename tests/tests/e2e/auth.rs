@@ -1071,3 +1071,45 @@ on_both_backends!(
     login_tokens_end_when_their_user_changes,
     a_minted_key_gets_at_most_its_minters_limit,
 );
+
+/// Behind one address (a NAT, a proxy) others' failed logins never refuse
+/// a correct password: failures answer 429 past the address's limit, the
+/// right password still gets its token.
+async fn a_correct_login_behind_many_failures_is_served(backend: Backend) {
+    let db = TestDb::create_on(backend).await.expect("db");
+    let mut config = test_config(&db);
+    config.jwt_secret = Some(JWT_SECRET.to_string());
+    let app = spawn_app_with(config, Role::Api).await.expect("app");
+    karvon_app::auth::create_user(
+        &app.db,
+        "default",
+        "dilnoza",
+        "correct horse battery",
+        vec!["read".into()],
+    )
+    .await
+    .expect("user");
+    let plain = reqwest::Client::new();
+    let login = |username: String, password: &str| {
+        plain
+            .post(app.url("/api/auth/login"))
+            .json(&json!({"username": username, "password": password}))
+    };
+    inside_one_window(40).await;
+    let mut last = StatusCode::OK;
+    for n in 0..61 {
+        // Another username each time: no username lock, only the address's.
+        last = call(login(format!("typo{n}"), "wrong")).await.0;
+    }
+    assert_eq!(
+        last,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the address is over its limit"
+    );
+    let (status, body, _) = call(login("dilnoza".into(), "correct horse battery")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["data"]["token"].is_string(), "{body}");
+    app.stop().await.expect("stop");
+}
+
+on_both_backends!(a_correct_login_behind_many_failures_is_served);
