@@ -801,56 +801,75 @@ const CLAIM_LOCK: &str =
     "SELECT pg_advisory_xact_lock(hashtextextended('karvon:integrations:mqtt', 0))";
 
 pub async fn insert(db: &Db, integration: &NewIntegration<'_>) -> Result<(), RegistryError> {
-    const INSERT: &str = "INSERT INTO integrations
-             (integration_id, tenant_id, kind, name, settings, secrets)
-         VALUES ($1, $2, $3, $4, $5, $6)";
-    let settings = Value::Object(integration.settings.clone());
-    let secrets = Value::Object(integration.secrets.clone());
-    let (tenant, kind) = (integration.tenant_id, integration.kind);
+    let backend = db.backend();
+    let statement = format!(
+        "INSERT INTO integrations (integration_id, tenant_id, kind, name, settings, secrets)
+         VALUES ({}, $2, $3, $4, {}, {})",
+        backend.uuid_param("$1"),
+        json_param(backend, "$5"),
+        json_param(backend, "$6"),
+    );
+    let params = [
+        Some(integration.integration_id.to_string()),
+        Some(integration.tenant_id.to_string()),
+        Some(integration.kind.to_string()),
+        Some(integration.name.to_string()),
+        Some(Value::Object(integration.settings.clone()).to_string()),
+        Some(Value::Object(integration.secrets.clone()).to_string()),
+    ];
+    write_claimed(
+        db,
+        integration.tenant_id,
+        integration.kind,
+        integration.settings,
+        &statement,
+        &params,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A JSON parameter sent as text.
+fn json_param(backend: crate::db::Backend, param: &str) -> String {
+    match backend {
+        crate::db::Backend::Postgres => format!("{param}::text::jsonb"),
+        crate::db::Backend::Sqlite => param.to_string(),
+    }
+}
+
+/// Runs `statement` (text parameters) in a transaction that first checks
+/// the MQTT claim of `settings` ([`check_mqtt_claim`]); the rows written.
+async fn write_claimed(
+    db: &Db,
+    tenant_id: &str,
+    kind: &str,
+    settings: &Map<String, Value>,
+    statement: &str,
+    params: &[Option<String>],
+) -> Result<u64, RegistryError> {
+    macro_rules! run {
+        ($tx:expr, $conn:expr) => {{
+            check_mqtt_claim(&mut $conn, tenant_id, kind, settings).await?;
+            let mut query = sqlx::query(statement);
+            for param in params {
+                query = query.bind(param);
+            }
+            let written = query.execute(&mut *$tx).await?.rows_affected();
+            $tx.commit().await?;
+            Ok(written)
+        }};
+    }
     match db {
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
             sqlx::query(CLAIM_LOCK).execute(&mut *tx).await?;
-            check_mqtt_claim(
-                &mut crate::db::Conn::Postgres(&mut tx),
-                tenant,
-                kind,
-                integration.settings,
-            )
-            .await?;
-            sqlx::query(INSERT)
-                .bind(integration.integration_id)
-                .bind(tenant)
-                .bind(kind)
-                .bind(integration.name)
-                .bind(settings)
-                .bind(secrets)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+            run!(tx, crate::db::Conn::Postgres(&mut tx))
         }
         Db::Sqlite(sqlite) => {
             let mut tx = sqlite.writer.begin().await?;
-            check_mqtt_claim(
-                &mut crate::db::Conn::Sqlite(&mut tx),
-                tenant,
-                kind,
-                integration.settings,
-            )
-            .await?;
-            sqlx::query(INSERT)
-                .bind(integration.integration_id.to_string())
-                .bind(tenant)
-                .bind(kind)
-                .bind(integration.name)
-                .bind(settings.to_string())
-                .bind(secrets.to_string())
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+            run!(tx, crate::db::Conn::Sqlite(&mut tx))
         }
     }
-    Ok(())
 }
 
 /// An integration as its tenant's admins list it: the names of its
@@ -928,7 +947,6 @@ fn view_row(row: &impl Portable) -> Result<IntegrationView, StorageError> {
 /// Replaces the name and settings of `tenant_id`'s integration, and its
 /// sealed secrets when `secrets` is given (otherwise they stay as stored).
 /// `false` when the tenant has no such integration.
-#[allow(clippy::too_many_arguments)]
 pub async fn update(
     db: &Db,
     tenant_id: &str,
@@ -939,65 +957,21 @@ pub async fn update(
     secrets: Option<&Map<String, Value>>,
 ) -> Result<bool, RegistryError> {
     let backend = db.backend();
-    let json = |param: &str| match backend {
-        crate::db::Backend::Postgres => format!("{param}::text::jsonb"),
-        crate::db::Backend::Sqlite => param.to_string(),
-    };
     let statement = format!(
         "UPDATE integrations SET name = $3, settings = {}, secrets = coalesce({}, secrets)
           WHERE integration_id = {} AND tenant_id = $2",
-        json("$4"),
-        json("$5"),
+        json_param(backend, "$4"),
+        json_param(backend, "$5"),
         backend.uuid_param("$1"),
     );
-    let settings_text = Value::Object(settings.clone()).to_string();
-    let secrets = secrets.map(|secrets| Value::Object(secrets.clone()).to_string());
-    let updated = match db {
-        Db::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            sqlx::query(CLAIM_LOCK).execute(&mut *tx).await?;
-            check_mqtt_claim(
-                &mut crate::db::Conn::Postgres(&mut tx),
-                tenant_id,
-                kind,
-                settings,
-            )
-            .await?;
-            let updated = sqlx::query(&statement)
-                .bind(integration_id.to_string())
-                .bind(tenant_id)
-                .bind(name)
-                .bind(settings_text)
-                .bind(secrets)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            tx.commit().await?;
-            updated
-        }
-        Db::Sqlite(sqlite) => {
-            let mut tx = sqlite.writer.begin().await?;
-            check_mqtt_claim(
-                &mut crate::db::Conn::Sqlite(&mut tx),
-                tenant_id,
-                kind,
-                settings,
-            )
-            .await?;
-            let updated = sqlx::query(&statement)
-                .bind(integration_id.to_string())
-                .bind(tenant_id)
-                .bind(name)
-                .bind(settings_text)
-                .bind(secrets)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            tx.commit().await?;
-            updated
-        }
-    };
-    Ok(updated == 1)
+    let params = [
+        Some(integration_id.to_string()),
+        Some(tenant_id.to_string()),
+        Some(name.to_string()),
+        Some(Value::Object(settings.clone()).to_string()),
+        secrets.map(|secrets| Value::Object(secrets.clone()).to_string()),
+    ];
+    Ok(write_claimed(db, tenant_id, kind, settings, &statement, &params).await? == 1)
 }
 
 /// Removes `tenant_id`'s integration with its remembered webhook ids (the
